@@ -1,0 +1,286 @@
+import NIOCore
+import TOMLKit
+
+/// A configuration problem, with the file, the key (as a dotted path) and the line where we could
+/// find it, e.g. `config.toml:7: upstreams.openai.url: must start with https:// or http://`.
+public struct ConfigurationError: Error, Sendable, Equatable, CustomStringConvertible {
+    public var file: String?
+    public var line: Int?
+    public var key: String?
+    public var problem: String
+
+    public init(file: String? = nil, line: Int? = nil, key: String? = nil, problem: String) {
+        self.file = file
+        self.line = line
+        self.key = key
+        self.problem = problem
+    }
+
+    public var description: String {
+        var s = file ?? "configuration"
+        if let line { s += ":\(line)" }
+        s += ": "
+        if let key { s += "\(key): " }
+        return s + problem
+    }
+}
+
+extension SidecarConfiguration {
+    /// Parses and validates a TOML document. Unknown keys, wrong types, bad URLs, missing key
+    /// variables and dangling names are refused with a `ConfigurationError` naming the key and line.
+    ///
+    /// - Parameters:
+    ///   - environment: the process environment, to check that `api_key_env` variables exist.
+    ///   - fileExists: whether a path names a readable file (`api_key_file`, `ca_file`, ...).
+    public static func load(
+        toml: String, file: String?, environment: [String: String], fileExists: @escaping (String) -> Bool
+    ) throws(ConfigurationError) -> SidecarConfiguration {
+        let raw: RawConfiguration
+        do {
+            raw = try TOMLDecoder(strictDecoding: true).decode(RawConfiguration.self, from: toml)
+        } catch let error as TOMLParseError {
+            throw ConfigurationError(file: file, line: error.source.begin.line, problem: "not valid TOML: \(error.description)")
+        } catch let error as UnexpectedKeysError {
+            let path = error.keys.values.map { ($0.map(\.stringValue)) }.min { $0.count < $1.count } ?? []
+            let names = error.keys.keys.sorted()
+            let full = path.isEmpty ? names.first ?? "?" : (path + [names.first ?? "?"]).joined(separator: ".")
+            let keyPath = error.keys.first.map { ($0.value.map(\.stringValue) + [$0.key]) } ?? []
+            throw ConfigurationError(
+                file: file, line: TOMLLocator.line(of: keyPath, in: toml), key: full,
+                problem: "unknown key (see etc/llm-sidecar/config.toml for every option)")
+        } catch let error as DecodingError {
+            let (path, problem) = Self.describe(error)
+            throw ConfigurationError(file: file, line: TOMLLocator.line(of: path, in: toml), key: path.joined(separator: "."), problem: problem)
+        } catch {
+            throw ConfigurationError(file: file, problem: "\(error)")
+        }
+        var validator = Validator(file: file, source: toml, environment: environment, fileExists: fileExists)
+        return try validator.validate(raw)
+    }
+
+    private static func describe(_ error: DecodingError) -> ([String], String) {
+        switch error {
+        case .typeMismatch(let type, let ctx):
+            return (ctx.codingPath.map(\.stringValue), "expected \(Self.tomlName(type))")
+        case .valueNotFound(let type, let ctx):
+            return (ctx.codingPath.map(\.stringValue), "expected \(Self.tomlName(type))")
+        case .keyNotFound(let key, let ctx):
+            return (ctx.codingPath.map(\.stringValue) + [key.stringValue], "is required")
+        case .dataCorrupted(let ctx):
+            return (ctx.codingPath.map(\.stringValue), ctx.debugDescription)
+        @unknown default:
+            return ([], "\(error)")
+        }
+    }
+
+    private static func tomlName(_ type: Any.Type) -> String {
+        switch type {
+        case is String.Type: return "a string"
+        case is Int.Type: return "an integer"
+        case is Bool.Type: return "true or false"
+        default: return "a table"
+        }
+    }
+}
+
+/// The file as written: every field optional, so defaults and validation live in one place.
+struct RawConfiguration: Decodable {
+    var server: RawServer?
+    var upstreams: [String: RawUpstream]?
+    var log: RawLog?
+
+    struct RawServer: Decodable {
+        var listen: String?
+        var default_upstream: String?
+        var max_body_bytes: Int?
+        var threads: Int?
+        var client_idle_timeout: String?
+        var drain_timeout: String?
+    }
+
+    struct RawUpstream: Decodable {
+        var url: String?
+        var api_key_env: String?
+        var api_key_file: String?
+        var ca_file: String?
+        var client_cert_file: String?
+        var client_key_file: String?
+        var server_name: String?
+        var tls_min_version: String?
+        var max_connections: Int?
+        var queue_size: Int?
+        var queue_timeout: String?
+        var idle_timeout: String?
+        var connect_timeout: String?
+        var tls_handshake_timeout: String?
+        var first_byte_timeout: String?
+        var read_idle_timeout: String?
+    }
+
+    struct RawLog: Decodable {
+        var level: String?
+        var format: String?
+    }
+}
+
+private struct Validator {
+    let file: String?
+    let source: String
+    let environment: [String: String]
+    let fileExists: (String) -> Bool
+
+    func fail(_ path: [String], _ problem: String) -> ConfigurationError {
+        ConfigurationError(file: file, line: TOMLLocator.line(of: path, in: source), key: path.joined(separator: "."), problem: problem)
+    }
+
+    func duration(_ text: String?, _ path: [String], default def: TimeAmount, allowZero: Bool = false) throws(ConfigurationError) -> TimeAmount {
+        guard let text else { return def }
+        guard let d = DurationText.parse(text) else {
+            throw fail(path, "\"\(text)\" is not a duration (write e.g. \"250ms\", \"30s\", \"5m\")")
+        }
+        if !allowZero, d.nanoseconds == 0 { throw fail(path, "must be greater than zero") }
+        return d
+    }
+
+    func positive(_ value: Int?, _ path: [String], default def: Int, max: Int = Int.max) throws(ConfigurationError) -> Int {
+        guard let value else { return def }
+        guard value >= 1, value <= max else { throw fail(path, "must be between 1 and \(max), got \(value)") }
+        return value
+    }
+
+    mutating func validate(_ raw: RawConfiguration) throws(ConfigurationError) -> SidecarConfiguration {
+        var server = SidecarConfiguration.Server()
+        let rs = raw.server
+        if let listen = rs?.listen {
+            guard let parsed = ListenAddress.parse(listen) else {
+                throw fail(["server", "listen"], "\"\(listen)\" is not HOST:PORT or unix:/ABSOLUTE/PATH")
+            }
+            server.listen = parsed
+        }
+        server.maxBodyBytes = try positive(rs?.max_body_bytes, ["server", "max_body_bytes"], default: server.maxBodyBytes)
+        if let t = rs?.threads { server.threads = try positive(t, ["server", "threads"], default: 1, max: 256) }
+        server.clientIdleTimeout = try duration(rs?.client_idle_timeout, ["server", "client_idle_timeout"], default: server.clientIdleTimeout)
+        server.drainTimeout = try duration(rs?.drain_timeout, ["server", "drain_timeout"], default: server.drainTimeout, allowZero: true)
+
+        var upstreams: [SidecarConfiguration.Upstream] = []
+        for (name, ru) in (raw.upstreams ?? [:]).sorted(by: { $0.key < $1.key }) {
+            upstreams.append(try upstream(name, ru))
+        }
+        if upstreams.isEmpty {
+            throw fail(["upstreams"], "at least one [upstreams.NAME] table is required")
+        }
+        if let d = rs?.default_upstream {
+            guard upstreams.contains(where: { $0.name == d }) else {
+                throw fail(["server", "default_upstream"], "names \"\(d)\", but the upstreams are: \(upstreams.map(\.name).joined(separator: ", "))")
+            }
+            server.defaultUpstream = d
+        } else if upstreams.count == 1 {
+            server.defaultUpstream = upstreams[0].name
+        }
+
+        var log = SidecarConfiguration.Log()
+        if let level = raw.log?.level {
+            let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
+            guard levels.contains(level) else { throw fail(["log", "level"], "must be one of \(levels.joined(separator: ", "))") }
+            log.level = level
+        }
+        if let format = raw.log?.format {
+            guard let f = SidecarConfiguration.Log.Format(rawValue: format) else { throw fail(["log", "format"], "must be \"logfmt\" or \"json\"") }
+            log.format = f
+        }
+        return SidecarConfiguration(server: server, upstreams: upstreams, log: log)
+    }
+
+    func upstream(_ name: String, _ ru: RawConfiguration.RawUpstream) throws(ConfigurationError) -> SidecarConfiguration.Upstream {
+        let base = ["upstreams", name]
+        guard !name.isEmpty, name.unicodeScalars.allSatisfy({ $0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0) || "-_".unicodeScalars.contains($0)) }) else {
+            throw fail(base, "upstream names may use letters, digits, '-' and '_'")
+        }
+        guard let urlText = ru.url else { throw fail(base + ["url"], "is required (e.g. \"https://api.openai.com\")") }
+        let url: UpstreamURL
+        switch UpstreamURL.parse(urlText) {
+        case .success(let u): url = u
+        case .failure(let p): throw fail(base + ["url"], "\"\(urlText)\" \(p.reason)")
+        }
+        var up = SidecarConfiguration.Upstream(name: name, url: url)
+        switch (ru.api_key_env, ru.api_key_file) {
+        case (.some, .some):
+            throw fail(base + ["api_key_file"], "set api_key_env or api_key_file, not both")
+        case (.some(let variable), nil):
+            guard let value = environment[variable], !value.isEmpty else {
+                throw fail(base + ["api_key_env"], "environment variable \(variable) is not set (export it, or remove api_key_env to pass clients' own Authorization through)")
+            }
+            up.apiKey = .environment(variable)
+        case (nil, .some(let path)):
+            guard fileExists(path) else { throw fail(base + ["api_key_file"], "cannot read \(path)") }
+            up.apiKey = .file(path)
+        case (nil, nil):
+            up.apiKey = .none
+        }
+        for (key, value) in [("ca_file", ru.ca_file), ("client_cert_file", ru.client_cert_file), ("client_key_file", ru.client_key_file)] {
+            if let value, !fileExists(value) { throw fail(base + [key], "cannot read \(value)") }
+        }
+        if (ru.client_cert_file == nil) != (ru.client_key_file == nil) {
+            throw fail(base + [ru.client_cert_file == nil ? "client_key_file" : "client_cert_file"], "client_cert_file and client_key_file go together")
+        }
+        if !url.tls, ru.ca_file != nil || ru.client_cert_file != nil || ru.server_name != nil || ru.tls_min_version != nil {
+            throw fail(base + ["url"], "TLS options are set but the URL is http://; use https://")
+        }
+        up.caFile = ru.ca_file
+        up.clientCertificateFile = ru.client_cert_file
+        up.clientKeyFile = ru.client_key_file
+        up.serverName = ru.server_name
+        if let v = ru.tls_min_version {
+            guard let parsed = SidecarConfiguration.TLSVersion(rawValue: v) else { throw fail(base + ["tls_min_version"], "must be \"1.2\" or \"1.3\"") }
+            up.tlsMinimumVersion = parsed
+        }
+        up.maxConnections = try positive(ru.max_connections, base + ["max_connections"], default: up.maxConnections, max: 100_000)
+        if let q = ru.queue_size {
+            guard q >= 0 else { throw fail(base + ["queue_size"], "must be 0 or more") }
+            up.queueSize = q
+        }
+        up.queueTimeout = try duration(ru.queue_timeout, base + ["queue_timeout"], default: up.queueTimeout)
+        up.idleTimeout = try duration(ru.idle_timeout, base + ["idle_timeout"], default: up.idleTimeout)
+        up.connectTimeout = try duration(ru.connect_timeout, base + ["connect_timeout"], default: up.connectTimeout)
+        up.tlsHandshakeTimeout = try duration(ru.tls_handshake_timeout, base + ["tls_handshake_timeout"], default: up.tlsHandshakeTimeout)
+        up.firstByteTimeout = try duration(ru.first_byte_timeout, base + ["first_byte_timeout"], default: up.firstByteTimeout)
+        up.readIdleTimeout = try duration(ru.read_idle_timeout, base + ["read_idle_timeout"], default: up.readIdleTimeout)
+        return up
+    }
+}
+
+/// Finds the line of a dotted key in TOML source text, for error messages. Understands
+/// `[table]` / `[table.sub]` headers and `key = value` lines; good enough for our flat files.
+enum TOMLLocator {
+    static func line(of path: [String], in source: String) -> Int? {
+        guard !path.isEmpty else { return nil }
+        var table: [String] = []
+        var tableLine: Int?
+        var best: Int?
+        for (i, rawLine) in source.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let line = rawLine.trimmingSpaces()
+            if line.hasPrefix("[") && !line.hasPrefix("[[") {
+                let inner = line.dropFirst().prefix { $0 != "]" }
+                table = inner.split(separator: ".").map { String($0.trimmingSpaces()).trimmingCharacters("\"") }
+                if table == path { return i + 1 }
+                if table.count <= path.count, Array(path.prefix(table.count)) == table { tableLine = i + 1 } else { tableLine = nil }
+                continue
+            }
+            guard let eq = line.firstIndex(of: "=") else { continue }
+            let key = String(line[..<eq].trimmingSpaces()).trimmingCharacters("\"")
+            let full = table + key.split(separator: ".").map(String.init)
+            if full == path { return i + 1 }
+            if best == nil, full.count <= path.count, Array(path.prefix(full.count)) == full { best = i + 1 }
+        }
+        return best ?? tableLine
+    }
+}
+
+extension String {
+    func trimmingCharacters(_ c: Character) -> String {
+        var s = Substring(self)
+        while s.first == c { s.removeFirst() }
+        while s.last == c { s.removeLast() }
+        return String(s)
+    }
+}

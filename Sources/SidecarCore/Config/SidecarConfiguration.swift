@@ -1,0 +1,206 @@
+import NIOCore
+
+/// The daemon's whole configuration after validation: every value typed, every default applied.
+///
+/// Built by `SidecarConfiguration.load(toml:file:environment:)` (see `+Decoding`), or by
+/// `zeroConfig(listen:upstream:)` for `llm-sidecar serve --upstream URL` with no file.
+/// Keys are NOT here: only where to find them (`KeySource`); `resolveKeys` reads them.
+public struct SidecarConfiguration: Sendable, Equatable {
+    public var server: Server
+    /// Upstreams by name, in name order (so every listing and every pool layout is deterministic).
+    public var upstreams: [Upstream]
+    public var log: Log
+
+    public init(server: Server, upstreams: [Upstream], log: Log = Log()) {
+        self.server = server
+        self.upstreams = upstreams.sorted { $0.name < $1.name }
+        self.log = log
+    }
+
+    public func upstream(named name: String) -> Upstream? { upstreams.first { $0.name == name } }
+
+    /// `[server]`
+    public struct Server: Sendable, Equatable {
+        /// Where clients connect. Default `127.0.0.1:8080`: loopback only unless configured.
+        public var listen: ListenAddress = .tcp(host: "127.0.0.1", port: 8080)
+        /// Where requests go. Default: the only upstream, when there is exactly one.
+        public var defaultUpstream: String?
+        /// Largest request body accepted; larger gets 413. Default 32 MiB.
+        public var maxBodyBytes: Int = 32 << 20
+        /// Event-loop threads. Default: one per core.
+        public var threads: Int?
+        /// How long a client keep-alive connection may sit idle. Default 75 s (nginx's default).
+        public var clientIdleTimeout: TimeAmount = .seconds(75)
+        /// How long a graceful stop waits for in-flight requests. Default 30 s.
+        public var drainTimeout: TimeAmount = .seconds(30)
+        public init() {}
+    }
+
+    /// `[upstreams.NAME]`
+    public struct Upstream: Sendable, Equatable {
+        public var name: String
+        public var url: UpstreamURL
+        public var apiKey: KeySource = .none
+        /// PEM bundle of trusted CAs; nil = the system trust store.
+        public var caFile: String?
+        /// Client certificate and key (PEM) for mTLS; both or neither.
+        public var clientCertificateFile: String?
+        public var clientKeyFile: String?
+        /// Name sent in SNI and verified in the certificate; default: the URL's host.
+        public var serverName: String?
+        /// "1.2" (default) or "1.3".
+        public var tlsMinimumVersion: TLSVersion = .v1_2
+        /// Connections across all threads. Default 64.
+        public var maxConnections: Int = 64
+        /// Requests that may wait for a connection. Default 1024.
+        public var queueSize: Int = 1024
+        /// How long a request may wait for a connection before 503. Default 30 s.
+        public var queueTimeout: TimeAmount = .seconds(30)
+        /// How long an idle pooled connection is kept. Default 90 s.
+        public var idleTimeout: TimeAmount = .seconds(90)
+        /// TCP connect. Default 10 s.
+        public var connectTimeout: TimeAmount = .seconds(10)
+        /// TLS handshake. Default 10 s.
+        public var tlsHandshakeTimeout: TimeAmount = .seconds(10)
+        /// From the request's last byte to the response's first. Default 600 s (OpenAI SDK's timeout).
+        public var firstByteTimeout: TimeAmount = .seconds(600)
+        /// Longest silence between two response body reads. Default 300 s.
+        public var readIdleTimeout: TimeAmount = .seconds(300)
+
+        public init(name: String, url: UpstreamURL) {
+            self.name = name
+            self.url = url
+        }
+    }
+
+    /// `[log]`
+    public struct Log: Sendable, Equatable {
+        public enum Format: String, Sendable { case logfmt, json }
+        /// trace, debug, info (default), notice, warning, error, critical.
+        public var level: String = "info"
+        public var format: Format = .logfmt
+        public init() {}
+    }
+
+    public enum TLSVersion: String, Sendable { case v1_2 = "1.2", v1_3 = "1.3" }
+
+    /// Where an upstream's API key comes from. Never the configuration file itself.
+    public enum KeySource: Sendable, Equatable {
+        case none
+        case environment(String)
+        case file(String)
+    }
+
+    /// The zero-config daemon of `llm-sidecar serve --upstream URL`: one upstream named "default",
+    /// its key from `OPENAI_API_KEY` when that is set, else clients' own `Authorization` passes through.
+    public static func zeroConfig(
+        listen: ListenAddress?, upstream: UpstreamURL, environment: [String: String]
+    ) -> SidecarConfiguration {
+        var server = Server()
+        if let listen { server.listen = listen }
+        server.defaultUpstream = "default"
+        var up = Upstream(name: "default", url: upstream)
+        if let key = environment["OPENAI_API_KEY"], !key.isEmpty { up.apiKey = .environment("OPENAI_API_KEY") }
+        return SidecarConfiguration(server: server, upstreams: [up])
+    }
+}
+
+/// Where the daemon listens.
+public enum ListenAddress: Sendable, Hashable, CustomStringConvertible {
+    case tcp(host: String, port: Int)
+    case unix(path: String)
+
+    /// `"127.0.0.1:8080"`, `"[::1]:8080"`, `"localhost:8080"`, `"0.0.0.0:8080"`, `"unix:/run/x.sock"`.
+    public static func parse(_ text: String) -> ListenAddress? {
+        if text.hasPrefix("unix:") {
+            let path = String(text.dropFirst(5))
+            return path.hasPrefix("/") ? .unix(path: path) : nil
+        }
+        guard let (host, port) = HostPort.split(text), let port, (0...65535).contains(port), !host.isEmpty else { return nil }
+        return .tcp(host: host, port: port)
+    }
+
+    public var description: String {
+        switch self {
+        case .tcp(let host, let port): return host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+        case .unix(let path): return "unix:\(path)"
+        }
+    }
+
+    /// True for 127.0.0.0/8, ::1, localhost and unix sockets.
+    public var isLoopback: Bool {
+        switch self {
+        case .unix: return true
+        case .tcp(let host, _): return host == "localhost" || host == "::1" || host.hasPrefix("127.")
+        }
+    }
+}
+
+/// `https://api.openai.com`, `http://127.0.0.1:11434`, `https://example.com/openai` (a path prefix).
+public struct UpstreamURL: Sendable, Hashable, CustomStringConvertible {
+    public var tls: Bool
+    public var host: String
+    public var port: Int
+    /// Prefix put before every forwarded path; "" for none. Never ends with "/".
+    public var pathPrefix: String
+
+    public init(tls: Bool, host: String, port: Int, pathPrefix: String = "") {
+        self.tls = tls
+        self.host = host
+        self.port = port
+        self.pathPrefix = pathPrefix
+    }
+
+    /// nil with a reason for anything that is not `http(s)://host[:port][/prefix]`.
+    public static func parse(_ text: String) -> Result<UpstreamURL, URLProblem> {
+        let tls: Bool
+        var rest: Substring
+        if text.hasPrefix("https://") { tls = true; rest = text.dropFirst(8) }
+        else if text.hasPrefix("http://") { tls = false; rest = text.dropFirst(7) }
+        else { return .failure(.init("must start with https:// or http://")) }
+        var prefix = ""
+        if let slash = rest.firstIndex(of: "/") {
+            prefix = String(rest[slash...])
+            rest = rest[..<slash]
+            while prefix.hasSuffix("/") { prefix.removeLast() }
+        }
+        if prefix.contains("?") || prefix.contains("#") || rest.contains("@") {
+            return .failure(.init("must not contain a query, a fragment or user info"))
+        }
+        guard let (host, port) = HostPort.split(String(rest)), !host.isEmpty else {
+            return .failure(.init("has no host"))
+        }
+        if let port, !(1...65535).contains(port) { return .failure(.init("has an invalid port")) }
+        let allowed = host.unicodeScalars.allSatisfy { $0.properties.isAlphabetic || ("0"..."9").contains($0) || "-.:".unicodeScalars.contains($0) }
+        guard allowed else { return .failure(.init("has an invalid host \"\(host)\"")) }
+        return .success(UpstreamURL(tls: tls, host: host, port: port ?? (tls ? 443 : 80), pathPrefix: prefix))
+    }
+
+    public struct URLProblem: Error, Equatable { public var reason: String; init(_ r: String) { reason = r } }
+
+    /// The value of the `Host` header: the port only when it is not the scheme's default.
+    public var hostHeader: String {
+        let h = host.contains(":") ? "[\(host)]" : host
+        return port == (tls ? 443 : 80) ? h : "\(h):\(port)"
+    }
+
+    public var description: String { "\(tls ? "https" : "http")://\(hostHeader)\(pathPrefix)" }
+}
+
+enum HostPort {
+    /// "host:port", "[v6]:port", "host" -> (host, port?); nil when malformed.
+    static func split(_ text: String) -> (String, Int?)? {
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]") else { return nil }
+            let host = String(text[text.index(after: text.startIndex)..<close])
+            let after = text[text.index(after: close)...]
+            if after.isEmpty { return (host, nil) }
+            guard after.hasPrefix(":"), let p = Int(after.dropFirst()) else { return nil }
+            return (host, p)
+        }
+        let parts = text.split(separator: ":", omittingEmptySubsequences: false)
+        if parts.count == 1 { return (text, nil) }
+        guard parts.count == 2, let p = Int(parts[1]) else { return nil }
+        return (String(parts[0]), p)
+    }
+}

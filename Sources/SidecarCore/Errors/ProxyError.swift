@@ -1,0 +1,168 @@
+/// Every failure the sidecar itself produces, with where it came from, whether it may be retried,
+/// and ONE mapping to an HTTP status and an OpenAI-shaped JSON body (`{"error":{"message","type","code"}}`).
+///
+/// A struct with a private code rather than a public enum, so new kinds never break callers
+/// (the lesson of AsyncHTTPClient's `HTTPClientError`).
+public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// Who caused the failure: the downstream client, the upstream provider, or the sidecar.
+    public enum Source: String, Sendable { case client, upstream, `internal` }
+
+    /// Which timeout fired; named in the message so an operator knows which knob to turn.
+    public enum Timeout: String, Sendable {
+        case connect = "connect"
+        case tlsHandshake = "TLS handshake"
+        case firstByte = "first byte"
+        case readIdle = "read idle"
+        case poolQueue = "connection pool queue"
+    }
+
+    private enum Code: Hashable, Sendable {
+        case badRequest, payloadTooLarge, notFound, methodNotAllowed
+        case upstreamConnect, upstreamTLS, upstreamClosed, upstreamProtocol, upstreamTimeout(Timeout)
+        case poolExhausted, shuttingDown, internalError
+    }
+
+    private let code: Code
+    /// The human-readable cause. Never contains keys or bodies.
+    public let message: String
+
+    private init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    // MARK: client errors
+    public static func badRequest(_ why: String) -> ProxyError { .init(.badRequest, why) }
+    public static func payloadTooLarge(limit: Int) -> ProxyError {
+        .init(.payloadTooLarge, "request body exceeds server.max_body_bytes (\(limit) bytes)")
+    }
+    public static func notFound(path: String) -> ProxyError {
+        .init(.notFound, "no route for \(path.prefix(200)): the sidecar forwards /v1/... and serves /healthz")
+    }
+    public static func methodNotAllowed(_ method: String, path: String) -> ProxyError {
+        .init(.methodNotAllowed, "method \(method) is not allowed on \(path)")
+    }
+
+    // MARK: upstream errors
+    public static func upstreamConnect(_ why: String) -> ProxyError {
+        .init(.upstreamConnect, "upstream connect failed: \(why)")
+    }
+    public static func upstreamTLS(_ why: String) -> ProxyError {
+        .init(.upstreamTLS, "upstream TLS handshake failed: \(why)")
+    }
+    public static func upstreamClosed(_ why: String) -> ProxyError { .init(.upstreamClosed, why) }
+    public static func upstreamProtocol(_ why: String) -> ProxyError {
+        .init(.upstreamProtocol, "upstream sent an invalid HTTP response: \(why)")
+    }
+    public static func upstreamTimeout(_ which: Timeout, after: String) -> ProxyError {
+        .init(.upstreamTimeout(which), "upstream \(which.rawValue) timeout fired after \(after)")
+    }
+
+    // MARK: internal errors
+    public static func poolExhausted(_ why: String) -> ProxyError { .init(.poolExhausted, why) }
+    public static let shuttingDown = ProxyError(.shuttingDown, "the sidecar is shutting down")
+    public static func internalError(_ why: String) -> ProxyError { .init(.internalError, why) }
+
+    // MARK: the one mapping
+
+    public var source: Source {
+        switch code {
+        case .badRequest, .payloadTooLarge, .notFound, .methodNotAllowed: return .client
+        case .upstreamConnect, .upstreamTLS, .upstreamClosed, .upstreamProtocol: return .upstream
+        case .upstreamTimeout(let t): return t == .poolQueue ? .internal : .upstream
+        case .poolExhausted, .shuttingDown, .internalError: return .internal
+        }
+    }
+
+    /// The HTTP status the client receives.
+    public var status: Int {
+        switch code {
+        case .badRequest: return 400
+        case .notFound: return 404
+        case .methodNotAllowed: return 405
+        case .payloadTooLarge: return 413
+        case .upstreamConnect, .upstreamTLS, .upstreamClosed, .upstreamProtocol: return 502
+        case .upstreamTimeout(let t): return t == .poolQueue ? 503 : 504
+        case .poolExhausted, .shuttingDown: return 503
+        case .internalError: return 500
+        }
+    }
+
+    /// OpenAI's `error.type`.
+    public var type: String {
+        switch source {
+        case .client: return "invalid_request_error"
+        case .upstream: return "upstream_error"
+        case .internal: return "server_error"
+        }
+    }
+
+    /// OpenAI's `error.code`: stable, machine-readable.
+    public var codeString: String {
+        switch code {
+        case .badRequest: return "bad_request"
+        case .payloadTooLarge: return "request_too_large"
+        case .notFound: return "not_found"
+        case .methodNotAllowed: return "method_not_allowed"
+        case .upstreamConnect: return "upstream_connect_failed"
+        case .upstreamTLS: return "upstream_tls_failed"
+        case .upstreamClosed: return "upstream_connection_closed"
+        case .upstreamProtocol: return "upstream_invalid_response"
+        case .upstreamTimeout(let t):
+            switch t {
+            case .connect: return "upstream_connect_timeout"
+            case .tlsHandshake: return "upstream_tls_timeout"
+            case .firstByte: return "upstream_first_byte_timeout"
+            case .readIdle: return "upstream_read_timeout"
+            case .poolQueue: return "pool_queue_timeout"
+            }
+        case .poolExhausted: return "pool_exhausted"
+        case .shuttingDown: return "shutting_down"
+        case .internalError: return "internal_error"
+        }
+    }
+
+    /// Seconds the client should wait before trying again, for the statuses where that helps.
+    public var retryAfterSeconds: Int? {
+        switch code {
+        case .poolExhausted, .shuttingDown: return 1
+        case .upstreamTimeout(.poolQueue): return 1
+        default: return nil
+        }
+    }
+
+    /// The OpenAI-shaped body, e.g. `{"error":{"message":"...","type":"upstream_error","code":"upstream_tls_failed"}}`.
+    public var jsonBody: String {
+        var out = #"{"error":{"message":"#
+        JSONString.append(message, to: &out)
+        out += #","type":"#
+        JSONString.append(type, to: &out)
+        out += #","code":"#
+        JSONString.append(codeString, to: &out)
+        out += "}}"
+        return out
+    }
+
+    public var description: String { "\(codeString): \(message)" }
+}
+
+/// Minimal JSON string writer (RFC 8259 §7), so error bodies need no Foundation encoder.
+public enum JSONString {
+    public static func append(_ s: String, to out: inout String) {
+        out.append("\"")
+        for scalar in s.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case _ where scalar.value < 0x20:
+                let hex = String(scalar.value, radix: 16)
+                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        out.append("\"")
+    }
+}

@@ -1,0 +1,65 @@
+import Dispatch
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import SidecarCore
+
+/// Runs the daemon until SIGTERM or SIGINT: start the server, log where it listens, then on the
+/// first signal stop gracefully (drain up to `server.drain_timeout`) and on a second exit at once.
+public enum SidecarApplication {
+    public static func run(configuration: SidecarConfiguration, environment: [String: String], logger: Logger) async throws {
+        let keys = try APIKeys.resolve(configuration, environment: environment)
+        let threads = configuration.server.threads ?? System.coreCount
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+        let server: SidecarServer
+        do {
+            server = try await SidecarServer.start(configuration: configuration, apiKeys: keys, group: group, logger: logger)
+        } catch {
+            try? await group.shutdownGracefully()
+            throw error
+        }
+        logger.info("listening", metadata: [
+            "address": "\(configuration.server.listen)",
+            "threads": "\(threads)",
+            "upstreams": "\(configuration.upstreams.map { "\($0.name)=\($0.url)" }.joined(separator: ","))",
+        ])
+
+        let stop = AsyncStream<Int32>.makeStream()
+        signal(SIGTERM, SIG_IGN)
+        signal(SIGINT, SIG_IGN)
+        signal(SIGPIPE, SIG_IGN)
+        let signalQueue = DispatchQueue(label: "llm-sidecar.signals")
+        var sources: [DispatchSourceSignal] = []
+        let received = SignalCounter()
+        for sig in [SIGTERM, SIGINT] {
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: signalQueue)
+            source.setEventHandler {
+                if received.increment() > 1 {
+                    logger.warning("second signal: exiting now")
+                    exit(1)
+                }
+                stop.continuation.yield(sig)
+            }
+            source.resume()
+            sources.append(source)
+        }
+        for await sig in stop.stream {
+            logger.info("stopping", metadata: ["signal": "\(sig == SIGTERM ? "TERM" : "INT")", "in-flight": "\(server.requestsInFlight)"])
+            break
+        }
+        await server.shutdown(drainTimeout: configuration.server.drainTimeout)
+        try? await group.shutdownGracefully()
+        sources.forEach { $0.cancel() }
+        logger.info("stopped")
+    }
+}
+
+private final class SignalCounter: @unchecked Sendable {
+    private var count = 0
+    // Only touched on the serial signal queue.
+    func increment() -> Int {
+        count += 1
+        return count
+    }
+}

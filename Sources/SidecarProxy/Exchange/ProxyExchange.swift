@@ -1,0 +1,190 @@
+import NIOCore
+import NIOHTTP1
+import SidecarCore
+
+/// One client request on its way through the proxy, in named phases:
+///
+///   `start` (choose the upstream, rewrite the head) -> `lease` (a pooled connection)
+///   -> `send` (head, body so far, then the rest as it arrives) -> `upstreamResponse*` (stream back)
+///   -> `finish` (release the connection, end the client's response)
+///
+/// A failure in any phase goes to `fail`, the single exit that either answers with an
+/// OpenAI-shaped error (nothing was sent to the client yet) or cuts the client's response (something
+/// was, so the client must see an abnormal end, never a fake complete answer).
+///
+/// Lives on the client connection's event loop, as does its pooled upstream connection.
+final class ProxyExchange: UpstreamResponseDelegate {
+    private enum Phase {
+        case waitingForConnection(ConnectionPoolStateMachine.WaiterID)
+        case forwarding(UpstreamPool.Lease)
+        case done
+    }
+
+    private let downstream: DownstreamHandler
+    private let group: UpstreamGroup
+    private let pool: UpstreamPool
+    private let maxBodyBytes: Int
+    private var upstreamHead: HTTPRequestHead
+    private var phase: Phase
+    /// Body parts received so far, kept (by reference, not copied) until the response starts so
+    /// that a request that hit a stale keep-alive connection can be replayed once.
+    private var body: [ByteBuffer] = []
+    private var bodyBytes = 0
+    private var requestEnded = false
+    private var replayed = false
+    private var responseStarted = false
+
+    init(downstream: DownstreamHandler, head: HTTPRequestHead, group: UpstreamGroup, pool: UpstreamPool, maxBodyBytes: Int) {
+        self.downstream = downstream
+        self.group = group
+        self.pool = pool
+        self.maxBodyBytes = maxBodyBytes
+        let url = group.configuration.url
+        var h = HTTPRequestHead(
+            version: .http1_1, method: head.method, uri: url.pathPrefix.isEmpty ? head.uri : url.pathPrefix + head.uri,
+            headers: HeaderPolicy.upstreamRequestHeaders(from: head.headers, host: url.hostHeader, authorization: group.authorization))
+        h.version = .http1_1
+        self.upstreamHead = h
+        self.phase = .done
+    }
+
+    // MARK: phases
+
+    /// Asks the pool for a connection. The grant may arrive before this returns.
+    func start() {
+        lease(fresh: false)
+    }
+
+    private func lease(fresh: Bool) {
+        var granted = false
+        let waiter = pool.lease(fresh: fresh) { [self] result in
+            granted = true
+            switch result {
+            case .success(let lease): self.send(on: lease)
+            case .failure(let error): self.fail(error)
+            }
+        }
+        if !granted { phase = .waitingForConnection(waiter) }
+    }
+
+    /// Sends the head, what body has arrived, and the end if it has arrived too.
+    private func send(on lease: UpstreamPool.Lease) {
+        phase = .forwarding(lease)
+        let connection = lease.connection
+        connection.delegate = self
+        connection.send(head: upstreamHead)
+        for part in body { connection.sendBody(part) }
+        if requestEnded { connection.sendEnd() } else { connection.flush() }
+    }
+
+    /// More of the client's body.
+    func requestBody(_ buffer: ByteBuffer) {
+        bodyBytes += buffer.readableBytes
+        if bodyBytes > maxBodyBytes {
+            fail(.payloadTooLarge(limit: maxBodyBytes))
+            return
+        }
+        if !responseStarted { body.append(buffer) }
+        if case .forwarding(let lease) = phase { lease.connection.sendBody(buffer) }
+    }
+
+    /// The client's request is complete.
+    func requestEnd() {
+        requestEnded = true
+        if case .forwarding(let lease) = phase { lease.connection.sendEnd() }
+    }
+
+    // MARK: the response
+
+    func upstreamResponseHead(_ head: HTTPResponseHead) {
+        responseStarted = true
+        body.removeAll()
+        var headers = HeaderPolicy.downstreamResponseHeaders(from: head.headers)
+        if !downstream.keepAlive { headers.add(name: "connection", value: "close") }
+        downstream.writeResponseHead(HTTPResponseHead(version: .http1_1, status: head.status, headers: headers))
+    }
+
+    func upstreamResponseBody(_ body: ByteBuffer) {
+        downstream.writeResponseBody(body)
+    }
+
+    func upstreamReadComplete() {
+        downstream.flush()
+    }
+
+    func upstreamResponseEnd(_ trailers: HTTPHeaders?) {
+        guard case .forwarding(let lease) = phase else { return }
+        phase = .done
+        let keepAlive = lease.connection.lastResponseKeepAlive
+        // A connection whose request was not sent to its end cannot carry another request.
+        pool.release(lease.connection, reusable: keepAlive.reusable && requestEnded, keepAlive: keepAlive.timeout)
+        downstream.finishResponse(trailers: trailers)
+    }
+
+    func upstreamFailed(_ error: ProxyError, beforeResponse: Bool) {
+        guard case .forwarding(let lease) = phase else { return }
+        pool.release(lease.connection, reusable: false, keepAlive: nil)
+        // The server may close a keep-alive connection just as we reuse it. Nothing reached the
+        // provider's application then, so one replay on a fresh connection is safe; no other
+        // failure is replayed here (a POST that reached the provider may already be billed).
+        if beforeResponse, lease.reused, !replayed, Self.isStaleClose(error) {
+            replayed = true
+            phase = .done
+            self.lease(fresh: true)
+            return
+        }
+        phase = .done
+        answer(error)
+    }
+
+    private static func isStaleClose(_ error: ProxyError) -> Bool {
+        error.codeString == "upstream_connection_closed"
+    }
+
+    // MARK: the client
+
+    /// Backpressure: a client that cannot take more pauses reading from the upstream.
+    func downstreamWritabilityChanged(writable: Bool) {
+        if case .forwarding(let lease) = phase { lease.connection.setReadsPaused(!writable) }
+    }
+
+    /// The client went away: stop waiting, or close the upstream connection (never pool a
+    /// connection whose response was not read to its end).
+    func downstreamClosed() {
+        switch phase {
+        case .waitingForConnection(let waiter):
+            pool.cancel(waiter)
+        case .forwarding(let lease):
+            lease.connection.delegate = nil
+            pool.release(lease.connection, reusable: false, keepAlive: nil)
+        case .done:
+            break
+        }
+        phase = .done
+    }
+
+    // MARK: the single exit for failures
+
+    private func fail(_ error: ProxyError) {
+        switch phase {
+        case .waitingForConnection(let waiter):
+            pool.cancel(waiter)
+        case .forwarding(let lease):
+            lease.connection.delegate = nil
+            pool.release(lease.connection, reusable: false, keepAlive: nil)
+        case .done:
+            break
+        }
+        phase = .done
+        answer(error)
+    }
+
+    private func answer(_ error: ProxyError) {
+        if responseStarted {
+            downstream.abortResponse()
+        } else {
+            // 413: the rest of a too-large body is not worth reading; close instead.
+            downstream.respondWithError(error, closeAfter: error.status == 413)
+        }
+    }
+}

@@ -1,0 +1,336 @@
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import SidecarCore
+import SidecarTLS
+
+/// What an exchange learns from the upstream connection it leased.
+protocol UpstreamResponseDelegate: AnyObject {
+    func upstreamResponseHead(_ head: HTTPResponseHead)
+    func upstreamResponseBody(_ body: ByteBuffer)
+    func upstreamResponseEnd(_ trailers: HTTPHeaders?)
+    /// The socket has no more to read for now: time to flush what was written downstream.
+    func upstreamReadComplete()
+    /// The connection failed or closed before the response ended. `beforeResponse` is true when
+    /// not a single response byte had arrived.
+    func upstreamFailed(_ error: ProxyError, beforeResponse: Bool)
+}
+
+/// One keep-alive HTTP/1.1 connection to an upstream (TLS or plain), confined to its event loop.
+/// A request is sent with `send(head:)`/`sendBody`/`sendEnd`; the response goes to the delegate.
+final class UpstreamConnection {
+    let id: ConnectionPoolStateMachine.ConnectionID
+    let channel: Channel
+    fileprivate let handler: UpstreamConnectionHandler
+
+    fileprivate init(id: ConnectionPoolStateMachine.ConnectionID, channel: Channel, handler: UpstreamConnectionHandler) {
+        self.id = id
+        self.channel = channel
+        self.handler = handler
+    }
+
+    var delegate: UpstreamResponseDelegate? {
+        get { handler.delegate }
+        set { handler.delegate = newValue }
+    }
+
+    /// The server's `Keep-Alive: timeout=` of the last response, and whether it allows reuse.
+    var lastResponseKeepAlive: (reusable: Bool, timeout: TimeAmount?) { (handler.reusable, handler.keepAliveTimeout) }
+
+    func send(head: HTTPRequestHead) {
+        handler.beginRequest()
+        channel.write(HTTPClientRequestPart.head(head), promise: nil)
+    }
+
+    func sendBody(_ buffer: ByteBuffer) {
+        channel.write(HTTPClientRequestPart.body(.byteBuffer(buffer)), promise: nil)
+    }
+
+    func sendEnd() {
+        channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
+        handler.requestSent()
+    }
+
+    func flush() { channel.flush() }
+
+    /// Backpressure from the client: stop (or resume) reading the response.
+    func setReadsPaused(_ paused: Bool) { handler.setReadsPaused(paused) }
+
+    /// Closes without reuse (the response was abandoned or broken).
+    func close() { channel.close(promise: nil) }
+
+    var isActive: Bool { channel.isActive }
+
+    // MARK: connecting
+
+    struct Settings {
+        var url: UpstreamURL
+        var sslContext: SSLContext?
+        var serverName: String?
+        var connectTimeout: TimeAmount
+        var tlsHandshakeTimeout: TimeAmount
+        var firstByteTimeout: TimeAmount
+        var readIdleTimeout: TimeAmount
+    }
+
+    /// Opens a connection (TCP, then TLS when the URL is https) on `eventLoop` and calls
+    /// `completion` on that loop once it can carry a request, or with a `ProxyError` naming what failed.
+    static func connect(
+        id: ConnectionPoolStateMachine.ConnectionID, settings: Settings, eventLoop: EventLoop,
+        onClose: @escaping (ConnectionPoolStateMachine.ConnectionID) -> Void,
+        completion: @escaping (Result<UpstreamConnection, ProxyError>) -> Void
+    ) {
+        let ready = eventLoop.makePromise(of: Void.self)
+        let firstByte = settings.firstByteTimeout
+        let readIdle = settings.readIdleTimeout
+        let handshakeTimeout = settings.tlsHandshakeTimeout
+        let tlsContext = settings.sslContext
+        let serverName = settings.serverName ?? settings.url.host
+        let url = settings.url
+        let bootstrap = ClientBootstrap(group: eventLoop)
+            .connectTimeout(settings.connectTimeout)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                do {
+                    let sync = channel.pipeline.syncOperations
+                    if let tlsContext {
+                        try sync.addHandler(TLSHandler(client: tlsContext, serverName: serverName, handshakeTimeout: handshakeTimeout))
+                    }
+                    try sync.addHTTPClientHandlers(leftOverBytesStrategy: .fireError)
+                    try sync.addHandler(UpstreamConnectionHandler(
+                        ready: ready, tls: tlsContext != nil, firstByteTimeout: firstByte, readIdleTimeout: readIdle))
+                    return channel.eventLoop.makeSucceededVoidFuture()
+                } catch {
+                    return channel.eventLoop.makeFailedFuture(error)
+                }
+            }
+        bootstrap.connect(host: url.host, port: url.port).assumeIsolated().whenComplete { result in
+            switch result {
+            case .failure(let error):
+                ready.fail(error)
+                completion(.failure(Self.describeConnectError(error, url: url, timeout: settings.connectTimeout)))
+            case .success(let channel):
+                ready.futureResult.assumeIsolated().whenComplete { handshake in
+                    switch handshake {
+                    case .failure(let error):
+                        channel.close(promise: nil)
+                        completion(.failure(Self.describeHandshakeError(error, timeout: handshakeTimeout)))
+                    case .success:
+                        guard let handler = try? channel.pipeline.syncOperations.handler(type: UpstreamConnectionHandler.self) else {
+                            channel.close(promise: nil)
+                            completion(.failure(.upstreamClosed("upstream closed the connection right after it opened")))
+                            return
+                        }
+                        let connection = UpstreamConnection(id: id, channel: channel, handler: handler)
+                        channel.closeFuture.assumeIsolated().whenComplete { _ in onClose(id) }
+                        completion(.success(connection))
+                    }
+                }
+            }
+        }
+    }
+
+    private static func describeConnectError(_ error: Error, url: UpstreamURL, timeout: TimeAmount) -> ProxyError {
+        if let e = error as? ChannelError, case .connectTimeout = e {
+            return .upstreamTimeout(.connect, after: DurationText.format(timeout))
+        }
+        if let e = error as? NIOConnectionError {
+            if e.dnsAAAAError != nil || e.dnsAError != nil, e.connectionErrors.isEmpty {
+                return .upstreamConnect("cannot resolve \(url.host)")
+            }
+            if let first = e.connectionErrors.first {
+                if let io = first.error as? IOError {
+                    return .upstreamConnect("\(url.host):\(url.port): \(Self.errnoText(io.errnoCode))")
+                }
+                if let c = first.error as? ChannelError, case .connectTimeout = c {
+                    return .upstreamTimeout(.connect, after: DurationText.format(timeout))
+                }
+            }
+            return .upstreamConnect("\(url.host):\(url.port): connection failed")
+        }
+        if let io = error as? IOError {
+            return .upstreamConnect("\(url.host):\(url.port): \(Self.errnoText(io.errnoCode))")
+        }
+        if let p = error as? ProxyError { return p }
+        return .upstreamConnect("\(url.host):\(url.port): \(error)")
+    }
+
+    private static func errnoText(_ code: Int32) -> String {
+        switch code {
+        case ECONNREFUSED: return "connection refused"
+        case ENETUNREACH: return "network unreachable"
+        case EHOSTUNREACH: return "host unreachable"
+        case ETIMEDOUT: return "timed out"
+        default: return String(cString: strerror(code))
+        }
+    }
+
+    private static func describeHandshakeError(_ error: Error, timeout: TimeAmount) -> ProxyError {
+        if let t = error as? TLSError {
+            if t.kind == .handshakeTimeout { return .upstreamTimeout(.tlsHandshake, after: DurationText.format(timeout)) }
+            return .upstreamTLS(t.reason)
+        }
+        if let p = error as? ProxyError { return p }
+        return .upstreamTLS("\(error)")
+    }
+}
+
+/// The last handler of an upstream pipeline: hands response parts to the leasing exchange, runs
+/// the first-byte and read-idle timers, and holds reads while the client cannot take more.
+final class UpstreamConnectionHandler: ChannelDuplexHandler {
+    typealias InboundIn = HTTPClientResponsePart
+    typealias OutboundIn = HTTPClientRequestPart
+    typealias OutboundOut = HTTPClientRequestPart
+
+    weak var delegate: UpstreamResponseDelegate?
+    private var ready: EventLoopPromise<Void>?
+    private let tls: Bool
+    private let firstByteTimeout: TimeAmount
+    private let readIdleTimeout: TimeAmount
+    private var context: ChannelHandlerContext?
+    private var timer: Scheduled<Void>?
+    private var readsPaused = false
+    private var pendingRead = false
+    private var responseStarted = false
+    private var inRequest = false
+    private(set) var reusable = true
+    private(set) var keepAliveTimeout: TimeAmount?
+
+    init(ready: EventLoopPromise<Void>, tls: Bool, firstByteTimeout: TimeAmount, readIdleTimeout: TimeAmount) {
+        self.ready = ready
+        self.tls = tls
+        self.firstByteTimeout = firstByteTimeout
+        self.readIdleTimeout = readIdleTimeout
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        if !tls, context.channel.isActive { ready?.succeed(()); ready = nil }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        timer?.cancel()
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        if !tls { ready?.succeed(()); ready = nil }
+        context.fireChannelActive()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let tlsEvent = event as? TLSEvent, case .handshakeCompleted = tlsEvent {
+            ready?.succeed(())
+            ready = nil
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func beginRequest() {
+        inRequest = true
+        responseStarted = false
+        reusable = true
+        keepAliveTimeout = nil
+    }
+
+    /// The request's last byte is written: the first-byte timer starts.
+    func requestSent() {
+        guard inRequest, !responseStarted, let context else { return }
+        arm(firstByteTimeout, .firstByte, context: context)
+    }
+
+    private func arm(_ amount: TimeAmount, _ which: ProxyError.Timeout, context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = context.eventLoop.assumeIsolated().scheduleTask(in: amount) { [self] in
+            self.timer = nil
+            self.fail(.upstreamTimeout(which, after: DurationText.format(amount)), context: context)
+        }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            responseStarted = true
+            if head.status == .continue || (head.status.code >= 100 && head.status.code < 200 && head.status != .switchingProtocols) {
+                return  // interim responses are not forwarded (HTTPResponseDecoder passes them through)
+            }
+            reusable = head.isKeepAlive
+            if let t = HeaderPolicy.keepAliveTimeoutSeconds(head.headers) { keepAliveTimeout = .seconds(Int64(t)) }
+            arm(readIdleTimeout, .readIdle, context: context)
+            delegate?.upstreamResponseHead(head)
+        case .body(let buffer):
+            arm(readIdleTimeout, .readIdle, context: context)
+            delegate?.upstreamResponseBody(buffer)
+        case .end(let trailers):
+            timer?.cancel()
+            timer = nil
+            inRequest = false
+            let d = delegate
+            delegate = nil
+            d?.upstreamResponseEnd(trailers)
+            d?.upstreamReadComplete()
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        delegate?.upstreamReadComplete()
+        context.fireChannelReadComplete()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if let ready {
+            self.ready = nil
+            ready.fail(error)
+            context.close(promise: nil)
+            return
+        }
+        let proxyError: ProxyError
+        if let t = error as? TLSError {
+            proxyError = .upstreamClosed("upstream TLS failed: \(t.reason)")
+        } else if error is HTTPParserError {
+            proxyError = .upstreamProtocol("\(error)")
+        } else {
+            proxyError = .upstreamClosed("upstream connection failed: \(error)")
+        }
+        fail(proxyError, context: context)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if let ready {
+            self.ready = nil
+            ready.fail(TLSError(.closedDuringHandshake, "the upstream closed the connection during the TLS handshake"))
+        }
+        if inRequest {
+            fail(.upstreamClosed(responseStarted
+                ? "upstream closed the connection before the response ended"
+                : "upstream closed the connection before sending a response"), context: context)
+        }
+        context.fireChannelInactive()
+    }
+
+    private func fail(_ error: ProxyError, context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = nil
+        reusable = false
+        let wasInRequest = inRequest
+        inRequest = false
+        let d = delegate
+        delegate = nil
+        context.close(promise: nil)
+        if wasInRequest { d?.upstreamFailed(error, beforeResponse: !responseStarted) }
+    }
+
+    // MARK: backpressure
+
+    func read(context: ChannelHandlerContext) {
+        if readsPaused { pendingRead = true } else { context.read() }
+    }
+
+    func setReadsPaused(_ paused: Bool) {
+        readsPaused = paused
+        if !paused, pendingRead, let context {
+            pendingRead = false
+            context.read()
+        }
+    }
+}

@@ -1,0 +1,73 @@
+import NIOCore
+import SidecarCore
+import SidecarTLS
+
+/// Everything the proxy keeps for one configured upstream: its TLS context (one, shared by every
+/// connection), the resolved key, and one pool per event loop, so a request and its upstream
+/// connection always live on the same thread (no hops, no locks on the hot path).
+///
+/// `max_connections` and `queue_size` are totals: each loop's pool gets an even share (at least one
+/// connection each, so the effective cap is max(max_connections, threads)).
+final class UpstreamGroup: Sendable {
+    let configuration: SidecarConfiguration.Upstream
+    /// The `Authorization` value sent upstream, or nil to pass the client's through.
+    let authorization: String?
+    let sslContext: SSLContext?
+    private let pools: [ObjectIdentifier: NIOLoopBound<UpstreamPool>]
+
+    init(configuration: SidecarConfiguration.Upstream, apiKey: String?, eventLoops: [EventLoop]) throws {
+        self.configuration = configuration
+        self.authorization = apiKey.map { "Bearer \($0)" }
+        if configuration.url.tls {
+            var tls = TLSConfiguration.client(
+                trustRoots: configuration.caFile.map { .file($0) } ?? .system,
+                minimumVersion: configuration.tlsMinimumVersion == .v1_3 ? .tls1_3 : .tls1_2)
+            if let cert = configuration.clientCertificateFile, let key = configuration.clientKeyFile {
+                tls.identity = .files(certificateChain: cert, privateKey: key)
+            }
+            self.sslContext = try SSLContext(configuration: tls)
+        } else {
+            self.sslContext = nil
+        }
+        let settings = UpstreamConnection.Settings(
+            url: configuration.url, sslContext: sslContext, serverName: configuration.serverName,
+            connectTimeout: configuration.connectTimeout, tlsHandshakeTimeout: configuration.tlsHandshakeTimeout,
+            firstByteTimeout: configuration.firstByteTimeout, readIdleTimeout: configuration.readIdleTimeout)
+        var pools: [ObjectIdentifier: NIOLoopBound<UpstreamPool>] = [:]
+        let n = eventLoops.count
+        for (i, loop) in eventLoops.enumerated() {
+            let share = max(1, Self.share(configuration.maxConnections, of: n, index: i))
+            let queue = Self.share(configuration.queueSize, of: n, index: i) + (configuration.queueSize > 0 ? 1 : 0)
+            let poolConfig = ConnectionPoolStateMachine.Configuration(
+                maxConnections: share, maxWaiters: queue, idleTimeout: configuration.idleTimeout)
+            let queueTimeout = configuration.queueTimeout
+            let pool = try loop.submit {
+                NIOLoopBound(UpstreamPool(eventLoop: loop, configuration: poolConfig, settings: settings, queueTimeout: queueTimeout), eventLoop: loop)
+            }.wait()
+            pools[ObjectIdentifier(loop)] = pool
+        }
+        self.pools = pools
+    }
+
+    /// `total` split over `n` parts as evenly as integers allow.
+    static func share(_ total: Int, of n: Int, index: Int) -> Int {
+        total / n + (index < total % n ? 1 : 0)
+    }
+
+    /// The pool for the calling event loop.
+    func pool(on loop: EventLoop) -> UpstreamPool {
+        guard let bound = pools[ObjectIdentifier(loop)] else {
+            preconditionFailure("no upstream pool for this event loop")
+        }
+        return bound.value
+    }
+
+    /// Pool figures summed over every loop (for /stats; hops to each loop).
+    func shutdown() -> EventLoopFuture<Void> {
+        let futures = pools.values.map { bound in
+            bound.eventLoop.flatSubmit { bound.value.shutdown() }
+        }
+        guard let first = futures.first else { preconditionFailure("an upstream group has at least one pool") }
+        return EventLoopFuture.andAllComplete(futures, on: first.eventLoop)
+    }
+}

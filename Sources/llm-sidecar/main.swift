@@ -1,0 +1,143 @@
+import ArgumentParser
+import Foundation
+import Logging
+import SidecarCore
+import SidecarProxy
+
+/// The version printed by `llm-sidecar version`.
+let sidecarVersion = "0.1.0"
+
+@main
+struct LLMSidecar: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "llm-sidecar",
+        abstract: "A local sidecar that makes an app's OpenAI-compatible API calls cheaper, faster and sturdier.",
+        subcommands: [Serve.self, CheckConfig.self, Version.self],
+        defaultSubcommand: Serve.self)
+}
+
+/// Where the configuration comes from: `--config`, else `$LLM_SIDECAR_CONFIG`, else
+/// `/etc/llm-sidecar/config.toml`.
+struct ConfigOption: ParsableArguments {
+    @Option(name: .long, help: "Configuration file (default: $LLM_SIDECAR_CONFIG, then /etc/llm-sidecar/config.toml).")
+    var config: String?
+
+    func path(environment: [String: String]) -> (path: String, explicit: Bool) {
+        if let config { return (config, true) }
+        if let env = environment["LLM_SIDECAR_CONFIG"], !env.isEmpty { return (env, true) }
+        return ("/etc/llm-sidecar/config.toml", false)
+    }
+
+    static func load(path: String, environment: [String: String]) throws(ConfigurationError) -> SidecarConfiguration {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw ConfigurationError(file: path, problem: "cannot read the file")
+        }
+        guard let text = String(data: data, encoding: .utf8) else {
+            throw ConfigurationError(file: path, problem: "is not UTF-8 text")
+        }
+        return try SidecarConfiguration.load(
+            toml: text, file: path, environment: environment,
+            fileExists: { FileManager.default.isReadableFile(atPath: $0) })
+    }
+}
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run the proxy (the default command).")
+
+    @OptionGroup var configOption: ConfigOption
+
+    @Option(name: .long, help: "Listen on HOST:PORT or unix:/PATH (overrides server.listen).")
+    var listen: String?
+
+    @Option(name: .long, help: "Forward to this upstream URL with no configuration file, e.g. https://api.openai.com.")
+    var upstream: String?
+
+    @Option(name: .long, help: "Event-loop threads (overrides server.threads; default one per core).")
+    var threads: Int?
+
+    func run() async throws {
+        let environment = ProcessInfo.processInfo.environment
+        var configuration: SidecarConfiguration
+        do {
+            configuration = try resolveConfiguration(environment: environment)
+        } catch {
+            FileHandle.standardError.write(Data("llm-sidecar: \(error)\n".utf8))
+            throw ExitCode(78)  // EX_CONFIG
+        }
+        if let threads {
+            guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
+            configuration.server.threads = threads
+        }
+        let level = Logger.Level(rawValue: configuration.log.level) ?? .info
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "llm-sidecar")
+        do {
+            try await SidecarApplication.run(configuration: configuration, environment: environment, logger: logger)
+        } catch let error as ConfigurationError {
+            logger.critical("configuration refused", metadata: ["reason": "\(error)"])
+            throw ExitCode(78)
+        } catch {
+            logger.critical("cannot start", metadata: ["reason": "\(error)"])
+            throw ExitCode(1)
+        }
+    }
+
+    private func resolveConfiguration(environment: [String: String]) throws -> SidecarConfiguration {
+        let listenAddress: ListenAddress?
+        if let listen {
+            guard let parsed = ListenAddress.parse(listen) else {
+                throw ConfigurationError(key: "--listen", problem: "\"\(listen)\" is not HOST:PORT or unix:/ABSOLUTE/PATH")
+            }
+            listenAddress = parsed
+        } else {
+            listenAddress = nil
+        }
+        let (path, explicit) = configOption.path(environment: environment)
+        if let upstream, !explicit {
+            switch UpstreamURL.parse(upstream) {
+            case .success(let url):
+                return SidecarConfiguration.zeroConfig(listen: listenAddress, upstream: url, environment: environment)
+            case .failure(let problem):
+                throw ConfigurationError(key: "--upstream", problem: "\"\(upstream)\" \(problem.reason)")
+            }
+        }
+        if !explicit, !FileManager.default.fileExists(atPath: path) {
+            throw ConfigurationError(file: path, problem: "no configuration file; pass --config PATH or --upstream URL")
+        }
+        var configuration = try ConfigOption.load(path: path, environment: environment)
+        if let listenAddress { configuration.server.listen = listenAddress }
+        if upstream != nil {
+            throw ConfigurationError(key: "--upstream", problem: "cannot be combined with a configuration file; set [upstreams.NAME] url instead")
+        }
+        return configuration
+    }
+}
+
+struct CheckConfig: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check-config", abstract: "Validate a configuration file and exit non-zero with the problem if it is invalid.")
+
+    @OptionGroup var configOption: ConfigOption
+
+    func run() throws {
+        let environment = ProcessInfo.processInfo.environment
+        let (path, _) = configOption.path(environment: environment)
+        do {
+            let configuration = try ConfigOption.load(path: path, environment: environment)
+            _ = try APIKeys.resolve(configuration, environment: environment)
+            print("\(path): OK (\(configuration.upstreams.count) upstream\(configuration.upstreams.count == 1 ? "" : "s"), listening on \(configuration.server.listen))")
+        } catch {
+            FileHandle.standardError.write(Data("\(error)\n".utf8))
+            throw ExitCode(78)
+        }
+    }
+}
+
+struct Version: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print the version.")
+    func run() { print("llm-sidecar \(sidecarVersion)") }
+}
