@@ -125,12 +125,8 @@ public final class SSLConnection {
         var reasons = OpenSSLError.drainReasons()
         let verify = SSL_get_verify_result(ssl)
         if verify != X509_V_OK, let s = X509_verify_cert_error_string(verify) {
-            let detail = String(cString: s)
-            if let i = reasons.firstIndex(of: "certificate verify failed") {
-                reasons[i] = "certificate verify failed (\(detail))"
-            } else {
-                reasons.append("certificate verify failed (\(detail))")
-            }
+            // The verification result says it all; the queue's other entries are its echoes.
+            return TLSError(.handshakeFailed, "certificate verify failed (\(String(cString: s)))")
         }
         if reasons.isEmpty { reasons = ["the peer closed the connection or sent no TLS"] }
         return TLSError(.handshakeFailed, reasons.joined(separator: "; "))

@@ -131,7 +131,10 @@ public struct ConnectionPoolStateMachine: Sendable {
             connections[oldest] = nil
             action.close.append(oldest)
         }
-        guard waiters.count < configuration.maxWaiters else {
+        // A request that can have a connection opened for it always waits for that connection;
+        // `maxWaiters` bounds only those queued beyond the connections being opened.
+        let canOpen = connections.count < configuration.maxConnections
+        guard canOpen || waiters.count - connectingCount < configuration.maxWaiters else {
             action.fail.append(.init(waiter: waiter, reason: .queueFull(maxWaiters: configuration.maxWaiters)))
             return action
         }

@@ -122,6 +122,8 @@ final class DownstreamHandler: ChannelDuplexHandler {
         if exchange != nil { runtime.requestFinished() }
         exchange = nil
         responding = false
+        // What was already written still goes out; then the connection ends.
+        context?.flush()
         context?.close(promise: nil)
     }
 
@@ -167,6 +169,12 @@ final class DownstreamHandler: ChannelDuplexHandler {
         // Malformed HTTP from the client: answer 400 if nothing is being written, then close.
         // Other clients are unaffected: each connection has its own decoder.
         if error is HTTPParserError || error is ByteToMessageDecoderError {
+            if let exchange, !responding {
+                // The head was fine but the body is not: abandon the upstream request.
+                self.exchange = nil
+                runtime.requestFinished()
+                exchange.downstreamClosed()
+            }
             if exchange == nil, !responding {
                 closeAfterResponse = true
                 keepAlive = false

@@ -37,7 +37,7 @@ final class UpstreamGroup: Sendable {
         let n = eventLoops.count
         for (i, loop) in eventLoops.enumerated() {
             let share = max(1, Self.share(configuration.maxConnections, of: n, index: i))
-            let queue = Self.share(configuration.queueSize, of: n, index: i) + (configuration.queueSize > 0 ? 1 : 0)
+            let queue = Self.share(configuration.queueSize, of: n, index: i)
             let poolConfig = ConnectionPoolStateMachine.Configuration(
                 maxConnections: share, maxWaiters: queue, idleTimeout: configuration.idleTimeout)
             let queueTimeout = configuration.queueTimeout
