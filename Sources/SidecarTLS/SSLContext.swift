@@ -17,13 +17,14 @@ public final class SSLContext: Sendable {
         self.configuration = configuration
         let method = configuration.role == .client ? TLS_client_method() : TLS_server_method()
         guard let ctx = SSL_CTX_new(method) else { throw OpenSSLError.drain("creating SSL_CTX") }
-        self.ctx = ctx
         do {
             try Self.configure(ctx, configuration)
         } catch {
             SSL_CTX_free(ctx)
             throw error
         }
+        // Assigned last: a throwing init whose properties are all set would also run deinit.
+        self.ctx = ctx
     }
 
     deinit {

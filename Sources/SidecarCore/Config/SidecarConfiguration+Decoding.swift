@@ -41,12 +41,14 @@ extension SidecarConfiguration {
         } catch let error as TOMLParseError {
             throw ConfigurationError(file: file, line: error.source.begin.line, problem: "not valid TOML: \(error.description)")
         } catch let error as UnexpectedKeysError {
-            let path = error.keys.values.map { ($0.map(\.stringValue)) }.min { $0.count < $1.count } ?? []
-            let names = error.keys.keys.sorted()
-            let full = path.isEmpty ? names.first ?? "?" : (path + [names.first ?? "?"]).joined(separator: ".")
-            let keyPath = error.keys.first.map { ($0.value.map(\.stringValue) + [$0.key]) } ?? []
+            // TOMLKit gives each unknown key with its full coding path (the key included).
+            let paths = error.keys.map { key, path -> [String] in
+                let p = path.map(\.stringValue)
+                return p.last == key ? p : p + [key]
+            }.sorted { $0.joined(separator: ".") < $1.joined(separator: ".") }
+            let first = paths.first ?? []
             throw ConfigurationError(
-                file: file, line: TOMLLocator.line(of: keyPath, in: toml), key: full,
+                file: file, line: TOMLLocator.line(of: first, in: toml), key: first.joined(separator: "."),
                 problem: "unknown key (see etc/llm-sidecar/config.toml for every option)")
         } catch let error as DecodingError {
             let (path, problem) = Self.describe(error)
@@ -65,7 +67,12 @@ extension SidecarConfiguration {
         case .valueNotFound(let type, let ctx):
             return (ctx.codingPath.map(\.stringValue), "expected \(Self.tomlName(type))")
         case .keyNotFound(let key, let ctx):
-            return (ctx.codingPath.map(\.stringValue) + [key.stringValue], "is required")
+            // Every field is optional, so TOMLKit only says "not found" for a value of the wrong type.
+            var path = ctx.codingPath.map(\.stringValue)
+            if path.last != key.stringValue { path.append(key.stringValue) }
+            let expected = RawConfiguration.integerKeys.contains(key.stringValue) ? "an integer"
+                : RawConfiguration.tableKeys.contains(key.stringValue) ? "a table" : "a string"
+            return (path, "expected \(expected)")
         case .dataCorrupted(let ctx):
             return (ctx.codingPath.map(\.stringValue), ctx.debugDescription)
         @unknown default:
@@ -85,6 +92,10 @@ extension SidecarConfiguration {
 
 /// The file as written: every field optional, so defaults and validation live in one place.
 struct RawConfiguration: Decodable {
+    /// Keys whose values are integers (the rest are strings or tables), for type error messages.
+    static let integerKeys: Set<String> = ["max_body_bytes", "threads", "max_connections", "queue_size"]
+    static let tableKeys: Set<String> = ["server", "upstreams", "log"]
+
     var server: RawServer?
     var upstreams: [String: RawUpstream]?
     var log: RawLog?

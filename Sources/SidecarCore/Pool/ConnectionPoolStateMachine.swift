@@ -45,6 +45,12 @@ public struct ConnectionPoolStateMachine: Sendable {
         public var connection: ConnectionID
         /// True when the connection served an earlier request (a failure on it may be a stale close).
         public var reused: Bool
+
+        public init(waiter: WaiterID, connection: ConnectionID, reused: Bool) {
+            self.waiter = waiter
+            self.connection = connection
+            self.reused = reused
+        }
     }
 
     /// The effects the shell must carry out, in this order: close, fail, grant, create.
@@ -58,6 +64,11 @@ public struct ConnectionPoolStateMachine: Sendable {
         public struct Failure: Hashable, Sendable {
             public var waiter: WaiterID
             public var reason: PoolFailure
+
+            public init(waiter: WaiterID, reason: PoolFailure) {
+                self.waiter = waiter
+                self.reason = reason
+            }
         }
 
         public static let none = PoolAction()

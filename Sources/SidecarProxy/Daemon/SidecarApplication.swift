@@ -20,7 +20,7 @@ public enum SidecarApplication {
             throw error
         }
         logger.info("listening", metadata: [
-            "address": "\(configuration.server.listen)",
+            "address": "\(server.localAddress.map(Self.describe) ?? configuration.server.listen.description)",
             "threads": "\(threads)",
             "upstreams": "\(configuration.upstreams.map { "\($0.name)=\($0.url)" }.joined(separator: ","))",
         ])
@@ -52,6 +52,16 @@ public enum SidecarApplication {
         try? await group.shutdownGracefully()
         sources.forEach { $0.cancel() }
         logger.info("stopped")
+    }
+}
+
+extension SidecarApplication {
+    static func describe(_ address: SocketAddress) -> String {
+        switch address {
+        case .v4: return "\(address.ipAddress ?? "?"):\(address.port ?? 0)"
+        case .v6: return "[\(address.ipAddress ?? "?")]:\(address.port ?? 0)"
+        case .unixDomainSocket: return "unix:\(address.pathname ?? "?")"
+        }
     }
 }
 

@@ -1,0 +1,66 @@
+# llm-sidecar. The two commands of the quick start:
+#   make run    installs missing Debian packages, builds a release binary, serves with $(CONFIG)
+#   make test   installs what the tests need, builds and runs every test
+SHELL := /bin/bash
+PREFIX ?= /usr/local
+DESTDIR ?=
+CONFIG ?= etc/llm-sidecar/config.toml
+SWIFT ?= swift
+BIN := .build/release/llm-sidecar
+
+# System libraries we link (OpenSSL for TLS and SHA-256, SQLite for the cache) and tools.
+BUILD_DEBS := libssl-dev libsqlite3-dev pkg-config ca-certificates
+TEST_DEBS := $(BUILD_DEBS) openssl systemd
+BENCH_DEBS := $(BUILD_DEBS) nginx-light wrk openssl procps util-linux
+
+.PHONY: all build run test bench install uninstall deps test-deps bench-deps clean
+
+all: build
+
+# Installs the listed Debian packages that are missing (apt-get, as root or through sudo).
+define ensure_debs
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+endef
+
+deps:
+	$(call ensure_debs,$(BUILD_DEBS))
+
+test-deps:
+	$(call ensure_debs,$(TEST_DEBS))
+
+bench-deps:
+	$(call ensure_debs,$(BENCH_DEBS))
+
+build: deps
+	$(SWIFT) build -c release --product llm-sidecar
+
+run: build
+	$(BIN) serve --config $(CONFIG)
+
+test: test-deps
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build --disable-swift-testing
+
+bench: bench-deps build
+	bash bench/run.sh
+
+install: build
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/llm-sidecar
+	install -d -m 0755 $(DESTDIR)/etc/llm-sidecar
+	@if [ -e $(DESTDIR)/etc/llm-sidecar/config.toml ]; then \
+		echo "keeping existing $(DESTDIR)/etc/llm-sidecar/config.toml"; \
+	else \
+		install -m 0644 etc/llm-sidecar/config.toml $(DESTDIR)/etc/llm-sidecar/config.toml; \
+	fi
+	install -m 0644 etc/llm-sidecar/config.minimal.toml $(DESTDIR)/etc/llm-sidecar/config.minimal.toml
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/llm-sidecar
+
+clean:
+	rm -rf .build
