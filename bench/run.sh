@@ -1,0 +1,197 @@
+#!/usr/bin/env bash
+# make bench: llm-sidecar side by side with nginx, in one run, on loopback.
+#
+#   upstream : nginx over TLS answering a fixed ~600-byte chat completion   (CPU 0, with wrk)
+#   direct   : wrk -> upstream (https)
+#   nginx    : wrk -> nginx reverse proxy, keep-alive TLS pool to upstream  (CPU 1)
+#   sidecar  : wrk -> llm-sidecar --threads 1, keep-alive TLS pool          (CPU 1)
+#
+# Both proxies are pinned to the same CPU and get one worker/thread each, so they compete on equal
+# terms. Each scenario runs ROUNDS times, interleaved, and the median is reported; ratios to nginx
+# are what to read (the machines are shared and noisy).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+BIN=${BIN:-$ROOT/.build/release/llm-sidecar}
+DURATION=${DURATION:-5}
+ROUNDS=${ROUNDS:-3}
+SOAK_REQUESTS=${SOAK_REQUESTS:-1000000}
+OUT=$(mktemp -d /tmp/llm-sidecar-bench.XXXXXX)
+UP_PORT=19443; NGINX_PORT=19080; SIDECAR_PORT=19081
+PROXY_CPU=${PROXY_CPU:-1}; LOAD_CPU=${LOAD_CPU:-0}
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+# --- certificates, made now -------------------------------------------------------------------
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=bench CA" \
+  -keyout "$OUT/ca.key" -out "$OUT/ca.pem" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=127.0.0.1" \
+  -keyout "$OUT/up.key" -out "$OUT/up.csr" 2>/dev/null
+printf "subjectAltName=IP:127.0.0.1\n" > "$OUT/ext"
+openssl x509 -req -in "$OUT/up.csr" -CA "$OUT/ca.pem" -CAkey "$OUT/ca.key" -CAcreateserial -days 2 \
+  -extfile "$OUT/ext" -out "$OUT/up.pem" 2>/dev/null
+
+BODY='{"id":"chatcmpl-bench0001","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! This is a canned answer from the benchmark upstream, long enough to look like a real short completion.","refusal":null},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":19,"completion_tokens":28,"total_tokens":47,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0}},"system_fingerprint":"fp_0123456789"}'
+
+mkdir -p "$OUT/up" "$OUT/px"
+cat > "$OUT/up/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $OUT/up/nginx.pid;
+error_log $OUT/up/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;
+  server {
+    listen 127.0.0.1:$UP_PORT ssl;
+    ssl_certificate $OUT/up.pem;
+    ssl_certificate_key $OUT/up.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    location / { default_type application/json; return 200 '$BODY'; }
+  }
+}
+CONF
+cat > "$OUT/px/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $OUT/px/nginx.pid;
+error_log $OUT/px/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;
+  upstream llm { server 127.0.0.1:$UP_PORT; keepalive 64; keepalive_requests 10000000; keepalive_timeout 90s; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location /v1/ {
+      proxy_pass https://llm;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host 127.0.0.1:$UP_PORT;
+      proxy_set_header Authorization "Bearer sk-bench-upstream";
+      proxy_ssl_verify on;
+      proxy_ssl_trusted_certificate $OUT/ca.pem;
+      proxy_ssl_name 127.0.0.1;
+      proxy_ssl_session_reuse on;
+      proxy_buffering off;
+    }
+  }
+}
+CONF
+cat > "$OUT/sidecar.toml" <<CONF
+[server]
+listen = "127.0.0.1:$SIDECAR_PORT"
+threads = 1
+[upstreams.bench]
+url = "https://127.0.0.1:$UP_PORT"
+api_key_env = "BENCH_UPSTREAM_KEY"
+ca_file = "$OUT/ca.pem"
+max_connections = 64
+[log]
+level = "warning"
+CONF
+cat > "$OUT/post.lua" <<'LUA'
+wrk.method = "POST"
+wrk.body = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello."}],"temperature":0}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer sk-bench-client"
+LUA
+
+taskset -c "$LOAD_CPU" nginx -c "$OUT/up/nginx.conf" -e "$OUT/up/error.log" & pids+=($!)
+taskset -c "$PROXY_CPU" nginx -c "$OUT/px/nginx.conf" -e "$OUT/px/error.log" & pids+=($!)
+
+# Ready-to-serve time: from exec to the first successful /healthz, polled every millisecond.
+ready_ms=$(BENCH_UPSTREAM_KEY=sk-bench-upstream python3 - "$BIN" "$OUT/sidecar.toml" "$SIDECAR_PORT" "$PROXY_CPU" <<'PY'
+import os, socket, subprocess, sys, time
+binary, config, port, cpu = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+t0 = time.monotonic()
+p = subprocess.Popen(["taskset", "-c", cpu, binary, "serve", "--config", config])
+while True:
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=0.05)
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        if s.recv(64).startswith(b"HTTP/1.1 200"):
+            break
+    except OSError:
+        time.sleep(0.001)
+print(f"{(time.monotonic() - t0) * 1000:.0f} {p.pid}")
+PY
+)
+read -r READY_MS SIDECAR_PID <<<"$ready_ms"
+pids+=("$SIDECAR_PID")
+for port in $UP_PORT $NGINX_PORT; do
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
+done
+
+# One wrk run: prints "rps p50_us p99_us requests".
+wrk_run() { # url conns
+  local out
+  out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$2" -d"${DURATION}s" --latency -s "$OUT/post.lua" "$1/v1/chat/completions")
+  if grep -q "Non-2xx" <<<"$out"; then echo "non-2xx answers from $1:" >&2; echo "$out" >&2; exit 1; fi
+  awk '
+    function us(v) { if (v ~ /us$/) return v+0; if (v ~ /ms$/) return (v+0)*1000; if (v ~ /s$/) return (v+0)*1000000; return v }
+    /Requests\/sec/ { rps=$2 }
+    /^ +50%/ { p50=us($2) }
+    /^ +99%/ { p99=us($2) }
+    /requests in/ { n=$1 }
+    END { printf "%s %s %s %s\n", rps, p50, p99, n }' <<<"$out"
+}
+
+median() { sort -g | awk '{a[NR]=$1} END { print a[int((NR+1)/2)] }'; }
+
+declare -A RPS P50 P99
+total_sidecar=0
+targets=(direct nginx sidecar)
+url_of() { case $1 in direct) echo "https://127.0.0.1:$UP_PORT";; nginx) echo "http://127.0.0.1:$NGINX_PORT";; sidecar) echo "http://127.0.0.1:$SIDECAR_PORT";; esac; }
+
+# Warm up every path (TLS pools, caches) before measuring.
+for t in "${targets[@]}"; do DURATION=1 wrk_run "$(url_of "$t")" 64 >/dev/null; done
+
+for conns in 64 1; do
+  for t in "${targets[@]}"; do : > "$OUT/$t.$conns"; done
+  for r in $(seq "$ROUNDS"); do
+    for t in "${targets[@]}"; do
+      res=$(wrk_run "$(url_of "$t")" "$conns")
+      echo "$res" >> "$OUT/$t.$conns"
+      [ "$t" = sidecar ] && total_sidecar=$((total_sidecar + $(awk '{print $4}' <<<"$res")))
+    done
+  done
+  for t in "${targets[@]}"; do
+    RPS[$t.$conns]=$(awk '{print $1}' "$OUT/$t.$conns" | median)
+    P50[$t.$conns]=$(awk '{print $2}' "$OUT/$t.$conns" | median)
+    P99[$t.$conns]=$(awk '{print $3}' "$OUT/$t.$conns" | median)
+  done
+done
+
+# Soak: keep going until the sidecar has served SOAK_REQUESTS, then read its RSS.
+rate=${RPS[sidecar.64]%.*}
+remaining=$((SOAK_REQUESTS - total_sidecar))
+if [ "$remaining" -gt 0 ] && [ "${rate:-0}" -gt 0 ]; then
+  secs=$(( remaining / rate + 1 ))
+  res=$(DURATION=$secs wrk_run "$(url_of sidecar)" 64)
+  total_sidecar=$((total_sidecar + $(awk '{print $4}' <<<"$res")))
+fi
+RSS_KB=$(awk '/VmRSS/ {print $2}' /proc/"$SIDECAR_PID"/status)
+NGINX_RSS_KB=$(ps -o rss= --ppid "$(cat "$OUT/px/nginx.pid")" | awk '{s+=$1} END {print s}')
+
+printf "\nllm-sidecar benchmark  (%s s x %s rounds, median; proxies pinned to CPU %s, wrk and upstream to CPU %s)\n\n" "$DURATION" "$ROUNDS" "$PROXY_CPU" "$LOAD_CPU"
+for conns in 64 1; do
+  printf "%-4s connections: %-8s %12s %10s %10s %14s %16s\n" "$conns" "target" "req/s" "p50 (us)" "p99 (us)" "req/s / nginx" "added p50 (us)"
+  for t in "${targets[@]}"; do
+    ratio=$(awk -v a="${RPS[$t.$conns]}" -v b="${RPS[nginx.$conns]}" 'BEGIN { printf "%.2f", a/b }')
+    added=$(awk -v a="${P50[$t.$conns]}" -v b="${P50[direct.$conns]}" 'BEGIN { printf "%.0f", a-b }')
+    printf "%-21s %-8s %12s %10s %10s %14s %16s\n" "" "$t" "${RPS[$t.$conns]}" "${P50[$t.$conns]}" "${P99[$t.$conns]}" "$ratio" "$added"
+  done
+  echo
+done
+ADDED_SIDECAR=$(awk -v a="${P50[sidecar.1]}" -v b="${P50[direct.1]}" 'BEGIN { printf "%.0f", a-b }')
+ADDED_NGINX=$(awk -v a="${P50[nginx.1]}" -v b="${P50[direct.1]}" 'BEGIN { printf "%.0f", a-b }')
+printf "targets:\n"
+printf "  throughput at 64 connections, sidecar / nginx  = %s   (target >= 1.00)\n" "$(awk -v a="${RPS[sidecar.64]}" -v b="${RPS[nginx.64]}" 'BEGIN { printf "%.2f", a/b }')"
+printf "  added p50 latency at 1 connection: sidecar %s us, nginx %s us   (target: sidecar <= nginx)\n" "$ADDED_SIDECAR" "$ADDED_NGINX"
+printf "  RSS after %s requests: sidecar %s MB, nginx worker %s MB   (target <= 40 MB)\n" "$total_sidecar" "$((RSS_KB / 1024))" "$((NGINX_RSS_KB / 1024))"
+printf "  ready to serve after start: %s ms   (target <= 100 ms)\n" "$READY_MS"
