@@ -109,7 +109,10 @@ ready_ms=$(BENCH_UPSTREAM_KEY=sk-bench-upstream python3 - "$BIN" "$OUT/sidecar.t
 import os, socket, subprocess, sys, time
 binary, config, port, cpu = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 t0 = time.monotonic()
-p = subprocess.Popen(["taskset", "-c", cpu, binary, "serve", "--config", config])
+# The daemon must not inherit our stdout: the shell's $(...) would wait for it to exit.
+log = open(config + ".log", "w")
+p = subprocess.Popen(["taskset", "-c", cpu, binary, "serve", "--config", config],
+                     stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
 while True:
     try:
         s = socket.create_connection(("127.0.0.1", port), timeout=0.05)
@@ -150,6 +153,34 @@ url_of() { case $1 in direct) echo "https://127.0.0.1:$UP_PORT";; nginx) echo "h
 
 # Warm up every path (TLS pools, caches) before measuring.
 for t in "${targets[@]}"; do DURATION=1 wrk_run "$(url_of "$t")" 64 >/dev/null; done
+
+# PROFILE=1: sample the sidecar under 64-connection load with perf (software clock), print the
+# hottest symbols, and stop.
+if [ "${PROFILE:-0}" = syscalls ]; then
+  # Syscalls per request of each proxy, counted by strace over the same fixed load.
+  for t in nginx sidecar; do
+    if [ $t = nginx ]; then pid=$(ps -o pid= --ppid "$(cat "$OUT/px/nginx.pid")" | head -1); else pid=$SIDECAR_PID; fi
+    timeout 6 strace -c -f -p "$pid" -o "$OUT/strace.$t" &
+    st=$!
+    sleep 0.5
+    res=$(DURATION=3 wrk_run "$(url_of $t)" 64)
+    kill -INT $st 2>/dev/null; wait $st 2>/dev/null || true
+    n=$(awk '{print $4}' <<<"$res")
+    echo "== $t: $n requests; syscalls per request:"
+    awk -v n="$n" '$NF ~ /^[a-z_0-9]+$/ && $4+0 > 0 { printf "  %-16s %6.2f\n", $NF, $4/n }' "$OUT/strace.$t" | sort -k2 -nr | head -12
+  done
+  exit 0
+fi
+if [ "${PROFILE:-0}" = 1 ]; then
+  (DURATION=8 wrk_run "$(url_of sidecar)" 64 > "$OUT/profile.wrk") &
+  load=$!
+  sleep 1
+  perf record -e cpu-clock -F 2000 -g -p "$SIDECAR_PID" -o "$OUT/perf.data" -- sleep 5 2>/dev/null
+  wait "$load"
+  perf report -i "$OUT/perf.data" --no-children --percent-limit 0.7 --stdio 2>/dev/null | grep -v "^$" | grep -E "^ +[0-9]" | head -60
+  echo "sidecar under profile: $(cat "$OUT/profile.wrk") (rps p50 p99 n)"
+  exit 0
+fi
 
 for conns in 64 1; do
   for t in "${targets[@]}"; do : > "$OUT/$t.$conns"; done

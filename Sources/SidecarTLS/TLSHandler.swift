@@ -24,6 +24,10 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private let handshakeTimeout: TimeAmount?
     private var timeoutTask: Scheduled<Void>?
     private var readBuffer: ByteBuffer?
+    /// Plaintext written since the last flush: encrypted as one record on flush (one AEAD
+    /// operation and one record header per flush, not per write). Reused, so no allocation.
+    private var plaintext: ByteBuffer?
+    private var plaintextPromise: EventLoopPromise<Void>?
 
     /// A client connection to `serverName` (SNI and verification; an IP literal is verified as IP).
     public convenience init(client context: SSLContext, serverName: String?, handshakeTimeout: TimeAmount? = nil) throws {
@@ -85,7 +89,7 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .failBufferedWrites:
             failBuffered(ChannelError.ioOnClosedChannel)
         case .none:
-            break
+            failBuffered(ChannelError.ioOnClosedChannel)
         }
         context.fireChannelInactive()
     }
@@ -122,8 +126,11 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 alpn: connection.negotiatedALPN, resumed: connection.sessionReused, version: connection.protocolVersion))
             let pending = buffered
             buffered.removeAll()
-            for (data, promise) in pending { encrypt(data, context: context, promise: promise) }
-            if bufferedFlush || !pending.isEmpty { flushCiphertext(context: context, promise: nil) }
+            for (data, promise) in pending { gather(data, context: context, promise: promise) }
+            if bufferedFlush || !pending.isEmpty {
+                encryptGathered(context: context)
+                context.flush()
+            }
             bufferedFlush = false
             // Application data can ride along with the handshake's last flight.
             readApplicationData(context: context)
@@ -169,9 +176,28 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let plain = unwrapOutboundIn(data)
         switch state.write() {
         case .buffer: buffered.append((plain, promise))
-        case .encrypt: encrypt(plain, context: context, promise: promise)
+        case .encrypt: gather(plain, context: context, promise: promise)
         case .fail: promise?.fail(ChannelError.ioOnClosedChannel)
         }
+    }
+
+    private func gather(_ plain: ByteBuffer, context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
+        if plaintext == nil { plaintext = context.channel.allocator.buffer(capacity: max(4096, plain.readableBytes)) }
+        plaintext!.writeImmutableBuffer(plain)
+        if let promise {
+            if let combined = plaintextPromise { combined.futureResult.cascade(to: promise) } else { plaintextPromise = promise }
+        }
+    }
+
+    /// Encrypts what was gathered since the last flush.
+    private func encryptGathered(context: ChannelHandlerContext) {
+        guard var buffer = plaintext, buffer.readableBytes > 0 else { return }
+        plaintext = nil  // drop our reference while OpenSSL reads it, so clear() below does not copy
+        let promise = plaintextPromise
+        plaintextPromise = nil
+        encrypt(buffer, context: context, promise: promise)
+        buffer.clear()
+        plaintext = buffer
     }
 
     private func encrypt(_ plain: ByteBuffer, context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
@@ -194,12 +220,14 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
             bufferedFlush = true
             return
         }
+        encryptGathered(context: context)
         context.flush()
     }
 
     public func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
         switch state.closeRequested() {
         case .sendCloseNotifyThenClose:
+            encryptGathered(context: context)
             connection.shutdown()
             if let cipher = connection.drainCiphertext(allocator: context.channel.allocator) {
                 context.writeAndFlush(wrapOutboundOut(cipher), promise: nil)
@@ -223,6 +251,11 @@ public final class TLSHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let pending = buffered
         buffered.removeAll()
         for (_, promise) in pending { promise?.fail(error) }
+        plaintext?.clear()
+        if let p = plaintextPromise {
+            plaintextPromise = nil
+            p.fail(error)
+        }
     }
 }
 

@@ -195,6 +195,24 @@ final class FailureTests: XCTestCase {
         XCTAssertEqual(fake.counters.requests, 0, "nothing outside /v1 reaches the upstream")
     }
 
+    func testPipelinedRequestsAreAnsweredInOrder() async throws {
+        let fake = try await FakeUpstream.start()
+        upstream = fake
+        let h = try await ProxyHarness(upstreamURL: fake.url)
+        harness = h
+        let one = "POST /v1/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\n\r\n{\"n\":1}"
+        let two = "GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n"
+        let three = "POST /v1/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\nConnection: close\r\n\r\n{\"n\":3}"
+        let answer = try await RawTCP.exchange(port: h.port, bytes: Array((one + two + three).utf8), group: h.clientGroup)
+        let regex = try NSRegularExpression(pattern: "HTTP/1\\.1 [0-9]{3} [A-Za-z ]+\r\n")
+        let statuses = regex.matches(in: answer, range: NSRange(answer.startIndex..., in: answer)).map {
+            String(answer[Range($0.range, in: answer)!]).trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        XCTAssertEqual(statuses, ["HTTP/1.1 200 OK", "HTTP/1.1 404 Not Found", "HTTP/1.1 200 OK"], answer)
+        let first = try XCTUnwrap(answer.range(of: #"{"n":1}"#)), third = try XCTUnwrap(answer.range(of: #"{"n":3}"#))
+        XCTAssertLessThan(first.lowerBound, third.lowerBound)
+    }
+
     func testMalformedRequestsGet400AndOthersAreServed() async throws {
         let fake = try await FakeUpstream.start()
         upstream = fake

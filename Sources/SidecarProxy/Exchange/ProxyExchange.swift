@@ -32,7 +32,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
     private var bodyBytes = 0
     private var requestEnded = false
     private var replayed = false
-    private var responseStarted = false
+    private(set) var responseStarted = false
 
     init(downstream: DownstreamHandler, head: HTTPRequestHead, group: UpstreamGroup, pool: UpstreamPool, maxBodyBytes: Int) {
         self.downstream = downstream
@@ -74,7 +74,13 @@ final class ProxyExchange: UpstreamResponseDelegate {
         connection.delegate = self
         connection.send(head: upstreamHead)
         for part in body { connection.sendBody(part) }
-        if requestEnded { connection.sendEnd() } else { connection.flush() }
+        // Flushed at the end of this read burst (`flushUpstream`), or by `sendEnd`.
+        if requestEnded { connection.sendEnd() } else if !downstream.inReadBurst { connection.flush() }
+    }
+
+    /// The client's read burst is over: send what was written upstream in it, in one write.
+    func flushUpstream() {
+        if case .forwarding(let lease) = phase { lease.connection.flush() }
     }
 
     /// More of the client's body.
@@ -85,7 +91,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
             return
         }
         if !responseStarted { body.append(buffer) }
-        if case .forwarding(let lease) = phase { lease.connection.sendBody(buffer) }
+        if case .forwarding(let lease) = phase { lease.connection.sendBody(buffer) }  // flushed by `flushUpstream`
     }
 
     /// The client's request is complete.

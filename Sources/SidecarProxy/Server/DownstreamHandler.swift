@@ -1,28 +1,38 @@
+import DequeModule
 import Logging
 import NIOCore
 import NIOHTTP1
 import SidecarCore
 
-/// The proxy's per-client-connection handler, after NIO's HTTP/1.1 decoder and pipelining helper.
+/// The proxy's per-client-connection handler, right after NIO's HTTP/1.1 decoder and encoder.
 /// Routes each request (admin endpoint, `/v1/...` to an exchange, or 404), writes responses, and
 /// turns malformed HTTP into a 400 with an OpenAI-shaped body before closing the connection.
+///
+/// Pipelined requests are queued here and served in order. (NIO's `HTTPServerPipelineHandler`
+/// would do that by pausing reads around every response, which costs two `epoll_ctl` calls per
+/// request; we only stop reading when the queue is long.)
 final class DownstreamHandler: ChannelDuplexHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundIn = HTTPServerResponsePart
     typealias OutboundOut = HTTPServerResponsePart
+
+    /// Queued parts of pipelined requests beyond which we stop reading from the client.
+    private static let maxQueuedParts = 64
 
     private let runtime: ProxyRuntime
     private var context: ChannelHandlerContext?
     private var exchange: ProxyExchange?
     /// The current request's `Connection` semantics (HTTP/1.0 and `Connection: close` end the connection).
     private(set) var keepAlive = true
-    /// A response is being written for the current request.
-    private var responding = false
-    /// The current request has been answered locally; its remaining body is read and dropped.
-    private var discardingRequest = false
+    /// The current request's head arrived and its end has not.
+    private var requestOpen = false
+    /// The current request's response is not finished.
+    private var responseOpen = false
     private var closeAfterResponse = false
+    private var queued: Deque<HTTPServerRequestPart> = []
+    private var readPending = false
     private var idleTimer: Scheduled<Void>?
-    private(set) var isClosed = false
+    private var quiescing = false
 
     init(runtime: ProxyRuntime) {
         self.runtime = runtime
@@ -40,23 +50,45 @@ final class DownstreamHandler: ChannelDuplexHandler {
 
     // MARK: requests
 
+    /// Between a read and the end of its burst: upstream writes wait for `channelReadComplete`.
+    private(set) var inReadBurst = false
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
+        inReadBurst = true
+        let part = unwrapInboundIn(data)
+        // A part belongs to a later request when the current one is complete but not yet answered.
+        if !queued.isEmpty || (!requestOpen && responseOpen) {
+            queued.append(part)
+            return
+        }
+        handle(part)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        // One flush of the upstream request per client read burst (head, body and end together).
+        inReadBurst = false
+        exchange?.flushUpstream()
+        context.fireChannelReadComplete()
+    }
+
+    private func handle(_ part: HTTPServerRequestPart) {
+        switch part {
         case .head(let head):
             idleTimer?.cancel()
             idleTimer = nil
-            keepAlive = head.isKeepAlive && !runtime.isDraining
+            requestOpen = true
+            responseOpen = true
+            keepAlive = head.isKeepAlive && !runtime.isDraining && !quiescing
             closeAfterResponse = false
-            discardingRequest = false
             route(head)
         case .body(let buffer):
-            if let exchange { exchange.requestBody(buffer) }
+            exchange?.requestBody(buffer)  // bodies of locally answered requests are dropped
         case .end:
+            requestOpen = false
             if let exchange {
                 exchange.requestEnd()
-            } else if discardingRequest {
-                discardingRequest = false
-                if !responding { requestCompleteAfterLocalResponse() }
+            } else if !responseOpen {
+                requestCycleDone()
             }
         }
     }
@@ -81,7 +113,6 @@ final class DownstreamHandler: ChannelDuplexHandler {
         let exchange = ProxyExchange(
             downstream: self, head: head, group: group, pool: group.pool(on: context.eventLoop), maxBodyBytes: runtime.maxBodyBytes)
         self.exchange = exchange
-        responding = false
         runtime.requestStarted()
         exchange.start()
     }
@@ -89,7 +120,6 @@ final class DownstreamHandler: ChannelDuplexHandler {
     // MARK: responses (called by the exchange)
 
     func writeResponseHead(_ head: HTTPResponseHead) {
-        responding = true
         context?.write(wrapOutboundOut(.head(head)), promise: nil)
     }
 
@@ -104,16 +134,10 @@ final class DownstreamHandler: ChannelDuplexHandler {
     /// The response is complete.
     func finishResponse(trailers: HTTPHeaders?) {
         guard let context else { return }
-        let closing = !keepAlive || closeAfterResponse
+        if exchange != nil { runtime.requestFinished() }
         exchange = nil
-        responding = false
-        runtime.requestFinished()
         let done = context.writeAndFlush(wrapOutboundOut(.end(trailers)))
-        if closing {
-            done.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
-        } else {
-            armIdleTimer()
-        }
+        responseFinished(done)
     }
 
     /// Something was already sent and the rest cannot be: end the connection so the client sees a
@@ -121,7 +145,8 @@ final class DownstreamHandler: ChannelDuplexHandler {
     func abortResponse() {
         if exchange != nil { runtime.requestFinished() }
         exchange = nil
-        responding = false
+        responseOpen = false
+        queued.removeAll()
         // What was already written still goes out; then the connection ends.
         context?.flush()
         context?.close(promise: nil)
@@ -147,47 +172,72 @@ final class DownstreamHandler: ChannelDuplexHandler {
 
     private func writeLocal(head: HTTPResponseHead, body: ByteBuffer?) {
         guard let context else { return }
-        discardingRequest = true
         context.write(wrapOutboundOut(.head(head)), promise: nil)
         if let body { context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
-        let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
-        responding = false
+        responseFinished(context.writeAndFlush(wrapOutboundOut(.end(nil))))
+    }
+
+    /// The current response is written: close if the request asked for it, else serve what was
+    /// queued or wait for the next request.
+    private func responseFinished(_ written: EventLoopFuture<Void>) {
+        responseOpen = false
+        guard let context else { return }
         if !keepAlive || closeAfterResponse {
-            done.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
-        } else {
+            queued.removeAll()
+            written.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+            return
+        }
+        if !requestOpen { requestCycleDone() }
+    }
+
+    /// Request and response are both done: take the next queued request, or go idle.
+    private func requestCycleDone() {
+        while !requestOpen && !responseOpen, let next = queued.popFirst() {
+            handle(next)
+        }
+        // Parts of the request now current that were queued behind it.
+        while !queued.isEmpty && !(!requestOpen && responseOpen) {
+            handle(queued.removeFirst())
+        }
+        if readPending, queued.count < Self.maxQueuedParts, let context {
+            readPending = false
+            context.read()
+        }
+        if !requestOpen && !responseOpen {
+            if quiescing { context?.close(promise: nil); return }
             armIdleTimer()
         }
     }
 
-    private func requestCompleteAfterLocalResponse() {
-        armIdleTimer()
-    }
-
     // MARK: connection events
 
+    func read(context: ChannelHandlerContext) {
+        if queued.count >= Self.maxQueuedParts { readPending = true } else { context.read() }
+    }
+
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        // Malformed HTTP from the client: answer 400 if nothing is being written, then close.
+        // Malformed HTTP from the client: answer 400 if no response is under way, then close.
         // Other clients are unaffected: each connection has its own decoder.
-        if error is HTTPParserError || error is ByteToMessageDecoderError {
-            if let exchange, !responding {
-                // The head was fine but the body is not: abandon the upstream request.
-                self.exchange = nil
-                runtime.requestFinished()
-                exchange.downstreamClosed()
-            }
-            if exchange == nil, !responding {
-                closeAfterResponse = true
-                keepAlive = false
-                let (head, body) = ErrorResponses.head(for: .badRequest("malformed HTTP request: \(Self.describe(error))"), keepAlive: false)
-                context.write(wrapOutboundOut(.head(head)), promise: nil)
-                context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
-                context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
-                    context.close(promise: nil)
-                }
-                return
-            }
+        guard error is HTTPParserError || error is ByteToMessageDecoderError, queued.isEmpty else {
+            context.close(promise: nil)
+            return
         }
-        context.close(promise: nil)
+        if let exchange, !exchange.responseStarted {
+            // The head was fine but the body is not: abandon the upstream request.
+            self.exchange = nil
+            runtime.requestFinished()
+            exchange.downstreamClosed()
+            responseOpen = false
+        }
+        guard !responseOpen else {
+            context.close(promise: nil)
+            return
+        }
+        keepAlive = false
+        closeAfterResponse = true
+        responseOpen = true
+        let (head, body) = ErrorResponses.head(for: .badRequest("malformed HTTP request: \(Self.describe(error))"), keepAlive: false)
+        writeLocal(head: head, body: body)
     }
 
     static func describe(_ error: Error) -> String {
@@ -206,8 +256,8 @@ final class DownstreamHandler: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        isClosed = true
         idleTimer?.cancel()
+        queued.removeAll()
         if let exchange {
             self.exchange = nil
             runtime.requestFinished()
@@ -224,8 +274,9 @@ final class DownstreamHandler: ChannelDuplexHandler {
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is ChannelShouldQuiesceEvent {
             // Graceful stop: finish the current request, then close.
+            quiescing = true
             keepAlive = false
-            if exchange == nil, !responding { context.close(promise: nil) }
+            if !requestOpen && !responseOpen { context.close(promise: nil) }
             return
         }
         context.fireUserInboundEventTriggered(event)
@@ -236,7 +287,7 @@ final class DownstreamHandler: ChannelDuplexHandler {
         idleTimer?.cancel()
         let timeout = runtime.clientIdleTimeout
         idleTimer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) { [self] in
-            if self.exchange == nil, !self.responding { self.context?.close(promise: nil) }
+            if self.exchange == nil, !self.requestOpen, !self.responseOpen { self.context?.close(promise: nil) }
         }
     }
 }

@@ -48,7 +48,7 @@ public final class SidecarServer: Sendable {
                 box.register(channel)
                 do {
                     let sync = channel.pipeline.syncOperations
-                    try sync.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: false)
+                    try sync.configureHTTPServerPipeline(withPipeliningAssistance: false, withErrorHandling: false)
                     try sync.addHandler(DownstreamHandler(runtime: runtime))
                     return channel.eventLoop.makeSucceededVoidFuture()
                 } catch {

@@ -189,6 +189,9 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
     private let readIdleTimeout: TimeAmount
     private var context: ChannelHandlerContext?
     private var timer: Scheduled<Void>?
+    private var timerFiresAt: NIODeadline?
+    private var deadline: NIODeadline?
+    private var deadlineKind: (ProxyError.Timeout, TimeAmount)?
     private var readsPaused = false
     private var pendingRead = false
     private var responseStarted = false
@@ -239,11 +242,34 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
         arm(firstByteTimeout, .firstByte, context: context)
     }
 
+    /// Arms the request's timeout. Lazily: the one scheduled task is moved only when the new
+    /// deadline is earlier than the one it will fire at; when it fires early it re-arms itself for
+    /// the remaining time. So a streamed response costs one timer, not one per read.
     private func arm(_ amount: TimeAmount, _ which: ProxyError.Timeout, context: ChannelHandlerContext) {
+        let deadline = NIODeadline.now() + amount
+        self.deadline = deadline
+        self.deadlineKind = (which, amount)
+        if let scheduled = timerFiresAt, scheduled <= deadline, timer != nil { return }
+        schedule(at: deadline, context: context)
+    }
+
+    private func disarm() {
+        deadline = nil
+    }
+
+    private func schedule(at when: NIODeadline, context: ChannelHandlerContext) {
         timer?.cancel()
-        timer = context.eventLoop.assumeIsolated().scheduleTask(in: amount) { [self] in
+        timerFiresAt = when
+        timer = context.eventLoop.assumeIsolated().scheduleTask(deadline: when) { [self] in
             self.timer = nil
-            self.fail(.upstreamTimeout(which, after: DurationText.format(amount)), context: context)
+            self.timerFiresAt = nil
+            guard let deadline = self.deadline, let (which, amount) = self.deadlineKind else { return }
+            if NIODeadline.now() < deadline {
+                self.schedule(at: deadline, context: context)
+            } else {
+                self.deadline = nil
+                self.fail(.upstreamTimeout(which, after: DurationText.format(amount)), context: context)
+            }
         }
     }
 
@@ -262,8 +288,7 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
             arm(readIdleTimeout, .readIdle, context: context)
             delegate?.upstreamResponseBody(buffer)
         case .end(let trailers):
-            timer?.cancel()
-            timer = nil
+            disarm()
             inRequest = false
             let d = delegate
             delegate = nil
@@ -309,8 +334,7 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
     }
 
     private func fail(_ error: ProxyError, context: ChannelHandlerContext) {
-        timer?.cancel()
-        timer = nil
+        disarm()
         reusable = false
         let wasInRequest = inRequest
         inRequest = false
