@@ -6,18 +6,36 @@ import NIOHTTP1
 /// names, `Keep-Alive`, `Proxy-*`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`. They are never
 /// forwarded; framing is re-done by our own encoder on each side.
 public enum HeaderPolicy {
-    /// Lower-cased names that are always hop-by-hop.
-    static let hopByHop: Set<String> = [
-        "connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade",
-        "proxy-connection", "proxy-authenticate", "proxy-authorization",
-    ]
-
     /// True when `name` must not be forwarded, given the tokens of the message's `Connection` header.
+    /// Compares ASCII case-insensitively without allocating (this runs for every header).
     public static func isHopByHop(_ name: String, connectionTokens: [Substring]) -> Bool {
-        let lower = name.lowercased()
-        if hopByHop.contains(lower) || lower.hasPrefix("proxy-") { return true }
-        for token in connectionTokens where token.lowercased() == lower { return true }
+        if isAlwaysHopByHop(name) { return true }
+        for token in connectionTokens where equalsIgnoringASCIICase(name, token) { return true }
         return false
+    }
+
+    static func isAlwaysHopByHop(_ name: String) -> Bool {
+        switch name.utf8.count {
+        case 2: return equalsIgnoringASCIICase(name, "te")
+        case 7: return equalsIgnoringASCIICase(name, "trailer") || equalsIgnoringASCIICase(name, "upgrade")
+        case 10: return equalsIgnoringASCIICase(name, "connection") || equalsIgnoringASCIICase(name, "keep-alive")
+        case 17: return equalsIgnoringASCIICase(name, "transfer-encoding")
+        default: return name.utf8.count > 6 && hasPrefixIgnoringASCIICase(name, "proxy-")
+        }
+    }
+
+    /// ASCII case-insensitive equality of header names (RFC 9110 §5.1: field names are case-insensitive).
+    public static func equalsIgnoringASCIICase<A: StringProtocol, B: StringProtocol>(_ a: A, _ b: B) -> Bool {
+        guard a.utf8.count == b.utf8.count else { return false }
+        return zip(a.utf8, b.utf8).allSatisfy { x, y in x == y || (x | 0x20 == y | 0x20 && (x | 0x20) >= 0x61 && (x | 0x20) <= 0x7A) }
+    }
+
+    static func hasPrefixIgnoringASCIICase(_ s: String, _ prefix: String) -> Bool {
+        var i = s.utf8.makeIterator()
+        for p in prefix.utf8 {
+            guard let c = i.next(), c == p || (c | 0x20 == p && p >= 0x61 && p <= 0x7A) else { return false }
+        }
+        return true
     }
 
     /// The comma-separated tokens of every `Connection` header (empty when there is none).
@@ -41,8 +59,8 @@ public enum HeaderPolicy {
         out.reserveCapacity(client.count + 1)
         out.add(name: "host", value: host)
         for (name, value) in client {
-            if name.utf8.count == 4, name.lowercased() == "host" { continue }
-            if authorization != nil, name.lowercased() == "authorization" { continue }
+            if equalsIgnoringASCIICase(name, "host") { continue }
+            if authorization != nil, equalsIgnoringASCIICase(name, "authorization") { continue }
             if isHopByHop(name, connectionTokens: tokens) { continue }
             out.add(name: name, value: value)
         }

@@ -39,12 +39,10 @@ final class ProxyExchange: UpstreamResponseDelegate {
         self.group = group
         self.pool = pool
         self.maxBodyBytes = maxBodyBytes
-        let url = group.configuration.url
-        var h = HTTPRequestHead(
-            version: .http1_1, method: head.method, uri: url.pathPrefix.isEmpty ? head.uri : url.pathPrefix + head.uri,
-            headers: HeaderPolicy.upstreamRequestHeaders(from: head.headers, host: url.hostHeader, authorization: group.authorization))
-        h.version = .http1_1
-        self.upstreamHead = h
+        let prefix = group.configuration.url.pathPrefix
+        self.upstreamHead = HTTPRequestHead(
+            version: .http1_1, method: head.method, uri: prefix.isEmpty ? head.uri : prefix + head.uri,
+            headers: HeaderPolicy.upstreamRequestHeaders(from: head.headers, host: group.hostHeader, authorization: group.authorization))
         self.phase = .done
     }
 

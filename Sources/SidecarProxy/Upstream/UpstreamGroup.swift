@@ -13,11 +13,14 @@ final class UpstreamGroup: Sendable {
     /// The `Authorization` value sent upstream, or nil to pass the client's through.
     let authorization: String?
     let sslContext: SSLContext?
+    /// The `Host` header sent upstream, computed once.
+    let hostHeader: String
     private let pools: [ObjectIdentifier: NIOLoopBound<UpstreamPool>]
 
     init(configuration: SidecarConfiguration.Upstream, apiKey: String?, eventLoops: [EventLoop]) throws {
         self.configuration = configuration
         self.authorization = apiKey.map { "Bearer \($0)" }
+        self.hostHeader = configuration.url.hostHeader
         if configuration.url.tls {
             var tls = TLSConfiguration.client(
                 trustRoots: configuration.caFile.map { .file($0) } ?? .system,
