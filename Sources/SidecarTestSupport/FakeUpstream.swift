@@ -44,6 +44,8 @@ public final class FakeUpstream: Sendable {
         /// SSE responses whose connection closed before their last event was written.
         public var streamsAbandoned = 0
         public var streamsCompleted = 0
+        /// Times an SSE response found its connection not writable: the peer stopped reading.
+        public var backpressureSeen = 0
     }
 
     /// When true, a request arriving on a connection that already served one is dropped by closing
@@ -263,27 +265,49 @@ final class FakeUpstreamHandler: ChannelInboundHandler {
         #"data: {"id":"chatcmpl-fake","object":"chat.completion.chunk","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"delta":{"content":"tok\#(i) "},"finish_reason":null}]}"# + "\n\n"
     }
 
+    private var resume: (() -> Void)?
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable, let r = resume {
+            resume = nil
+            r()
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    /// Sends events `i..<count`: in a loop when there is no interval, pausing while the peer does
+    /// not read (so a test can see backpressure), and on a timer otherwise.
     private func sendEvent(_ i: Int, count: Int, interval: Int64, cutAfter: Int?, close: Bool, context: ChannelHandlerContext) {
-        guard !closed else { return }
-        if let cutAfter, i >= cutAfter {
-            context.close(promise: nil)
-            return
-        }
-        if i == count {
-            context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: "data: [DONE]\n\n")))), promise: nil)
-            let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
-            streaming = false
-            state.withLockedValue { $0.0.streamsCompleted += 1 }
-            if close { done.assumeIsolated().whenComplete { _ in context.close(promise: nil) } }
-            return
-        }
-        context.writeAndFlush(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: Self.event(i))))), promise: nil)
-        if interval > 0 {
-            context.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(interval)) { [self] in
-                self.sendEvent(i + 1, count: count, interval: interval, cutAfter: cutAfter, close: close, context: context)
+        var i = i
+        while true {
+            guard !closed else { return }
+            if let cutAfter, i >= cutAfter {
+                context.close(promise: nil)
+                return
             }
-        } else {
-            sendEvent(i + 1, count: count, interval: interval, cutAfter: cutAfter, close: close, context: context)
+            if i == count {
+                context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: "data: [DONE]\n\n")))), promise: nil)
+                let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+                streaming = false
+                state.withLockedValue { $0.0.streamsCompleted += 1 }
+                if close { done.assumeIsolated().whenComplete { _ in context.close(promise: nil) } }
+                return
+            }
+            context.writeAndFlush(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: Self.event(i))))), promise: nil)
+            i += 1
+            if interval > 0 {
+                let next = i
+                context.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(interval)) { [self] in
+                    self.sendEvent(next, count: count, interval: interval, cutAfter: cutAfter, close: close, context: context)
+                }
+                return
+            }
+            if !context.channel.isWritable {
+                state.withLockedValue { $0.0.backpressureSeen += 1 }
+                let next = i
+                resume = { [self] in self.sendEvent(next, count: count, interval: interval, cutAfter: cutAfter, close: close, context: context) }
+                return
+            }
         }
     }
 }

@@ -176,3 +176,40 @@ public enum RawTCP {
         }
     }
 }
+
+/// A client that sends a request and then does not read until told to: for backpressure tests.
+public final class PausedReader: Sendable {
+    private let channel: Channel
+    private let collected: NIOLockedValueBox<[UInt8]>
+
+    private init(channel: Channel, collected: NIOLockedValueBox<[UInt8]>) {
+        self.channel = channel
+        self.collected = collected
+    }
+
+    public static func send(port: Int, request: String, group: EventLoopGroup) async throws -> PausedReader {
+        let collected = NIOLockedValueBox<[UInt8]>([])
+        let channel = try await ClientBootstrap(group: group)
+            .channelOption(.autoRead, value: false)
+            .channelOption(.socketOption(.so_rcvbuf), value: 16 * 1024)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(RawTCP.Collector(collected))
+                }
+            }
+            .connect(host: "127.0.0.1", port: port).get()
+        try await channel.writeAndFlush(ByteBuffer(string: request))
+        return PausedReader(channel: channel, collected: collected)
+    }
+
+    /// Starts reading, and returns everything received once the server closes the connection.
+    public func readToEnd(timeout: TimeAmount = .seconds(30)) async throws -> String {
+        try await channel.setOption(.autoRead, value: true).get()
+        channel.read()
+        let channel = self.channel
+        let timer = channel.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
+        try? await channel.closeFuture.get()
+        timer.cancel()
+        return String(decoding: collected.withLockedValue { $0 }, as: UTF8.self)
+    }
+}

@@ -249,13 +249,24 @@ final class PassThroughTests: XCTestCase {
         XCTAssertTrue(response.body.contains("tok2"))
     }
 
-    func testSlowClientDoesNotMakeTheSidecarBufferTheWholeStream() async throws {
-        // Backpressure is exercised by the client not reading; here we check the stream still
-        // completes intact when it is large (many reads, many writes).
-        try await start()
-        let response = try await harness.request(headers: [("x-fake-events", "2000")], body: #"{"stream":true}"#)
-        XCTAssertTrue(response.complete)
-        XCTAssertEqual(response.body.components(separatedBy: "\n\n").count - 1, 2001)
+    func testSlowClientSlowsTheUpstreamInsteadOfBeingBuffered() async throws {
+        try await start(threads: 1)
+        // ~40 MB of events. The client reads nothing for a while: the sidecar must stop reading
+        // the upstream (whose socket then fills up), not pull the whole stream into memory.
+        let events = 200_000
+        let body = #"{"stream":true}"#
+        let request = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" +
+            "x-fake-events: \(events)\r\nConnection: close\r\nContent-Length: \(body.utf8.count)\r\n\r\n" + body
+        let reader = try await PausedReader.send(port: harness.port, request: request, group: harness.clientGroup)
+        let upstream = self.upstream!
+        let pushedBack = await eventually(10) { upstream.counters.backpressureSeen > 0 }
+        XCTAssertTrue(pushedBack, "the upstream never felt backpressure: the sidecar kept reading for a client that did not")
+        try await Task.sleep(nanoseconds: 300_000_000)
+        XCTAssertEqual(upstream.counters.streamsCompleted, 0, "the stream cannot finish while the client does not read")
+        let text = try await reader.readToEnd()
+        XCTAssertEqual(upstream.counters.streamsCompleted, 1)
+        XCTAssertTrue(text.hasSuffix("data: [DONE]\n\n\r\n0\r\n\r\n"), "\(text.utf8.count) bytes, ending \(text.suffix(120).debugDescription)")
+        XCTAssertEqual(text.components(separatedBy: "data: {").count - 1, events, "every event arrived, in full")
     }
 }
 
