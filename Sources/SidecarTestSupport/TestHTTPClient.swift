@@ -31,7 +31,15 @@ public final class TestHTTPConnection: Sendable {
     }
 
     public static func connect(host: String = "127.0.0.1", port: Int, group: EventLoopGroup) async throws -> TestHTTPConnection {
-        let channel = try await ClientBootstrap(group: group)
+        try await connect(group: group) { try await $0.connect(host: host, port: port).get() }
+    }
+
+    public static func connect(unixPath: String, group: EventLoopGroup) async throws -> TestHTTPConnection {
+        try await connect(group: group) { try await $0.connect(unixDomainSocketPath: unixPath).get() }
+    }
+
+    private static func connect(group: EventLoopGroup, _ open: (ClientBootstrap) async throws -> Channel) async throws -> TestHTTPConnection {
+        let bootstrap = ClientBootstrap(group: group)
             .channelInitializer { channel in
                 do {
                     try channel.pipeline.syncOperations.addHTTPClientHandlers()
@@ -39,7 +47,7 @@ public final class TestHTTPConnection: Sendable {
                     return channel.eventLoop.makeSucceededVoidFuture()
                 } catch { return channel.eventLoop.makeFailedFuture(error) }
             }
-            .connect(host: host, port: port).get()
+        let channel = try await open(bootstrap)
         let handler = try await channel.eventLoop.submit {
             NIOLoopBound(try channel.pipeline.syncOperations.handler(type: TestClientHandler.self), eventLoop: channel.eventLoop)
         }.get()

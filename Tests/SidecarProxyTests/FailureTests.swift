@@ -195,6 +195,19 @@ final class FailureTests: XCTestCase {
         XCTAssertEqual(fake.counters.requests, 0, "nothing outside /v1 reaches the upstream")
     }
 
+    func testListensOnAUnixSocket() async throws {
+        let fake = try await FakeUpstream.start()
+        upstream = fake
+        let path = pki.directory + "/sidecar.sock"
+        let h = try await ProxyHarness(upstreamURL: fake.url, configure: { $0.server.listen = .unix(path: path) })
+        harness = h
+        let c = try await TestHTTPConnection.connect(unixPath: path, group: h.clientGroup)
+        let r = try await c.request("POST", "/v1/chat/completions", body: "{}")
+        XCTAssertEqual(r.status, 200)
+        XCTAssertEqual(r.body, FakeUpstream.chatCompletion)
+        await c.close()
+    }
+
     func testPipelinedRequestsAreAnsweredInOrder() async throws {
         let fake = try await FakeUpstream.start()
         upstream = fake

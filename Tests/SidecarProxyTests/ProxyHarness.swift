@@ -35,7 +35,7 @@ final class ProxyHarness: @unchecked Sendable {
         logger.logLevel = .critical
         let keys = try APIKeys.resolve(config, environment: ["FAKE_KEY": Self.upstreamKey])
         self.server = try await SidecarServer.start(configuration: config, apiKeys: keys, group: group, logger: logger)
-        self.port = self.server.localAddress!.port!
+        self.port = self.server.localAddress?.port ?? 0
     }
 
     func connection() async throws -> TestHTTPConnection {
