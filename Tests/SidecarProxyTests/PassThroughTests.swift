@@ -265,8 +265,27 @@ final class PassThroughTests: XCTestCase {
         XCTAssertEqual(upstream.counters.streamsCompleted, 0, "the stream cannot finish while the client does not read")
         let text = try await reader.readToEnd()
         XCTAssertEqual(upstream.counters.streamsCompleted, 1)
-        XCTAssertTrue(text.hasSuffix("data: [DONE]\n\n\r\n0\r\n\r\n"), "\(text.utf8.count) bytes, ending \(text.suffix(120).debugDescription)")
-        XCTAssertEqual(text.components(separatedBy: "data: {").count - 1, events, "every event arrived, in full")
+        let received = try XCTUnwrap(dechunk(text), "the chunked framing is intact")
+        XCTAssertTrue(received.hasSuffix("data: [DONE]\n\n"))
+        XCTAssertEqual(received.components(separatedBy: "data: {").count - 1, events, "every event arrived, in full")
+    }
+}
+
+/// The body of a raw HTTP/1.1 response with chunked framing, or nil if the framing is broken.
+func dechunk(_ raw: String) -> String? {
+    let bytes = Array(raw.utf8)
+    guard let headEnd = raw.range(of: "\r\n\r\n")?.upperBound else { return nil }
+    var i = raw.utf8.distance(from: raw.startIndex, to: headEnd)
+    var out: [UInt8] = []
+    while true {
+        var j = i
+        while j + 1 < bytes.count, !(bytes[j] == 13 && bytes[j + 1] == 10) { j += 1 }
+        guard j + 1 < bytes.count, let size = Int(String(decoding: bytes[i..<j], as: UTF8.self), radix: 16) else { return nil }
+        i = j + 2
+        if size == 0 { return String(decoding: out, as: UTF8.self) }
+        guard i + size + 2 <= bytes.count else { return nil }
+        out += bytes[i..<(i + size)]
+        i += size + 2
     }
 }
 

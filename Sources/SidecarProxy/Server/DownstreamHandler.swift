@@ -54,6 +54,7 @@ final class DownstreamHandler: ChannelDuplexHandler {
     private(set) var inReadBurst = false
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if lingering { return }
         inReadBurst = true
         let part = unwrapInboundIn(data)
         // A part belongs to a later request when the current one is complete but not yet answered.
@@ -184,7 +185,14 @@ final class DownstreamHandler: ChannelDuplexHandler {
         guard let context else { return }
         if !keepAlive || closeAfterResponse {
             queued.removeAll()
-            written.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+            if requestOpen {
+                // The client may still be sending (a body we refused, or garbage): closing with
+                // unread input makes the kernel send a RST that can destroy our answer before the
+                // client reads it. Close our side only, drain theirs for a moment, then close.
+                written.assumeIsolated().whenComplete { [self] _ in self.lingeringClose(context: context) }
+            } else {
+                written.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+            }
             return
         }
         if !requestOpen { requestCycleDone() }
@@ -209,6 +217,19 @@ final class DownstreamHandler: ChannelDuplexHandler {
         }
     }
 
+    /// After a final answer: input is read and dropped, the output half is closed, and the
+    /// connection is closed when the client closes or after two seconds (nginx's lingering close).
+    private var lingering = false
+
+    private func lingeringClose(context: ChannelHandlerContext) {
+        lingering = true
+        context.close(mode: .output, promise: nil)
+        context.eventLoop.assumeIsolated().scheduleTask(in: .seconds(2)) {
+            context.close(promise: nil)
+        }
+        context.read()
+    }
+
     // MARK: connection events
 
     func read(context: ChannelHandlerContext) {
@@ -216,6 +237,11 @@ final class DownstreamHandler: ChannelDuplexHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if lingering {
+            if error is HTTPParserError || error is ByteToMessageDecoderError { return }  // input being drained
+            context.close(promise: nil)
+            return
+        }
         // Malformed HTTP from the client: answer 400 if no response is under way, then close.
         // Other clients are unaffected: each connection has its own decoder.
         guard error is HTTPParserError || error is ByteToMessageDecoderError, queued.isEmpty else {
@@ -236,6 +262,7 @@ final class DownstreamHandler: ChannelDuplexHandler {
         keepAlive = false
         closeAfterResponse = true
         responseOpen = true
+        requestOpen = true  // whatever follows the bad bytes is unread input
         let (head, body) = ErrorResponses.head(for: .badRequest("malformed HTTP request: \(Self.describe(error))"), keepAlive: false)
         writeLocal(head: head, body: body)
     }
@@ -272,6 +299,15 @@ final class DownstreamHandler: ChannelDuplexHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let e = event as? ChannelEvent, e == .inputClosed {
+            // The client finished sending (half-close). Answer what is under way, then close.
+            if lingering || (!requestOpen && !responseOpen && queued.isEmpty) {
+                context.close(promise: nil)
+            } else {
+                closeAfterResponse = true
+            }
+            return
+        }
         if event is ChannelShouldQuiesceEvent {
             // Graceful stop: finish the current request, then close.
             quiescing = true
