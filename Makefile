@@ -4,6 +4,7 @@
 SHELL := /bin/bash
 PREFIX ?= /usr/local
 DESTDIR ?=
+UNITDIR ?= /etc/systemd/system
 CONFIG ?= etc/llm-sidecar/config.toml
 SWIFT ?= swift
 BIN := .build/release/llm-sidecar
@@ -58,9 +59,20 @@ install: build
 		install -m 0644 etc/llm-sidecar/config.toml $(DESTDIR)/etc/llm-sidecar/config.toml; \
 	fi
 	install -m 0644 etc/llm-sidecar/config.minimal.toml $(DESTDIR)/etc/llm-sidecar/config.minimal.toml
+	@if [ -e $(DESTDIR)/etc/default/llm-sidecar ]; then \
+		echo "keeping existing $(DESTDIR)/etc/default/llm-sidecar"; \
+	else \
+		install -D -m 0600 etc/default/llm-sidecar $(DESTDIR)/etc/default/llm-sidecar; \
+	fi
+	install -d -m 0755 $(DESTDIR)$(UNITDIR)
+	sed 's|/usr/local/bin/llm-sidecar|$(PREFIX)/bin/llm-sidecar|g; s|/usr/local/share/doc|$(PREFIX)/share/doc|g' \
+		systemd/llm-sidecar.service > $(DESTDIR)$(UNITDIR)/llm-sidecar.service
+	install -m 0644 systemd/llm-sidecar.socket $(DESTDIR)$(UNITDIR)/llm-sidecar.socket
+	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/llm-sidecar/README.md
+	@echo "installed; next: systemctl daemon-reload && systemctl enable --now llm-sidecar"
 
 uninstall:
-	rm -f $(DESTDIR)$(PREFIX)/bin/llm-sidecar
+	rm -f $(DESTDIR)$(PREFIX)/bin/llm-sidecar $(DESTDIR)$(UNITDIR)/llm-sidecar.service $(DESTDIR)$(UNITDIR)/llm-sidecar.socket
 
 clean:
 	rm -rf .build

@@ -12,9 +12,12 @@ public enum SidecarApplication {
         let keys = try APIKeys.resolve(configuration, environment: environment)
         let threads = configuration.server.threads ?? System.coreCount
         let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+        let notifier = SystemdNotifier(environment: environment)
+        let inherited = SystemdNotifier.inheritedListener(environment: environment)
         let server: SidecarServer
         do {
-            server = try await SidecarServer.start(configuration: configuration, apiKeys: keys, group: group, logger: logger)
+            server = try await SidecarServer.start(
+                configuration: configuration, apiKeys: keys, group: group, logger: logger, inheritedListener: inherited)
         } catch {
             try? await group.shutdownGracefully()
             throw error
@@ -24,6 +27,23 @@ public enum SidecarApplication {
             "threads": "\(threads)",
             "upstreams": "\(configuration.upstreams.map { "\($0.name)=\($0.url)" }.joined(separator: ","))",
         ])
+
+        let address = server.localAddress.map(Self.describe) ?? configuration.server.listen.description
+        notifier.ready(status: "serving on \(address)")
+        let housekeeping = Task {
+            // STATUS= with live figures every 5 s, WATCHDOG=1 at half of WatchdogSec.
+            var sinceStatus = Duration.zero
+            let tick = notifier.watchdogInterval.map { min($0, .seconds(5)) } ?? .seconds(5)
+            while !Task.isCancelled {
+                try? await Task.sleep(for: tick)
+                if notifier.watchdogInterval != nil { notifier.watchdog() }
+                sinceStatus += tick
+                if sinceStatus >= .seconds(5) {
+                    sinceStatus = .zero
+                    notifier.status("serving on \(address): \(server.requestsInFlight) in flight, \(server.requestsTotal) served")
+                }
+            }
+        }
 
         let stop = AsyncStream<Int32>.makeStream()
         signal(SIGTERM, SIG_IGN)
@@ -48,6 +68,8 @@ public enum SidecarApplication {
             logger.info("stopping", metadata: ["signal": "\(sig == SIGTERM ? "TERM" : "INT")", "in-flight": "\(server.requestsInFlight)"])
             break
         }
+        notifier.stopping()
+        housekeeping.cancel()
         await server.shutdown(drainTimeout: configuration.server.drainTimeout)
         try? await group.shutdownGracefully()
         sources.forEach { $0.cancel() }

@@ -21,6 +21,9 @@ public final class SidecarServer: Sendable {
     /// Requests being served right now, across every thread.
     public var requestsInFlight: Int { runtime.requestsInFlight }
 
+    /// Requests served since start.
+    public var requestsTotal: Int { runtime.requestsTotal }
+
     private init(runtime: ProxyRuntime, serverChannel: Channel, logger: Logger) {
         self.runtime = runtime
         self.serverChannel = serverChannel
@@ -30,7 +33,8 @@ public final class SidecarServer: Sendable {
     /// Builds the upstream groups (TLS contexts, pools on every loop) and binds the listener.
     /// - Parameter apiKeys: upstream name -> key, from `APIKeys.resolve` (never from the file).
     public static func start(
-        configuration: SidecarConfiguration, apiKeys: [String: String], group: MultiThreadedEventLoopGroup, logger: Logger
+        configuration: SidecarConfiguration, apiKeys: [String: String], group: MultiThreadedEventLoopGroup, logger: Logger,
+        inheritedListener: Int32? = nil
     ) async throws -> SidecarServer {
         let loops = Array(group.makeIterator())
         var groups: [String: UpstreamGroup] = [:]
@@ -57,11 +61,15 @@ public final class SidecarServer: Sendable {
                 }
             }
         let channel: Channel
-        switch configuration.server.listen {
+        if let fd = inheritedListener {
+            channel = try await bootstrap.withBoundSocket(fd).get()
+        } else {
+          switch configuration.server.listen {
         case .tcp(let host, let port):
             channel = try await bootstrap.bind(host: host, port: port).get()
         case .unix(let path):
             channel = try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
+          }
         }
         let server = SidecarServer(runtime: runtime, serverChannel: channel, logger: logger)
         box.server = server
