@@ -57,16 +57,13 @@ struct Serve: AsyncParsableCommand {
 
     func run() async throws {
         let environment = ProcessInfo.processInfo.environment
-        var configuration: SidecarConfiguration
+        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
+        let configuration: SidecarConfiguration
         do {
             configuration = try resolveConfiguration(environment: environment)
         } catch {
             FileHandle.standardError.write(Data("llm-sidecar: \(error)\n".utf8))
             throw ExitCode(78)  // EX_CONFIG
-        }
-        if let threads {
-            guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
-            configuration.server.threads = threads
         }
         let level = Logger.Level(rawValue: configuration.log.level) ?? .info
         LoggingSystem.bootstrap { label in
@@ -76,7 +73,16 @@ struct Serve: AsyncParsableCommand {
         }
         let logger = Logger(label: "llm-sidecar")
         do {
-            try await SidecarApplication.run(configuration: configuration, environment: environment, logger: logger)
+            let (path, explicit) = configOption.path(environment: environment)
+            let fromFile = explicit || upstream == nil
+            let command = self
+            try await SidecarApplication.run(
+                configuration: configuration, environment: environment, logger: logger,
+                reloadConfiguration: fromFile ? { @Sendable in
+                    var next = try ConfigOption.load(path: path, environment: environment)
+                    command.applyOverrides(&next)
+                    return next
+                } : nil)
         } catch let error as ConfigurationError {
             logger.critical("configuration refused", metadata: ["reason": "\(error)"])
             throw ExitCode(78)
@@ -84,6 +90,12 @@ struct Serve: AsyncParsableCommand {
             logger.critical("cannot start", metadata: ["reason": "\(error)"])
             throw ExitCode(1)
         }
+    }
+
+    /// The command-line flags that override the file, applied at start and on every reload.
+    func applyOverrides(_ configuration: inout SidecarConfiguration) {
+        if let listen, let parsed = ListenAddress.parse(listen) { configuration.server.listen = parsed }
+        if let threads { configuration.server.threads = threads }
     }
 
     private func resolveConfiguration(environment: [String: String]) throws -> SidecarConfiguration {
@@ -100,7 +112,9 @@ struct Serve: AsyncParsableCommand {
         if let upstream, !explicit {
             switch UpstreamURL.parse(upstream) {
             case .success(let url):
-                return SidecarConfiguration.zeroConfig(listen: listenAddress, upstream: url, environment: environment)
+                var configuration = SidecarConfiguration.zeroConfig(listen: listenAddress, upstream: url, environment: environment)
+                applyOverrides(&configuration)
+                return configuration
             case .failure(let problem):
                 throw ConfigurationError(key: "--upstream", problem: "\"\(upstream)\" \(problem.reason)")
             }
@@ -109,7 +123,7 @@ struct Serve: AsyncParsableCommand {
             throw ConfigurationError(file: path, problem: "no configuration file; pass --config PATH or --upstream URL")
         }
         var configuration = try ConfigOption.load(path: path, environment: environment)
-        if let listenAddress { configuration.server.listen = listenAddress }
+        applyOverrides(&configuration)
         if upstream != nil {
             throw ConfigurationError(key: "--upstream", problem: "cannot be combined with a configuration file; set [upstreams.NAME] url instead")
         }

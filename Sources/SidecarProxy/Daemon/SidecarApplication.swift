@@ -8,7 +8,12 @@ import SidecarCore
 /// Runs the daemon until SIGTERM or SIGINT: start the server, log where it listens, then on the
 /// first signal stop gracefully (drain up to `server.drain_timeout`) and on a second exit at once.
 public enum SidecarApplication {
-    public static func run(configuration: SidecarConfiguration, environment: [String: String], logger: Logger) async throws {
+    /// - Parameter reloadConfiguration: reads the configuration again (file plus command-line
+    ///   overrides) for SIGHUP; nil when there is no file, and a reload is then refused.
+    public static func run(
+        configuration: SidecarConfiguration, environment: [String: String], logger: Logger,
+        reloadConfiguration: (@Sendable () throws -> SidecarConfiguration)? = nil
+    ) async throws {
         let keys = try APIKeys.resolve(configuration, environment: environment)
         let threads = configuration.server.threads ?? System.coreCount
         let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
@@ -52,10 +57,11 @@ public enum SidecarApplication {
         let signalQueue = DispatchQueue(label: "llm-sidecar.signals")
         var sources: [DispatchSourceSignal] = []
         let received = SignalCounter()
-        for sig in [SIGTERM, SIGINT] {
+        signal(SIGHUP, SIG_IGN)
+        for sig in [SIGTERM, SIGINT, SIGHUP] {
             let source = DispatchSource.makeSignalSource(signal: sig, queue: signalQueue)
             source.setEventHandler {
-                if received.increment() > 1 {
+                if sig != SIGHUP, received.increment() > 1 {
                     logger.warning("second signal: exiting now")
                     exit(1)
                 }
@@ -65,6 +71,21 @@ public enum SidecarApplication {
             sources.append(source)
         }
         for await sig in stop.stream {
+            if sig == SIGHUP {
+                notifier.reloading()
+                do {
+                    guard let reloadConfiguration else {
+                        throw SidecarServer.ReloadRefused(description: "started without a configuration file; nothing to reload")
+                    }
+                    let next = try reloadConfiguration()
+                    try server.reload(configuration: next, apiKeys: try APIKeys.resolve(next, environment: environment))
+                    notifier.ready(status: "serving on \(address) (reloaded)")
+                } catch {
+                    logger.error("reload refused; the previous configuration keeps serving", metadata: ["reason": "\(error)"])
+                    notifier.ready(status: "serving on \(address); last reload refused: \(error)")
+                }
+                continue
+            }
             logger.info("stopping", metadata: ["signal": "\(sig == SIGTERM ? "TERM" : "INT")", "in-flight": "\(server.requestsInFlight)"])
             break
         }

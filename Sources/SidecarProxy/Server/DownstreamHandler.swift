@@ -19,7 +19,9 @@ final class DownstreamHandler: ChannelDuplexHandler {
     /// Queued parts of pipelined requests beyond which we stop reading from the client.
     private static let maxQueuedParts = 64
 
-    private let runtime: ProxyRuntime
+    private let state: ServerState
+    /// The snapshot of the request being served (taken when its head arrives).
+    private var runtime: ProxyRuntime
     private var context: ChannelHandlerContext?
     private var exchange: ProxyExchange?
     /// The current request's `Connection` semantics (HTTP/1.0 and `Connection: close` end the connection).
@@ -34,8 +36,9 @@ final class DownstreamHandler: ChannelDuplexHandler {
     private var idleTimer: Scheduled<Void>?
     private var quiescing = false
 
-    init(runtime: ProxyRuntime) {
-        self.runtime = runtime
+    init(state: ServerState) {
+        self.state = state
+        self.runtime = state.runtime
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -79,7 +82,8 @@ final class DownstreamHandler: ChannelDuplexHandler {
             idleTimer = nil
             requestOpen = true
             responseOpen = true
-            keepAlive = head.isKeepAlive && !runtime.isDraining && !quiescing
+            runtime = state.runtime
+            keepAlive = head.isKeepAlive && !state.isDraining && !quiescing
             closeAfterResponse = false
             route(head)
         case .body(let buffer):
@@ -114,7 +118,7 @@ final class DownstreamHandler: ChannelDuplexHandler {
         let exchange = ProxyExchange(
             downstream: self, head: head, group: group, pool: group.pool(on: context.eventLoop), maxBodyBytes: runtime.maxBodyBytes)
         self.exchange = exchange
-        runtime.requestStarted()
+        state.requestStarted()
         exchange.start()
     }
 
@@ -135,7 +139,7 @@ final class DownstreamHandler: ChannelDuplexHandler {
     /// The response is complete.
     func finishResponse(trailers: HTTPHeaders?) {
         guard let context else { return }
-        if exchange != nil { runtime.requestFinished() }
+        if exchange != nil { state.requestFinished() }
         exchange = nil
         let done = context.writeAndFlush(wrapOutboundOut(.end(trailers)))
         responseFinished(done)
@@ -144,7 +148,7 @@ final class DownstreamHandler: ChannelDuplexHandler {
     /// Something was already sent and the rest cannot be: end the connection so the client sees a
     /// truncated response (no fake end of stream).
     func abortResponse() {
-        if exchange != nil { runtime.requestFinished() }
+        if exchange != nil { state.requestFinished() }
         exchange = nil
         responseOpen = false
         queued.removeAll()
@@ -155,7 +159,7 @@ final class DownstreamHandler: ChannelDuplexHandler {
 
     /// Answers the current request with `error`'s OpenAI-shaped body.
     func respondWithError(_ error: ProxyError, closeAfter: Bool) {
-        if exchange != nil { runtime.requestFinished() }
+        if exchange != nil { state.requestFinished() }
         exchange = nil
         if closeAfter { closeAfterResponse = true }
         let (head, body) = ErrorResponses.head(for: error, keepAlive: keepAlive && !closeAfterResponse)
@@ -251,7 +255,7 @@ final class DownstreamHandler: ChannelDuplexHandler {
         if let exchange, !exchange.responseStarted {
             // The head was fine but the body is not: abandon the upstream request.
             self.exchange = nil
-            runtime.requestFinished()
+            state.requestFinished()
             exchange.downstreamClosed()
             responseOpen = false
         }
@@ -287,7 +291,7 @@ final class DownstreamHandler: ChannelDuplexHandler {
         queued.removeAll()
         if let exchange {
             self.exchange = nil
-            runtime.requestFinished()
+            state.requestFinished()
             exchange.downstreamClosed()
         }
         context.fireChannelInactive()

@@ -1,18 +1,17 @@
+import NIOConcurrencyHelpers
 import NIOCore
 import SidecarCore
 import Synchronization
 
-/// What every client connection shares: the configuration snapshot, the upstream groups, and a
-/// few counters. Immutable apart from atomics, so any event loop reads it without locks.
+/// One configuration snapshot: the configuration and the upstream groups built from it.
+/// Immutable; a reload builds a new one. A request keeps the snapshot it started with, so
+/// in-flight requests finish on the old configuration while new ones use the new.
 final class ProxyRuntime: Sendable {
     let configuration: SidecarConfiguration
     let groups: [String: UpstreamGroup]
     let defaultUpstream: UpstreamGroup?
     let maxBodyBytes: Int
     let clientIdleTimeout: TimeAmount
-    private let inFlight = Atomic<Int>(0)
-    private let draining = Atomic<Bool>(false)
-    private let total = Atomic<Int>(0)
 
     init(configuration: SidecarConfiguration, groups: [String: UpstreamGroup]) {
         self.configuration = configuration
@@ -20,6 +19,30 @@ final class ProxyRuntime: Sendable {
         self.defaultUpstream = configuration.server.defaultUpstream.flatMap { groups[$0] }
         self.maxBodyBytes = configuration.server.maxBodyBytes
         self.clientIdleTimeout = configuration.server.clientIdleTimeout
+    }
+}
+
+/// What every client connection shares for the server's whole life: the current snapshot (swapped
+/// by reloads) and the counters. One uncontended lock read per request, plus relaxed atomics.
+final class ServerState: Sendable {
+    private let current: NIOLockedValueBox<ProxyRuntime>
+    private let inFlight = Atomic<Int>(0)
+    private let draining = Atomic<Bool>(false)
+    private let total = Atomic<Int>(0)
+
+    init(runtime: ProxyRuntime) {
+        current = NIOLockedValueBox(runtime)
+    }
+
+    var runtime: ProxyRuntime { current.withLockedValue { $0 } }
+
+    /// Installs `runtime` for new requests; returns the one it replaces.
+    func swap(_ runtime: ProxyRuntime) -> ProxyRuntime {
+        current.withLockedValue { old in
+            let previous = old
+            old = runtime
+            return previous
+        }
     }
 
     func requestStarted() {

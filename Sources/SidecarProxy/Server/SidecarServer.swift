@@ -10,7 +10,8 @@ import SidecarCore
 /// `DownstreamHandler`, and stops gracefully (stop accepting, let in-flight requests finish up to
 /// the drain timeout, then close what is left).
 public final class SidecarServer: Sendable {
-    private let runtime: ProxyRuntime
+    private let state: ServerState
+    private let loops: [EventLoop]
     private let serverChannel: Channel
     private let children = NIOLockedValueBox<[ObjectIdentifier: Channel]>([:])
     private let logger: Logger
@@ -19,13 +20,17 @@ public final class SidecarServer: Sendable {
     public var localAddress: SocketAddress? { serverChannel.localAddress }
 
     /// Requests being served right now, across every thread.
-    public var requestsInFlight: Int { runtime.requestsInFlight }
+    public var requestsInFlight: Int { state.requestsInFlight }
 
     /// Requests served since start.
-    public var requestsTotal: Int { runtime.requestsTotal }
+    public var requestsTotal: Int { state.requestsTotal }
 
-    private init(runtime: ProxyRuntime, serverChannel: Channel, logger: Logger) {
-        self.runtime = runtime
+    /// The configuration new requests are served with.
+    public var configuration: SidecarConfiguration { state.runtime.configuration }
+
+    private init(state: ServerState, loops: [EventLoop], serverChannel: Channel, logger: Logger) {
+        self.state = state
+        self.loops = loops
         self.serverChannel = serverChannel
         self.logger = logger
     }
@@ -41,7 +46,7 @@ public final class SidecarServer: Sendable {
         for upstream in configuration.upstreams {
             groups[upstream.name] = try UpstreamGroup(configuration: upstream, apiKey: apiKeys[upstream.name], eventLoops: loops)
         }
-        let runtime = ProxyRuntime(configuration: configuration, groups: groups)
+        let state = ServerState(runtime: ProxyRuntime(configuration: configuration, groups: groups))
         let box = ChildRegistry()
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
@@ -54,7 +59,7 @@ public final class SidecarServer: Sendable {
                 do {
                     let sync = channel.pipeline.syncOperations
                     try sync.configureHTTPServerPipeline(withPipeliningAssistance: false, withErrorHandling: false)
-                    try sync.addHandler(DownstreamHandler(runtime: runtime))
+                    try sync.addHandler(DownstreamHandler(state: state))
                     return channel.eventLoop.makeSucceededVoidFuture()
                 } catch {
                     return channel.eventLoop.makeFailedFuture(error)
@@ -71,7 +76,7 @@ public final class SidecarServer: Sendable {
             channel = try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
           }
         }
-        let server = SidecarServer(runtime: runtime, serverChannel: channel, logger: logger)
+        let server = SidecarServer(state: state, loops: loops, serverChannel: channel, logger: logger)
         box.server = server
         return server
     }
@@ -87,22 +92,67 @@ public final class SidecarServer: Sendable {
     /// Graceful stop: stop accepting, ask keep-alive clients to close after their current request,
     /// wait for in-flight requests up to `drainTimeout`, then close everything and the pools.
     public func shutdown(drainTimeout: TimeAmount) async {
-        runtime.startDraining()
+        let runtime = state.runtime
+        state.startDraining()
         try? await serverChannel.close()
         let open = children.withLockedValue { Array($0.values) }
         for channel in open {
             channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
         }
         let deadline = NIODeadline.now() + drainTimeout
-        while runtime.requestsInFlight > 0, NIODeadline.now() < deadline {
+        while state.requestsInFlight > 0, NIODeadline.now() < deadline {
             try? await Task.sleep(nanoseconds: 10_000_000)
         }
-        if runtime.requestsInFlight > 0 {
-            logger.warning("drain timeout: closing requests still in flight", metadata: ["in-flight": "\(runtime.requestsInFlight)"])
+        if state.requestsInFlight > 0 {
+            logger.warning("drain timeout: closing requests still in flight", metadata: ["in-flight": "\(state.requestsInFlight)"])
         }
         let remaining = children.withLockedValue { Array($0.values) }
         for channel in remaining { try? await channel.close() }
         for group in runtime.groups.values { try? await group.shutdown().get() }
+    }
+}
+
+extension SidecarServer {
+    /// Why a reload was refused; the old configuration keeps serving.
+    public struct ReloadRefused: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    /// Applies a new, already validated configuration to new requests. Upstreams whose settings
+    /// and key are unchanged keep their pools (warm connections, TLS sessions); the others are
+    /// drained (their in-flight requests finish) and closed in the background.
+    /// Listen address and thread count need a restart: such a reload is refused.
+    public func reload(configuration: SidecarConfiguration, apiKeys: [String: String]) throws {
+        let old = state.runtime
+        if configuration.server.listen != old.configuration.server.listen {
+            throw ReloadRefused(description: "server.listen changed from \(old.configuration.server.listen) to \(configuration.server.listen): restart to apply it")
+        }
+        if configuration.server.threads != old.configuration.server.threads {
+            throw ReloadRefused(description: "server.threads changed: restart to apply it")
+        }
+        var groups: [String: UpstreamGroup] = [:]
+        var kept: Set<ObjectIdentifier> = []
+        for upstream in configuration.upstreams {
+            let key = apiKeys[upstream.name]
+            if let existing = old.groups[upstream.name], existing.configuration == upstream, existing.authorization == key.map({ "Bearer \($0)" }) {
+                groups[upstream.name] = existing
+                kept.insert(ObjectIdentifier(existing))
+            } else {
+                groups[upstream.name] = try UpstreamGroup(configuration: upstream, apiKey: key, eventLoops: loops)
+            }
+        }
+        _ = state.swap(ProxyRuntime(configuration: configuration, groups: groups))
+        let retired = old.groups.values.filter { !kept.contains(ObjectIdentifier($0)) }
+        let drainTimeout = configuration.server.drainTimeout
+        if !retired.isEmpty {
+            Task {
+                for group in retired { await group.drainAndShutdown(timeout: drainTimeout) }
+            }
+        }
+        logger.info("reloaded", metadata: [
+            "upstreams": "\(configuration.upstreams.map(\.name).joined(separator: ","))",
+            "kept": "\(kept.count)", "retired": "\(retired.count)",
+        ])
     }
 }
 

@@ -65,7 +65,26 @@ final class UpstreamGroup: Sendable {
         return bound.value
     }
 
-    /// Pool figures summed over every loop (for /stats; hops to each loop).
+    /// Requests holding or waiting for a connection of this upstream, over every loop.
+    func busyRequests() async -> Int {
+        var total = 0
+        for bound in pools.values {
+            total += (try? await bound.eventLoop.submit { bound.value.leased + bound.value.waiting }.get()) ?? 0
+        }
+        return total
+    }
+
+    /// For an upstream removed or changed by a reload: wait until no request uses it (or
+    /// `timeout`), then close its connections.
+    func drainAndShutdown(timeout: TimeAmount) async {
+        let deadline = NIODeadline.now() + timeout
+        while NIODeadline.now() < deadline, await busyRequests() > 0 {
+            try? await Task.sleep(nanoseconds: 50_000_000)
+        }
+        try? await shutdown().get()
+    }
+
+    /// Closes idle connections now and the others as their requests finish.
     func shutdown() -> EventLoopFuture<Void> {
         let futures = pools.values.map { bound in
             bound.eventLoop.flatSubmit { bound.value.shutdown() }

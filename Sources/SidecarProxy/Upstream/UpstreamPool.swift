@@ -49,6 +49,7 @@ final class UpstreamPool {
     var openConnections: Int { state.connectionCount }
     var idleConnections: Int { state.idleCount }
     var waiting: Int { state.waiterCount }
+    var leased: Int { state.leasedCount }
 
     /// Asks for a connection; `callback` runs on this loop, possibly before `lease` returns.
     /// Returns the waiter id, for `cancel`.
