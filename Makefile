@@ -11,7 +11,7 @@ BIN := .build/release/llm-sidecar
 
 # System libraries we link (OpenSSL for TLS and SHA-256, SQLite for the cache) and tools.
 BUILD_DEBS := libssl-dev libsqlite3-dev pkg-config ca-certificates
-TEST_DEBS := $(BUILD_DEBS) openssl systemd
+TEST_DEBS := $(BUILD_DEBS) openssl systemd python3-venv
 BENCH_DEBS := $(BUILD_DEBS) nginx-light wrk openssl procps util-linux
 
 .PHONY: all build run test bench install uninstall deps test-deps bench-deps clean
@@ -43,9 +43,15 @@ build: deps
 run: build
 	$(BIN) serve --config $(CONFIG)
 
-test: test-deps
+# The tests parse /metrics with Prometheus' own Python parser, from a venv of our own.
+VENV := .build/venv
+$(VENV)/bin/python:
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q prometheus-client==0.26.0
+
+test: test-deps $(VENV)/bin/python
 	$(SWIFT) build --build-tests
-	$(SWIFT) test --skip-build --disable-swift-testing
+	LLM_SIDECAR_TEST_PYTHON=$(CURDIR)/$(VENV)/bin/python $(SWIFT) test --skip-build --disable-swift-testing
 
 bench: bench-deps build
 	bash bench/run.sh

@@ -107,6 +107,8 @@ struct RawConfiguration: Decodable {
         var threads: Int?
         var client_idle_timeout: String?
         var drain_timeout: String?
+        var admin_token_env: String?
+        var admin_token_file: String?
     }
 
     struct RawUpstream: Decodable {
@@ -172,6 +174,20 @@ private struct Validator {
         if let t = rs?.threads { server.threads = try positive(t, ["server", "threads"], default: 1, max: 256) }
         server.clientIdleTimeout = try duration(rs?.client_idle_timeout, ["server", "client_idle_timeout"], default: server.clientIdleTimeout)
         server.drainTimeout = try duration(rs?.drain_timeout, ["server", "drain_timeout"], default: server.drainTimeout, allowZero: true)
+        switch (rs?.admin_token_env, rs?.admin_token_file) {
+        case (.some, .some):
+            throw fail(["server", "admin_token_file"], "set admin_token_env or admin_token_file, not both")
+        case (.some(let variable), nil):
+            guard let v = environment[variable], !v.isEmpty else {
+                throw fail(["server", "admin_token_env"], "environment variable \(variable) is not set")
+            }
+            server.adminToken = .environment(variable)
+        case (nil, .some(let path)):
+            guard fileExists(path) else { throw fail(["server", "admin_token_file"], "cannot read \(path)") }
+            server.adminToken = .file(path)
+        case (nil, nil):
+            break
+        }
 
         var upstreams: [SidecarConfiguration.Upstream] = []
         for (name, ru) in (raw.upstreams ?? [:]).sorted(by: { $0.key < $1.key }) {

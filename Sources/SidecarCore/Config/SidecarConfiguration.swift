@@ -33,6 +33,9 @@ public struct SidecarConfiguration: Sendable, Equatable {
         public var clientIdleTimeout: TimeAmount = .seconds(75)
         /// How long a graceful stop waits for in-flight requests. Default 30 s.
         public var drainTimeout: TimeAmount = .seconds(30)
+        /// Where the token for remote admin access comes from (admin endpoints otherwise answer
+        /// loopback and unix-socket clients only). Default: none.
+        public var adminToken: KeySource = .none
         public init() {}
     }
 

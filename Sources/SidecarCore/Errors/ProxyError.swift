@@ -17,7 +17,7 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
     }
 
     private enum Code: Hashable, Sendable {
-        case badRequest, payloadTooLarge, notFound, methodNotAllowed
+        case badRequest, payloadTooLarge, notFound, methodNotAllowed, forbidden
         case upstreamConnect, upstreamTLS, upstreamClosed, upstreamProtocol, upstreamTimeout(Timeout)
         case poolExhausted, shuttingDown, internalError
     }
@@ -39,6 +39,7 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
     public static func notFound(path: String) -> ProxyError {
         .init(.notFound, "no route for \(path.prefix(200)): the sidecar forwards /v1/... and serves /healthz")
     }
+    public static func forbidden(_ why: String) -> ProxyError { .init(.forbidden, why) }
     public static func methodNotAllowed(_ method: String, path: String) -> ProxyError {
         .init(.methodNotAllowed, "method \(method) is not allowed on \(path)")
     }
@@ -67,7 +68,7 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
 
     public var source: Source {
         switch code {
-        case .badRequest, .payloadTooLarge, .notFound, .methodNotAllowed: return .client
+        case .badRequest, .payloadTooLarge, .notFound, .methodNotAllowed, .forbidden: return .client
         case .upstreamConnect, .upstreamTLS, .upstreamClosed, .upstreamProtocol: return .upstream
         case .upstreamTimeout(let t): return t == .poolQueue ? .internal : .upstream
         case .poolExhausted, .shuttingDown, .internalError: return .internal
@@ -78,6 +79,7 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
     public var status: Int {
         switch code {
         case .badRequest: return 400
+        case .forbidden: return 403
         case .notFound: return 404
         case .methodNotAllowed: return 405
         case .payloadTooLarge: return 413
@@ -102,6 +104,7 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
         switch code {
         case .badRequest: return "bad_request"
         case .payloadTooLarge: return "request_too_large"
+        case .forbidden: return "forbidden"
         case .notFound: return "not_found"
         case .methodNotAllowed: return "method_not_allowed"
         case .upstreamConnect: return "upstream_connect_failed"

@@ -24,7 +24,14 @@ final class ProxyExchange: UpstreamResponseDelegate {
     private let group: UpstreamGroup
     private let pool: UpstreamPool
     private let maxBodyBytes: Int
+    private let metrics: SidecarMetrics
     private var upstreamHead: HTTPRequestHead
+    // Timings, for the metrics: start, request sent upstream, response head, first body byte.
+    private let started = NIODeadline.now()
+    private var sentAt: NIODeadline?
+    private var headAt: NIODeadline?
+    private var firstBodyAt: NIODeadline?
+    private var isStream = false
     private var phase: Phase
     /// Body parts received so far, kept (by reference, not copied) until the response starts so
     /// that a request that hit a stale keep-alive connection can be replayed once.
@@ -34,7 +41,9 @@ final class ProxyExchange: UpstreamResponseDelegate {
     private var replayed = false
     private(set) var responseStarted = false
 
-    init(downstream: DownstreamHandler, head: HTTPRequestHead, group: UpstreamGroup, pool: UpstreamPool, maxBodyBytes: Int) {
+    init(downstream: DownstreamHandler, head: HTTPRequestHead, group: UpstreamGroup, pool: UpstreamPool, maxBodyBytes: Int,
+         metrics: SidecarMetrics) {
+        self.metrics = metrics
         self.downstream = downstream
         self.group = group
         self.pool = pool
@@ -70,6 +79,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
         phase = .forwarding(lease)
         let connection = lease.connection
         connection.delegate = self
+        sentAt = .now()
         connection.send(head: upstreamHead)
         for part in body { connection.sendBody(part) }
         // Flushed at the end of this read burst (`flushUpstream`), or by `sendEnd`.
@@ -103,12 +113,22 @@ final class ProxyExchange: UpstreamResponseDelegate {
     func upstreamResponseHead(_ head: HTTPResponseHead) {
         responseStarted = true
         body.removeAll()
+        let now = NIODeadline.now()
+        headAt = now
+        if let sentAt { group.metrics.firstByte.recordNanoseconds((now - sentAt).nanoseconds) }
+        group.metrics.response(status: Int(head.status.code))
+        isStream = head.headers.first(name: "content-type")?.hasPrefix("text/event-stream") ?? false
         var headers = HeaderPolicy.downstreamResponseHeaders(from: head.headers)
         if !downstream.keepAlive { headers.add(name: "connection", value: "close") }
         downstream.writeResponseHead(HTTPResponseHead(version: .http1_1, status: head.status, headers: headers))
     }
 
     func upstreamResponseBody(_ body: ByteBuffer) {
+        if isStream, firstBodyAt == nil, let sentAt {
+            let now = NIODeadline.now()
+            firstBodyAt = now
+            group.metrics.streamFirstToken.recordNanoseconds((now - sentAt).nanoseconds)
+        }
         downstream.writeResponseBody(body)
     }
 
@@ -123,6 +143,15 @@ final class ProxyExchange: UpstreamResponseDelegate {
         // A connection whose request was not sent to its end cannot carry another request.
         pool.release(lease.connection, reusable: keepAlive.reusable && requestEnded, keepAlive: keepAlive.timeout)
         downstream.finishResponse(trailers: trailers)
+        recordCompletion()
+    }
+
+    private func recordCompletion() {
+        let now = NIODeadline.now()
+        let total = (now - started).nanoseconds
+        group.metrics.duration.recordNanoseconds(total)
+        if let sentAt { metrics.overhead.recordNanoseconds(max(0, total - (now - sentAt).nanoseconds)) }
+        if isStream, let headAt { group.metrics.streamDuration.recordNanoseconds((now - headAt).nanoseconds) }
     }
 
     func upstreamFailed(_ error: ProxyError, beforeResponse: Bool) {
@@ -184,6 +213,8 @@ final class ProxyExchange: UpstreamResponseDelegate {
     }
 
     private func answer(_ error: ProxyError) {
+        metrics.error(error.codeString)
+        if !responseStarted { group.metrics.response(status: error.status) }
         if responseStarted {
             downstream.abortResponse()
         } else {

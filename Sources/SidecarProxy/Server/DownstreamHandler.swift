@@ -41,9 +41,25 @@ final class DownstreamHandler: ChannelDuplexHandler {
         self.runtime = state.runtime
     }
 
+    /// Loopback and unix-socket clients may use the admin endpoints without a token.
+    private var trustedClient = false
+
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        trustedClient = Self.isLocal(context.channel.remoteAddress)
         armIdleTimer()
+    }
+
+    static func isLocal(_ address: SocketAddress?) -> Bool {
+        switch address {
+        case .unixDomainSocket: return true
+        case .v4:
+            return address?.ipAddress?.hasPrefix("127.") ?? false
+        case .v6:
+            let ip = address?.ipAddress ?? ""
+            return ip == "::1" || ip.hasPrefix("::ffff:127.")
+        case nil: return false
+        }
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -98,13 +114,15 @@ final class DownstreamHandler: ChannelDuplexHandler {
         }
     }
 
+    /// Admin endpoints: answered on the main listener, to loopback/unix clients, or to others that
+    /// present `server.admin_token` as a bearer token.
+    private static let adminPaths: Set<Substring> = ["/healthz", "/readyz", "/metrics"]
+
     private func route(_ head: HTTPRequestHead) {
         let path = head.uri
-        if path == "/healthz" || path.hasPrefix("/healthz?") {
-            guard head.method == .GET || head.method == .HEAD else {
-                return respondWithError(.methodNotAllowed(head.method.rawValue, path: "/healthz"), closeAfter: false)
-            }
-            return respondLocally(status: .ok, json: #"{"status":"ok"}"#, headOnly: head.method == .HEAD)
+        let bare = path.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
+        if Self.adminPaths.contains(bare) {
+            return admin(head, path: bare)
         }
         guard path.hasPrefix("/v1/") || path == "/v1" || path.hasPrefix("/v1?") else {
             return respondWithError(.notFound(path: path), closeAfter: false)
@@ -116,10 +134,45 @@ final class DownstreamHandler: ChannelDuplexHandler {
             return respondWithError(.notFound(path: path), closeAfter: false)
         }
         let exchange = ProxyExchange(
-            downstream: self, head: head, group: group, pool: group.pool(on: context.eventLoop), maxBodyBytes: runtime.maxBodyBytes)
+            downstream: self, head: head, group: group, pool: group.pool(on: context.eventLoop), maxBodyBytes: runtime.maxBodyBytes,
+            metrics: state.metrics)
         self.exchange = exchange
         state.requestStarted()
         exchange.start()
+    }
+
+    private func admin(_ head: HTTPRequestHead, path: Substring) {
+        guard trustedClient || (runtime.adminAuthorization != nil && head.headers.first(name: "authorization") == runtime.adminAuthorization) else {
+            return respondWithError(.forbidden(
+                "admin endpoints answer loopback and unix-socket clients only; set server.admin_token_env or admin_token_file for remote access"),
+                closeAfter: false)
+        }
+        guard head.method == .GET || head.method == .HEAD else {
+            return respondWithError(.methodNotAllowed(head.method.rawValue, path: String(path)), closeAfter: false)
+        }
+        let headOnly = head.method == .HEAD
+        switch path {
+        case "/healthz":
+            respondLocally(status: .ok, contentType: "application/json", body: ByteBuffer(string: #"{"status":"ok"}"#), headOnly: headOnly)
+        case "/readyz":
+            var reasons: [String] = []
+            if state.isDraining { reasons.append("draining: the sidecar is stopping") }
+            if runtime.defaultUpstream == nil { reasons.append("no default upstream is configured") }
+            for (name, group) in runtime.groups.sorted(by: { $0.key < $1.key }) {
+                if let problem = group.health.problem { reasons.append("upstream \(name): \(problem)") }
+            }
+            var json = reasons.isEmpty ? #"{"status":"ready""# : #"{"status":"not ready","reasons":["#
+            for (i, r) in reasons.enumerated() {
+                if i > 0 { json += "," }
+                JSONString.append(r, to: &json)
+            }
+            json += reasons.isEmpty ? "}" : "]}"
+            respondLocally(status: reasons.isEmpty ? .ok : .serviceUnavailable, contentType: "application/json",
+                           body: ByteBuffer(string: json), headOnly: headOnly)
+        default:
+            respondLocally(status: .ok, contentType: "text/plain; version=0.0.4; charset=utf-8",
+                           body: ByteBuffer(bytes: state.metrics.render()), headOnly: headOnly)
+        }
     }
 
     // MARK: responses (called by the exchange)
@@ -159,6 +212,7 @@ final class DownstreamHandler: ChannelDuplexHandler {
 
     /// Answers the current request with `error`'s OpenAI-shaped body.
     func respondWithError(_ error: ProxyError, closeAfter: Bool) {
+        if exchange == nil { state.metrics.error(error.codeString) }  // the exchange counts its own
         if exchange != nil { state.requestFinished() }
         exchange = nil
         if closeAfter { closeAfterResponse = true }
@@ -166,10 +220,9 @@ final class DownstreamHandler: ChannelDuplexHandler {
         writeLocal(head: head, body: body)
     }
 
-    private func respondLocally(status: HTTPResponseStatus, json: String, headOnly: Bool) {
-        let body = ByteBuffer(string: json)
+    private func respondLocally(status: HTTPResponseStatus, contentType: String, body: ByteBuffer, headOnly: Bool) {
         var headers = HTTPHeaders()
-        headers.add(name: "content-type", value: "application/json")
+        headers.add(name: "content-type", value: contentType)
         headers.add(name: "content-length", value: String(body.readableBytes))
         if !keepAlive { headers.add(name: "connection", value: "close") }
         writeLocal(head: HTTPResponseHead(version: .http1_1, status: status, headers: headers), body: headOnly ? nil : body)

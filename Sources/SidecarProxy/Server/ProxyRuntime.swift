@@ -12,9 +12,12 @@ final class ProxyRuntime: Sendable {
     let defaultUpstream: UpstreamGroup?
     let maxBodyBytes: Int
     let clientIdleTimeout: TimeAmount
+    /// `Bearer TOKEN` that lets a non-loopback client use the admin endpoints; nil: loopback only.
+    let adminAuthorization: String?
 
-    init(configuration: SidecarConfiguration, groups: [String: UpstreamGroup]) {
+    init(configuration: SidecarConfiguration, groups: [String: UpstreamGroup], adminToken: String?) {
         self.configuration = configuration
+        self.adminAuthorization = adminToken.map { "Bearer \($0)" }
         self.groups = groups
         self.defaultUpstream = configuration.server.defaultUpstream.flatMap { groups[$0] }
         self.maxBodyBytes = configuration.server.maxBodyBytes
@@ -29,9 +32,11 @@ final class ServerState: Sendable {
     private let inFlight = Atomic<Int>(0)
     private let draining = Atomic<Bool>(false)
     private let total = Atomic<Int>(0)
+    let metrics: SidecarMetrics
 
-    init(runtime: ProxyRuntime) {
+    init(runtime: ProxyRuntime, metrics: SidecarMetrics) {
         current = NIOLockedValueBox(runtime)
+        self.metrics = metrics
     }
 
     var runtime: ProxyRuntime { current.withLockedValue { $0 } }

@@ -42,11 +42,14 @@ public final class SidecarServer: Sendable {
         inheritedListener: Int32? = nil
     ) async throws -> SidecarServer {
         let loops = Array(group.makeIterator())
+        let metrics = SidecarMetrics()
         var groups: [String: UpstreamGroup] = [:]
         for upstream in configuration.upstreams {
-            groups[upstream.name] = try UpstreamGroup(configuration: upstream, apiKey: apiKeys[upstream.name], eventLoops: loops)
+            groups[upstream.name] = try UpstreamGroup(
+                configuration: upstream, apiKey: apiKeys[upstream.name], eventLoops: loops, metrics: metrics.upstream(upstream.name))
         }
-        let state = ServerState(runtime: ProxyRuntime(configuration: configuration, groups: groups))
+        let adminToken = try APIKeys.read(configuration.server.adminToken, key: "server.admin_token", environment: ProcessInfo.processInfo.environment)
+        let state = ServerState(runtime: ProxyRuntime(configuration: configuration, groups: groups, adminToken: adminToken), metrics: metrics)
         let box = ChildRegistry()
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
@@ -138,10 +141,12 @@ extension SidecarServer {
                 groups[upstream.name] = existing
                 kept.insert(ObjectIdentifier(existing))
             } else {
-                groups[upstream.name] = try UpstreamGroup(configuration: upstream, apiKey: key, eventLoops: loops)
+                groups[upstream.name] = try UpstreamGroup(
+                    configuration: upstream, apiKey: key, eventLoops: loops, metrics: state.metrics.upstream(upstream.name))
             }
         }
-        _ = state.swap(ProxyRuntime(configuration: configuration, groups: groups))
+        let adminToken = try APIKeys.read(configuration.server.adminToken, key: "server.admin_token", environment: ProcessInfo.processInfo.environment)
+        _ = state.swap(ProxyRuntime(configuration: configuration, groups: groups, adminToken: adminToken))
         let retired = old.groups.values.filter { !kept.contains(ObjectIdentifier($0)) }
         let drainTimeout = configuration.server.drainTimeout
         if !retired.isEmpty {
@@ -167,29 +172,39 @@ private final class ChildRegistry: Sendable {
     func register(_ channel: Channel) { server?.register(channel) }
 }
 
-/// Reads upstream API keys from where the configuration says: an environment variable or a file
-/// (e.g. a systemd credential). Keys never come from the configuration file and are never logged.
+/// Reads upstream API keys (and the admin token) from where the configuration says: an
+/// environment variable or a file (e.g. a systemd credential). Keys never come from the
+/// configuration file and are never logged.
 public enum APIKeys {
+    /// The key of every upstream that has one, by upstream name.
     public static func resolve(
         _ configuration: SidecarConfiguration, environment: [String: String]
     ) throws -> [String: String] {
         var keys: [String: String] = [:]
         for upstream in configuration.upstreams {
-            switch upstream.apiKey {
-            case .none: continue
-            case .environment(let name):
-                guard let v = environment[name], !v.isEmpty else {
-                    throw ConfigurationError(key: "upstreams.\(upstream.name).api_key_env", problem: "environment variable \(name) is not set")
-                }
-                keys[upstream.name] = v.trimmingCharacters(in: .whitespacesAndNewlines)
-            case .file(let path):
-                guard let data = FileManager.default.contents(atPath: path),
-                      let text = String(data: data, encoding: .utf8)?.trimmingCharacters(in: .whitespacesAndNewlines), !text.isEmpty else {
-                    throw ConfigurationError(key: "upstreams.\(upstream.name).api_key_file", problem: "cannot read a key from \(path)")
-                }
-                keys[upstream.name] = text
+            if let key = try read(upstream.apiKey, key: "upstreams.\(upstream.name).api_key", environment: environment) {
+                keys[upstream.name] = key
             }
         }
         return keys
+    }
+
+    /// The secret `source` names, or nil for `.none`.
+    public static func read(_ source: SidecarConfiguration.KeySource, key: String, environment: [String: String]) throws -> String? {
+        switch source {
+        case .none:
+            return nil
+        case .environment(let name):
+            guard let v = environment[name]?.trimmingCharacters(in: .whitespacesAndNewlines), !v.isEmpty else {
+                throw ConfigurationError(key: key + "_env", problem: "environment variable \(name) is not set")
+            }
+            return v
+        case .file(let path):
+            guard let data = FileManager.default.contents(atPath: path),
+                  let text = String(data: data, encoding: .utf8)?.trimmingCharacters(in: .whitespacesAndNewlines), !text.isEmpty else {
+                throw ConfigurationError(key: key + "_file", problem: "cannot read a key from \(path)")
+            }
+            return text
+        }
     }
 }

@@ -71,6 +71,8 @@ final class UpstreamConnection {
         var tlsHandshakeTimeout: TimeAmount
         var firstByteTimeout: TimeAmount
         var readIdleTimeout: TimeAmount
+        var metrics: UpstreamMetrics
+        var health: UpstreamHealth
     }
 
     /// Opens a connection (TCP, then TLS when the URL is https) on `eventLoop` and calls
@@ -87,6 +89,7 @@ final class UpstreamConnection {
         let tlsContext = settings.sslContext
         let serverName = settings.serverName ?? settings.url.host
         let url = settings.url
+        let metrics = settings.metrics
         let bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(settings.connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -98,7 +101,7 @@ final class UpstreamConnection {
                     }
                     try sync.addHTTPClientHandlers(leftOverBytesStrategy: .fireError)
                     try sync.addHandler(UpstreamConnectionHandler(
-                        ready: ready, tls: tlsContext != nil, firstByteTimeout: firstByte, readIdleTimeout: readIdle))
+                        ready: ready, tls: tlsContext != nil, firstByteTimeout: firstByte, readIdleTimeout: readIdle, metrics: metrics))
                     return channel.eventLoop.makeSucceededVoidFuture()
                 } catch {
                     return channel.eventLoop.makeFailedFuture(error)
@@ -199,7 +202,10 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
     private(set) var reusable = true
     private(set) var keepAliveTimeout: TimeAmount?
 
-    init(ready: EventLoopPromise<Void>, tls: Bool, firstByteTimeout: TimeAmount, readIdleTimeout: TimeAmount) {
+    private let metrics: UpstreamMetrics
+
+    init(ready: EventLoopPromise<Void>, tls: Bool, firstByteTimeout: TimeAmount, readIdleTimeout: TimeAmount, metrics: UpstreamMetrics) {
+        self.metrics = metrics
         self.ready = ready
         self.tls = tls
         self.firstByteTimeout = firstByteTimeout
@@ -222,7 +228,8 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let tlsEvent = event as? TLSEvent, case .handshakeCompleted = tlsEvent {
+        if let tlsEvent = event as? TLSEvent, case .handshakeCompleted(_, let resumed, _) = tlsEvent {
+            (resumed ? metrics.tlsResumed : metrics.tlsHandshakes).increment()
             ready?.succeed(())
             ready = nil
         }

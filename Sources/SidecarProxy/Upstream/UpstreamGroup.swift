@@ -1,6 +1,32 @@
+import NIOConcurrencyHelpers
 import NIOCore
 import SidecarCore
 import SidecarTLS
+import Synchronization
+
+/// Whether an upstream can be reached, from its recent connection attempts (for /readyz).
+final class UpstreamHealth: Sendable {
+    /// Consecutive failed connection attempts after which the upstream counts as unusable.
+    static let failuresBeforeUnusable = 3
+    private let consecutiveFailures = Atomic<Int>(0)
+    private let lastError = NIOLockedValueBox<String?>(nil)
+
+    func connected() {
+        if consecutiveFailures.load(ordering: .relaxed) != 0 { consecutiveFailures.store(0, ordering: .relaxed) }
+    }
+
+    func failed(_ error: ProxyError) {
+        consecutiveFailures.wrappingAdd(1, ordering: .relaxed)
+        lastError.withLockedValue { $0 = error.message }
+    }
+
+    /// nil when usable; else why not.
+    var problem: String? {
+        let n = consecutiveFailures.load(ordering: .relaxed)
+        guard n >= Self.failuresBeforeUnusable else { return nil }
+        return "\(n) consecutive connection attempts failed, last: \(lastError.withLockedValue { $0 } ?? "?")"
+    }
+}
 
 /// Everything the proxy keeps for one configured upstream: its TLS context (one, shared by every
 /// connection), the resolved key, and one pool per event loop, so a request and its upstream
@@ -17,8 +43,12 @@ final class UpstreamGroup: Sendable {
     let hostHeader: String
     private let pools: [ObjectIdentifier: NIOLoopBound<UpstreamPool>]
 
-    init(configuration: SidecarConfiguration.Upstream, apiKey: String?, eventLoops: [EventLoop]) throws {
+    let metrics: UpstreamMetrics
+    let health = UpstreamHealth()
+
+    init(configuration: SidecarConfiguration.Upstream, apiKey: String?, eventLoops: [EventLoop], metrics: UpstreamMetrics) throws {
         self.configuration = configuration
+        self.metrics = metrics
         self.authorization = apiKey.map { "Bearer \($0)" }
         self.hostHeader = configuration.url.hostHeader
         if configuration.url.tls {
@@ -35,7 +65,8 @@ final class UpstreamGroup: Sendable {
         let settings = UpstreamConnection.Settings(
             url: configuration.url, sslContext: sslContext, serverName: configuration.serverName,
             connectTimeout: configuration.connectTimeout, tlsHandshakeTimeout: configuration.tlsHandshakeTimeout,
-            firstByteTimeout: configuration.firstByteTimeout, readIdleTimeout: configuration.readIdleTimeout)
+            firstByteTimeout: configuration.firstByteTimeout, readIdleTimeout: configuration.readIdleTimeout,
+            metrics: metrics, health: health)
         var pools: [ObjectIdentifier: NIOLoopBound<UpstreamPool>] = [:]
         let n = eventLoops.count
         for (i, loop) in eventLoops.enumerated() {

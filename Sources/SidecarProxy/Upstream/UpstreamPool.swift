@@ -105,7 +105,10 @@ final class UpstreamPool {
         }
         if let grant = action.grant {
             if let connection = connections[grant.connection], let callback = waiters.removeValue(forKey: grant.waiter) {
-                if grant.reused { leasesReused += 1 }
+                if grant.reused {
+                    leasesReused += 1
+                    settings.metrics.connectionsReused.increment()
+                }
                 callback(.success(Lease(connection: connection, reused: grant.reused)))
             } else if let connection = connections[grant.connection] {
                 // The waiter was cancelled in the meantime: give the connection straight back.
@@ -113,14 +116,32 @@ final class UpstreamPool {
             }
         }
         if let create = action.create { open(create) }
+        publishGauges()
         if let p = drainedPromise, state.connectionCount == 0 {
             drainedPromise = nil
             p.succeed(())
         }
     }
 
+    /// This pool's share of the upstream's open/idle gauges (several pools add to one gauge).
+    private var publishedOpen = 0
+    private var publishedIdle = 0
+
+    private func publishGauges() {
+        let open = state.connectionCount, idle = state.idleCount
+        if open != publishedOpen {
+            settings.metrics.connectionsOpen.increment(by: Double(open - publishedOpen))
+            publishedOpen = open
+        }
+        if idle != publishedIdle {
+            settings.metrics.connectionsIdle.increment(by: Double(idle - publishedIdle))
+            publishedIdle = idle
+        }
+    }
+
     private func open(_ id: ConnectionPoolStateMachine.ConnectionID) {
         connectionsCreated += 1
+        settings.metrics.connectionsCreated.increment()
         UpstreamConnection.connect(
             id: id, settings: settings, eventLoop: eventLoop,
             onClose: { [weak self] id in self?.connectionClosed(id) },
@@ -131,9 +152,11 @@ final class UpstreamPool {
                 }
                 switch result {
                 case .success(let connection):
+                    self.settings.health.connected()
                     self.connections[id] = connection
                     self.run(self.state.connectionEstablished(id, now: .now()))
                 case .failure(let error):
+                    self.settings.health.failed(error)
                     self.run(self.state.connectionFailed(id, error: error))
                 }
             })

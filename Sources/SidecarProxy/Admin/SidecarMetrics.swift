@@ -1,0 +1,89 @@
+import Metrics
+import NIOConcurrencyHelpers
+import NIOCore
+import Prometheus
+
+/// The daemon's metrics, through swift-metrics into a Prometheus registry of its own (no global
+/// bootstrap: every server, and every test, has its own). Labels are bounded: upstream name,
+/// status class, error code, connection state. Never paths, keys or models sent by clients.
+/// Metric objects are made once per label set, so the hot path touches only atomics and locks
+/// inside the histograms.
+final class SidecarMetrics: Sendable {
+    let registry = PrometheusCollectorRegistry()
+    let factory: PrometheusMetricsFactory
+    /// Time the sidecar itself adds to a request: total minus the upstream exchange.
+    let overhead: Metrics.Timer
+    private let upstreams = NIOLockedValueBox<[String: UpstreamMetrics]>([:])
+    private let errors = NIOLockedValueBox<[String: Metrics.Counter]>([:])
+
+    init() {
+        var factory = PrometheusMetricsFactory(registry: registry)
+        // 100 µs to 10 min: sidecar overhead at the bottom, long generations at the top.
+        factory.defaultDurationHistogramBuckets = [
+            .microseconds(100), .microseconds(250), .microseconds(500), .milliseconds(1), .milliseconds(2.5),
+            .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100),
+            .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2.5), .seconds(5), .seconds(10),
+            .seconds(30), .seconds(60), .seconds(120), .seconds(300), .seconds(600),
+        ]
+        self.factory = factory
+        overhead = Metrics.Timer(label: "llm_sidecar_overhead_seconds", factory: factory)
+    }
+
+    func upstream(_ name: String) -> UpstreamMetrics {
+        upstreams.withLockedValue { all in
+            if let m = all[name] { return m }
+            let m = UpstreamMetrics(name: name, factory: factory)
+            all[name] = m
+            return m
+        }
+    }
+
+    /// Counts a failure the sidecar answered itself, by its `error.code`.
+    func error(_ code: String) {
+        let counter = errors.withLockedValue { all in
+            if let c = all[code] { return c }
+            let c = Metrics.Counter(label: "llm_sidecar_errors_total", dimensions: [("code", code)], factory: factory)
+            all[code] = c
+            return c
+        }
+        counter.increment()
+    }
+
+    /// The Prometheus text exposition.
+    func render() -> [UInt8] { registry.emitToBuffer() }
+}
+
+/// The metrics of one upstream.
+final class UpstreamMetrics: Sendable {
+    private let requests: [Metrics.Counter]  // by status class, 1xx...5xx
+    let duration: Metrics.Timer
+    let firstByte: Metrics.Timer
+    let streamFirstToken: Metrics.Timer
+    let streamDuration: Metrics.Timer
+    let connectionsOpen: Metrics.Meter
+    let connectionsIdle: Metrics.Meter
+    let connectionsCreated: Metrics.Counter
+    let connectionsReused: Metrics.Counter
+    let tlsHandshakes: Metrics.Counter
+    let tlsResumed: Metrics.Counter
+
+    init(name: String, factory: PrometheusMetricsFactory) {
+        let u = [("upstream", name)]
+        requests = (1...5).map { Metrics.Counter(label: "llm_sidecar_requests_total", dimensions: u + [("status_class", "\($0)xx")], factory: factory) }
+        duration = Metrics.Timer(label: "llm_sidecar_request_duration_seconds", dimensions: u, factory: factory)
+        firstByte = Metrics.Timer(label: "llm_sidecar_upstream_first_byte_seconds", dimensions: u, factory: factory)
+        streamFirstToken = Metrics.Timer(label: "llm_sidecar_stream_first_token_seconds", dimensions: u, factory: factory)
+        streamDuration = Metrics.Timer(label: "llm_sidecar_stream_duration_seconds", dimensions: u, factory: factory)
+        connectionsOpen = Metrics.Meter(label: "llm_sidecar_upstream_connections", dimensions: u + [("state", "open")], factory: factory)
+        connectionsIdle = Metrics.Meter(label: "llm_sidecar_upstream_connections", dimensions: u + [("state", "idle")], factory: factory)
+        connectionsCreated = Metrics.Counter(label: "llm_sidecar_upstream_connections_created_total", dimensions: u, factory: factory)
+        connectionsReused = Metrics.Counter(label: "llm_sidecar_upstream_connections_reused_total", dimensions: u, factory: factory)
+        tlsHandshakes = Metrics.Counter(label: "llm_sidecar_tls_handshakes_total", dimensions: u + [("resumed", "false")], factory: factory)
+        tlsResumed = Metrics.Counter(label: "llm_sidecar_tls_handshakes_total", dimensions: u + [("resumed", "true")], factory: factory)
+    }
+
+    func response(status: Int) {
+        let i = min(max(status / 100, 1), 5) - 1
+        requests[i].increment()
+    }
+}
