@@ -66,11 +66,9 @@ struct Serve: AsyncParsableCommand {
             throw ExitCode(78)  // EX_CONFIG
         }
         let level = Logger.Level(rawValue: configuration.log.level) ?? .info
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        let format = configuration.log.format
+        LoggingSystem.bootstrap { label in SidecarLogHandler(label: label, level: level, format: format) }
+        defer { LogSink.standardError.flush() }
         let logger = Logger(label: "llm-sidecar")
         do {
             let (path, explicit) = configOption.path(environment: environment)

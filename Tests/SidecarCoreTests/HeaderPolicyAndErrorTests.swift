@@ -61,3 +61,13 @@ final class ProxyErrorTests: XCTestCase {
         XCTAssertEqual(try body(tricky)["message"], tricky.message)
     }
 }
+
+final class ModelSnifferTests: XCTestCase {
+    func testFindsTheTopLevelModelKey() {
+        XCTAssertEqual(ModelSniffer.model(in: Array(#"{"model":"gpt-4o-mini","messages":[]}"#.utf8)), "gpt-4o-mini")
+        XCTAssertEqual(ModelSniffer.model(in: Array("{\n  \"messages\": [{\"content\": \"the \\\"model\\\": \\\"x\\\" word\"}],\n  \"model\" : \"o3\"}".utf8)), "o3")
+        XCTAssertNil(ModelSniffer.model(in: Array(#"{"input":"no model key"}"#.utf8)))
+        XCTAssertNil(ModelSniffer.model(in: Array(#"{"model": 5}"#.utf8)))
+        XCTAssertNil(ModelSniffer.model(in: Array(#"{"model":"unterminated"#.utf8)))
+    }
+}

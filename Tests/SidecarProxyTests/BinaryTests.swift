@@ -29,6 +29,31 @@ final class BinaryTests: XCTestCase {
         return Run(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
     }
 
+    func testJSONLogFormat() async throws {
+        let upstream = try await FakeUpstream.start()
+        defer { Task { await upstream.stop() } }
+        let pki = try TestPKI()
+        defer { pki.cleanUp() }
+        let config = try pki.write("c.toml", "[server]\nlisten = \"127.0.0.1:0\"\nthreads = 1\n[upstreams.up]\nurl = \"\(upstream.url)\"\n[log]\nformat = \"json\"\n")
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: Self.binary)
+        p.arguments = ["serve", "--config", config]
+        p.environment = ["PATH": "/usr/bin:/bin"]
+        let err = Pipe()
+        p.standardError = err
+        try p.run()
+        let lines = LineReader(err.fileHandleForReading)
+        let listening = try XCTUnwrap(lines.waitFor("listening", seconds: 10))
+        let obj = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(listening.utf8)) as? [String: String])
+        XCTAssertEqual(obj["msg"], "listening")
+        XCTAssertEqual(obj["level"], "info")
+        XCTAssertNotNil(obj["ts"])
+        XCTAssertTrue(obj["address"]?.hasPrefix("127.0.0.1:") ?? false)
+        kill(p.processIdentifier, SIGTERM)
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 0)
+    }
+
     func testVersion() throws {
         let r = try run(["version"])
         XCTAssertEqual(r.status, 0)
@@ -76,9 +101,14 @@ final class BinaryTests: XCTestCase {
         })
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let c = try await TestHTTPConnection.connect(port: port, group: group)
-        let r = try await c.request("POST", "/v1/chat/completions", body: "{}")
+        let r = try await c.request("POST", "/v1/chat/completions", body: #"{"model": "gpt-4o-mini", "messages": []}"#)
         XCTAssertEqual(r.status, 200)
         XCTAssertEqual(upstream.requests.first?.header("authorization"), "Bearer sk-from-env")
+        let access = try XCTUnwrap(lines.waitFor("msg=request", seconds: 3), "one access line per request")
+        for field in ["level=info", "method=POST", "path=/v1/chat/completions", "status=200", "deployment=default",
+                      "model=gpt-4o-mini", "attempts=1", "upstream_ms=", "total_ms=", "cache=-"] {
+            XCTAssertTrue(access.contains(field), "\(field) missing in: \(access)")
+        }
         await c.close()
         try await group.shutdownGracefully()
 

@@ -133,6 +133,7 @@ struct RawConfiguration: Decodable {
     struct RawLog: Decodable {
         var level: String?
         var format: String?
+        var access: Bool?
     }
 }
 
@@ -215,6 +216,7 @@ private struct Validator {
             guard let f = SidecarConfiguration.Log.Format(rawValue: format) else { throw fail(["log", "format"], "must be \"logfmt\" or \"json\"") }
             log.format = f
         }
+        if let access = raw.log?.access { log.access = access }
         return SidecarConfiguration(server: server, upstreams: upstreams, log: log)
     }
 

@@ -82,6 +82,8 @@ public struct SidecarConfiguration: Sendable, Equatable {
         /// trace, debug, info (default), notice, warning, error, critical.
         public var level: String = "info"
         public var format: Format = .logfmt
+        /// One access line per request at info level. Default on.
+        public var access: Bool = true
         public init() {}
     }
 

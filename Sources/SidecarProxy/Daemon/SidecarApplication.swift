@@ -63,6 +63,7 @@ public enum SidecarApplication {
             source.setEventHandler {
                 if sig != SIGHUP, received.increment() > 1 {
                     logger.warning("second signal: exiting now")
+                    LogSink.standardError.flush()
                     exit(1)
                 }
                 stop.continuation.yield(sig)
@@ -95,6 +96,7 @@ public enum SidecarApplication {
         try? await group.shutdownGracefully()
         sources.forEach { $0.cancel() }
         logger.info("stopped")
+        LogSink.standardError.flush()
     }
 }
 

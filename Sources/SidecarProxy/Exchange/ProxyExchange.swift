@@ -80,6 +80,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
         let connection = lease.connection
         connection.delegate = self
         sentAt = .now()
+        downstream.access.attempts += 1
         connection.send(head: upstreamHead)
         for part in body { connection.sendBody(part) }
         // Flushed at the end of this read burst (`flushUpstream`), or by `sendEnd`.
@@ -93,6 +94,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
 
     /// More of the client's body.
     func requestBody(_ buffer: ByteBuffer) {
+        if bodyBytes == 0, downstream.accessLogOn { downstream.access.model = ModelSniffer.model(in: buffer.readableBytesView) }
         bodyBytes += buffer.readableBytes
         if bodyBytes > maxBodyBytes {
             fail(.payloadTooLarge(limit: maxBodyBytes))
@@ -142,15 +144,18 @@ final class ProxyExchange: UpstreamResponseDelegate {
         let keepAlive = lease.connection.lastResponseKeepAlive
         // A connection whose request was not sent to its end cannot carry another request.
         pool.release(lease.connection, reusable: keepAlive.reusable && requestEnded, keepAlive: keepAlive.timeout)
-        downstream.finishResponse(trailers: trailers)
         recordCompletion()
+        downstream.finishResponse(trailers: trailers)
     }
 
     private func recordCompletion() {
         let now = NIODeadline.now()
         let total = (now - started).nanoseconds
         group.metrics.duration.recordNanoseconds(total)
-        if let sentAt { metrics.overhead.recordNanoseconds(max(0, total - (now - sentAt).nanoseconds)) }
+        if let sentAt {
+            metrics.overhead.recordNanoseconds(max(0, total - (now - sentAt).nanoseconds))
+            downstream.access.upstreamNanos = (now - sentAt).nanoseconds
+        }
         if isStream, let headAt { group.metrics.streamDuration.recordNanoseconds((now - headAt).nanoseconds) }
     }
 

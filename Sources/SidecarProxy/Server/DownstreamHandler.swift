@@ -41,6 +41,46 @@ final class DownstreamHandler: ChannelDuplexHandler {
         self.runtime = state.runtime
     }
 
+    /// What the access line of the current request says.
+    struct AccessRecord {
+        var method = ""
+        var path = ""
+        var started = NIODeadline.now()
+        var status = 0
+        var upstream: String?
+        var model: String?
+        var attempts = 0
+        var upstreamNanos: Int64?
+        var outcome = "ok"
+    }
+    var access = AccessRecord()
+    var accessLogOn: Bool { runtime.configuration.log.access }
+
+    /// One info line per request: static message, data in metadata, never keys or bodies.
+    private func logAccess(outcome: String? = nil) {
+        guard accessLogOn, access.status != 0 || outcome != nil else { return }
+        let total = (NIODeadline.now() - access.started).nanoseconds
+        var m: Logger.Metadata = [
+            "method": .string(access.method),
+            "path": .string(String(access.path.prefix(200))),
+            "status": .stringConvertible(access.status),
+            "total_ms": .string(Self.milliseconds(total)),
+            "cache": "-",
+        ]
+        if let u = access.upstream { m["deployment"] = .string(u) }
+        if let model = access.model { m["model"] = .string(model) }
+        if access.attempts > 0 { m["attempts"] = .stringConvertible(access.attempts) }
+        if let n = access.upstreamNanos { m["upstream_ms"] = .string(Self.milliseconds(n)) }
+        if let outcome { m["outcome"] = .string(outcome) }
+        state.logger.info("request", metadata: m)
+        access.status = 0
+    }
+
+    static func milliseconds(_ nanos: Int64) -> String {
+        let tenths = nanos / 100_000
+        return "\(tenths / 10).\(tenths % 10)"
+    }
+
     /// Loopback and unix-socket clients may use the admin endpoints without a token.
     private var trustedClient = false
 
@@ -99,6 +139,7 @@ final class DownstreamHandler: ChannelDuplexHandler {
             requestOpen = true
             responseOpen = true
             runtime = state.runtime
+            access = AccessRecord(method: head.method.rawValue, path: head.uri)
             keepAlive = head.isKeepAlive && !state.isDraining && !quiescing
             closeAfterResponse = false
             route(head)
@@ -137,6 +178,7 @@ final class DownstreamHandler: ChannelDuplexHandler {
             downstream: self, head: head, group: group, pool: group.pool(on: context.eventLoop), maxBodyBytes: runtime.maxBodyBytes,
             metrics: state.metrics)
         self.exchange = exchange
+        access.upstream = group.configuration.name
         state.requestStarted()
         exchange.start()
     }
@@ -178,6 +220,7 @@ final class DownstreamHandler: ChannelDuplexHandler {
     // MARK: responses (called by the exchange)
 
     func writeResponseHead(_ head: HTTPResponseHead) {
+        access.status = Int(head.status.code)
         context?.write(wrapOutboundOut(.head(head)), promise: nil)
     }
 
@@ -194,6 +237,7 @@ final class DownstreamHandler: ChannelDuplexHandler {
         guard let context else { return }
         if exchange != nil { state.requestFinished() }
         exchange = nil
+        logAccess()
         let done = context.writeAndFlush(wrapOutboundOut(.end(trailers)))
         responseFinished(done)
     }
@@ -201,6 +245,7 @@ final class DownstreamHandler: ChannelDuplexHandler {
     /// Something was already sent and the rest cannot be: end the connection so the client sees a
     /// truncated response (no fake end of stream).
     func abortResponse() {
+        logAccess(outcome: "aborted")
         if exchange != nil { state.requestFinished() }
         exchange = nil
         responseOpen = false
@@ -230,6 +275,8 @@ final class DownstreamHandler: ChannelDuplexHandler {
 
     private func writeLocal(head: HTTPResponseHead, body: ByteBuffer?) {
         guard let context else { return }
+        access.status = Int(head.status.code)
+        logAccess()
         context.write(wrapOutboundOut(.head(head)), promise: nil)
         if let body { context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
         responseFinished(context.writeAndFlush(wrapOutboundOut(.end(nil))))
@@ -346,6 +393,7 @@ final class DownstreamHandler: ChannelDuplexHandler {
             self.exchange = nil
             state.requestFinished()
             exchange.downstreamClosed()
+            logAccess(outcome: "client_closed")
         }
         context.fireChannelInactive()
     }

@@ -1,3 +1,4 @@
+import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import SidecarCore
@@ -33,10 +34,12 @@ final class ServerState: Sendable {
     private let draining = Atomic<Bool>(false)
     private let total = Atomic<Int>(0)
     let metrics: SidecarMetrics
+    let logger: Logger
 
-    init(runtime: ProxyRuntime, metrics: SidecarMetrics) {
+    init(runtime: ProxyRuntime, metrics: SidecarMetrics, logger: Logger) {
         current = NIOLockedValueBox(runtime)
         self.metrics = metrics
+        self.logger = logger
     }
 
     var runtime: ProxyRuntime { current.withLockedValue { $0 } }

@@ -49,7 +49,7 @@ public final class SidecarServer: Sendable {
                 configuration: upstream, apiKey: apiKeys[upstream.name], eventLoops: loops, metrics: metrics.upstream(upstream.name))
         }
         let adminToken = try APIKeys.read(configuration.server.adminToken, key: "server.admin_token", environment: ProcessInfo.processInfo.environment)
-        let state = ServerState(runtime: ProxyRuntime(configuration: configuration, groups: groups, adminToken: adminToken), metrics: metrics)
+        let state = ServerState(runtime: ProxyRuntime(configuration: configuration, groups: groups, adminToken: adminToken), metrics: metrics, logger: logger)
         let box = ChildRegistry()
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
