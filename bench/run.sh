@@ -93,6 +93,7 @@ ca_file = "$OUT/ca.pem"
 max_connections = 64
 [log]
 level = "warning"
+access = false   # like the nginx peer's access_log off
 CONF
 cat > "$OUT/post.lua" <<'LUA'
 wrk.method = "POST"

@@ -195,6 +195,21 @@ final class FailureTests: XCTestCase {
         XCTAssertEqual(fake.counters.requests, 0, "nothing outside /v1 reaches the upstream")
     }
 
+    func testIdleClientConnectionsAreClosedButBusyOnesAreNot() async throws {
+        let fake = try await FakeUpstream.start()
+        upstream = fake
+        let h = try await ProxyHarness(upstreamURL: fake.url, configure: { $0.server.clientIdleTimeout = .milliseconds(300) })
+        harness = h
+        let c = try await h.connection()
+        // A request slower than the idle timeout is not cut.
+        let slow = try await c.request("POST", "/v1/chat/completions", headers: [("x-fake-delay-ms", "700")], body: "{}")
+        XCTAssertEqual(slow.status, 200)
+        let again = try await c.request("POST", "/v1/chat/completions", body: "{}")
+        XCTAssertEqual(again.status, 200, "the connection survived a request longer than the idle timeout")
+        let closed = await eventually(3) { !c.isOpen }
+        XCTAssertTrue(closed, "an idle client connection is closed after client_idle_timeout")
+    }
+
     func testListensOnAUnixSocket() async throws {
         let fake = try await FakeUpstream.start()
         upstream = fake

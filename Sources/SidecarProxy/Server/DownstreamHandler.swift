@@ -134,8 +134,7 @@ final class DownstreamHandler: ChannelDuplexHandler {
     private func handle(_ part: HTTPServerRequestPart) {
         switch part {
         case .head(let head):
-            idleTimer?.cancel()
-            idleTimer = nil
+            idleDeadline = nil
             requestOpen = true
             responseOpen = true
             runtime = state.runtime
@@ -423,12 +422,28 @@ final class DownstreamHandler: ChannelDuplexHandler {
         context.fireUserInboundEventTriggered(event)
     }
 
+    /// When the connection, idle since the last response, should be closed.
+    private var idleDeadline: NIODeadline?
+
+    /// Starts the idle period. Lazily: one scheduled task per connection, re-armed when it fires
+    /// early, instead of cancel + schedule around every request.
     private func armIdleTimer() {
         guard let context else { return }
-        idleTimer?.cancel()
-        let timeout = runtime.clientIdleTimeout
-        idleTimer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) { [self] in
-            if self.exchange == nil, !self.requestOpen, !self.responseOpen { self.context?.close(promise: nil) }
+        let deadline = NIODeadline.now() + runtime.clientIdleTimeout
+        idleDeadline = deadline
+        if idleTimer == nil { scheduleIdleCheck(at: deadline, context: context) }
+    }
+
+    private func scheduleIdleCheck(at when: NIODeadline, context: ChannelHandlerContext) {
+        idleTimer = context.eventLoop.assumeIsolated().scheduleTask(deadline: when) { [self] in
+            self.idleTimer = nil
+            guard let deadline = self.idleDeadline, self.exchange == nil, !self.requestOpen, !self.responseOpen else { return }
+            if NIODeadline.now() < deadline {
+                self.scheduleIdleCheck(at: deadline, context: context)
+            } else {
+                context.close(promise: nil)
+            }
         }
     }
+
 }
