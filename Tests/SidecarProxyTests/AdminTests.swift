@@ -73,6 +73,7 @@ final class AdminTests: XCTestCase {
         let resumed = samples["llm_sidecar_tls_handshakes_total{resumed=true,upstream=fake}"] ?? 0
         XCTAssertEqual(full + resumed, created, "one handshake per connection")
         XCTAssertEqual(full, 1, "after the first, connections resume its TLS session")
+        XCTAssertEqual(samples["llm_sidecar_retries_total{reason=stale_connection,upstream=fake}"], 0)
         XCTAssertFalse(metrics.body.contains("/nowhere"), "paths never become labels")
     }
 

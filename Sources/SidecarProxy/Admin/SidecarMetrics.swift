@@ -66,6 +66,8 @@ final class UpstreamMetrics: Sendable {
     let connectionsReused: Metrics.Counter
     let tlsHandshakes: Metrics.Counter
     let tlsResumed: Metrics.Counter
+    /// Replays of a request whose reused keep-alive connection the server had closed.
+    let staleConnectionRetries: Metrics.Counter
 
     init(name: String, factory: PrometheusMetricsFactory) {
         let u = [("upstream", name)]
@@ -80,6 +82,7 @@ final class UpstreamMetrics: Sendable {
         connectionsReused = Metrics.Counter(label: "llm_sidecar_upstream_connections_reused_total", dimensions: u, factory: factory)
         tlsHandshakes = Metrics.Counter(label: "llm_sidecar_tls_handshakes_total", dimensions: u + [("resumed", "false")], factory: factory)
         tlsResumed = Metrics.Counter(label: "llm_sidecar_tls_handshakes_total", dimensions: u + [("resumed", "true")], factory: factory)
+        staleConnectionRetries = Metrics.Counter(label: "llm_sidecar_retries_total", dimensions: u + [("reason", "stale_connection")], factory: factory)
     }
 
     func response(status: Int) {

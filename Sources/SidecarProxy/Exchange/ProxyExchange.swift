@@ -167,6 +167,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
         // failure is replayed here (a POST that reached the provider may already be billed).
         if beforeResponse, lease.reused, !replayed, Self.isStaleClose(error) {
             replayed = true
+            group.metrics.staleConnectionRetries.increment()
             phase = .done
             self.lease(fresh: true)
             return
