@@ -190,6 +190,11 @@ final class ProxyExchange: UpstreamResponseDelegate {
     /// The client went away: stop waiting, or close the upstream connection (never pool a
     /// connection whose response was not read to its end).
     func downstreamClosed() {
+        abandonUpstream()
+    }
+
+    /// Stops waiting for a connection, or closes the leased one (never pooled half-read).
+    private func abandonUpstream() {
         switch phase {
         case .waitingForConnection(let waiter):
             pool.cancel(waiter)
@@ -205,16 +210,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
     // MARK: the single exit for failures
 
     private func fail(_ error: ProxyError) {
-        switch phase {
-        case .waitingForConnection(let waiter):
-            pool.cancel(waiter)
-        case .forwarding(let lease):
-            lease.connection.delegate = nil
-            pool.release(lease.connection, reusable: false, keepAlive: nil)
-        case .done:
-            break
-        }
-        phase = .done
+        abandonUpstream()
         answer(error)
     }
 
