@@ -1,0 +1,65 @@
+/// What may be cached, decided per request from the mode, the endpoint, the body and the
+/// client's cache headers. Pure.
+public struct CachePolicy: Sendable, Equatable {
+    /// `cache.mode`.
+    public enum Mode: String, Sendable {
+        /// Embeddings and moderations always; chat, completions and responses only with
+        /// `temperature` 0 or a `seed` (an omitted temperature is NOT 0: providers default to 1).
+        case deterministic
+        /// Every POST to the cacheable endpoints.
+        case all
+        case off
+    }
+
+    public enum Decision: Equatable, Sendable {
+        /// Look up, and store a complete 2xx answer for `ttl` seconds.
+        case lookupAndStore(ttl: Int)
+        /// `Cache-Control: no-cache`: do not look up, but store the fresh answer.
+        case storeOnly(ttl: Int)
+        /// Not cacheable; `reason` is for logs and the `x-sidecar-cache: bypass` answer.
+        case bypass(reason: String)
+    }
+
+    public var mode: Mode
+    /// `cache.ttl_seconds`, default one day.
+    public var defaultTTL: Int
+
+    public init(mode: Mode = .deterministic, defaultTTL: Int = 86_400) {
+        self.mode = mode
+        self.defaultTTL = defaultTTL
+    }
+
+    /// Endpoints whose answers depend only on the request.
+    public static let cacheablePaths: Set<String> = [
+        "/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings", "/v1/moderations",
+    ]
+    static let alwaysDeterministic: Set<String> = ["/v1/embeddings", "/v1/moderations"]
+
+    /// - Parameters:
+    ///   - cacheControl: the request's `Cache-Control` values.
+    ///   - ttlHeader: the request's `x-sidecar-cache-ttl`.
+    public func decide(method: String, path: String, body: CanonicalJSON.Value?,
+                       cacheControl: [String], ttlHeader: String?) -> Decision {
+        if mode == .off { return .bypass(reason: "cache.mode is off") }
+        guard method == "POST" else { return .bypass(reason: "only POST requests are cached") }
+        let bare = path.split(separator: "?", maxSplits: 1).first.map(String.init) ?? path
+        guard Self.cacheablePaths.contains(bare) else { return .bypass(reason: "\(bare) is not a cacheable endpoint") }
+        guard let body, case .object = body else { return .bypass(reason: "the body is not a canonical JSON object") }
+        let directives = cacheControl.flatMap { $0.split(separator: ",") }.map { $0.trimmingSpaces().lowercased() }
+        if directives.contains("no-store") { return .bypass(reason: "Cache-Control: no-store") }
+        if mode == .deterministic, !Self.alwaysDeterministic.contains(bare) {
+            let zeroTemperature = body["temperature"] == .number("0")
+            let seeded = body["seed"].map { $0 != .null } ?? false
+            guard zeroTemperature || seeded else {
+                return .bypass(reason: "sampled request (temperature is not 0 and there is no seed)")
+            }
+        }
+        var ttl = defaultTTL
+        if let text = ttlHeader {
+            guard let t = Int(text.trimmingSpaces()), t >= 0 else { return .bypass(reason: "x-sidecar-cache-ttl is not a number of seconds") }
+            ttl = t
+        }
+        if ttl == 0 { return .bypass(reason: "x-sidecar-cache-ttl is 0") }
+        return directives.contains("no-cache") ? .storeOnly(ttl: ttl) : .lookupAndStore(ttl: ttl)
+    }
+}

@@ -1,0 +1,30 @@
+/// The bytes a cache key is the hash of: everything that can change an answer, in canonical form,
+/// behind a format version (so a future change of the canonical form never matches old entries).
+///
+///     llm-sidecar-key/1 \n METHOD \n PATH?QUERY \n MODEL-GROUP \n SCOPE \n CANONICAL-BODY
+///
+/// Every body parameter is part of it, known or not (a parameter we do not know may change the
+/// answer), except the ones in `fieldsThatCannotChangeTheAnswer`. `SCOPE` is a hash of the
+/// client's credential (two keys never share entries) or "shared".
+public enum CanonicalRequest {
+    public static let version = "llm-sidecar-key/1"
+
+    /// Top-level body fields that cannot change the answer, so they are left out of the key.
+    /// This is the one place that list lives.
+    /// - `user`: an end-user id for the provider's abuse monitoring.
+    /// - `metadata`: the caller's tags, stored with the completion, not used to generate it.
+    /// - `stream_options`: how a stream reports usage, not what it says.
+    public static let fieldsThatCannotChangeTheAnswer: Set<String> = ["user", "metadata", "stream_options"]
+
+    /// The key material, and the parsed body for the cache policy; nil when the body is not a
+    /// JSON object with a canonical form (such requests are forwarded uncached).
+    public static func keyMaterial(
+        method: String, path: String, modelGroup: String, scope: String, body: [UInt8]
+    ) -> (bytes: [UInt8], body: CanonicalJSON.Value)? {
+        guard let parsed = CanonicalJSON.parse(body), case .object(let members) = parsed else { return nil }
+        let kept = CanonicalJSON.Value.object(members.filter { !fieldsThatCannotChangeTheAnswer.contains($0.key) })
+        var out = Array("\(version)\n\(method)\n\(path)\n\(modelGroup)\n\(scope)\n".utf8)
+        CanonicalJSON.write(kept, to: &out)
+        return (out, parsed)
+    }
+}
