@@ -55,6 +55,15 @@ let package = Package(
             swiftSettings: strict
         ),
         .target(
+            name: "SidecarStore",
+            dependencies: [
+                "CSQLite",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: strict
+        ),
+        .target(
             name: "SidecarProxy",
             dependencies: [
                 "SidecarCore",
@@ -92,6 +101,11 @@ let package = Package(
         .testTarget(
             name: "SidecarCoreTests",
             dependencies: ["SidecarCore"],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "SidecarStoreTests",
+            dependencies: ["SidecarStore", "SidecarTestSupport"],
             swiftSettings: strict
         ),
         .testTarget(

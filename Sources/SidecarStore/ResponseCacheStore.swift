@@ -1,0 +1,237 @@
+/// One cached answer: the exact bytes to replay and what it was for.
+public struct CacheEntry: Sendable, Equatable {
+    /// SHA-256 of the canonical request (32 bytes).
+    public var key: [UInt8]
+    /// Hash of the client credential, or "shared".
+    public var scope: String
+    /// The model group the request was routed as.
+    public var model: String
+    /// e.g. "/v1/chat/completions".
+    public var endpoint: String
+    public var status: Int
+    public var contentType: String?
+    /// The exact response body (for streams: the exact SSE bytes).
+    public var body: [UInt8]
+    public var isStream: Bool
+    /// Unix seconds.
+    public var createdAt: Int64
+    public var expiresAt: Int64
+    public var lastHitAt: Int64
+    public var hitCount: Int64
+    /// From the answer's `usage`, when it had one.
+    public var promptTokens: Int64?
+    public var completionTokens: Int64?
+
+    public init(key: [UInt8], scope: String, model: String, endpoint: String, status: Int, contentType: String?, body: [UInt8],
+                isStream: Bool, createdAt: Int64, expiresAt: Int64, lastHitAt: Int64? = nil, hitCount: Int64 = 0,
+                promptTokens: Int64? = nil, completionTokens: Int64? = nil) {
+        self.key = key
+        self.scope = scope
+        self.model = model
+        self.endpoint = endpoint
+        self.status = status
+        self.contentType = contentType
+        self.body = body
+        self.isStream = isStream
+        self.createdAt = createdAt
+        self.expiresAt = expiresAt
+        self.lastHitAt = lastHitAt ?? createdAt
+        self.hitCount = hitCount
+        self.promptTokens = promptTokens
+        self.completionTokens = completionTokens
+    }
+}
+
+/// The response cache table and the per-day counters, over one `SQLiteConnection`.
+/// Synchronous and single-threaded by design: callers run it on a thread pool, never on an
+/// event loop. Time is passed in (Unix seconds), so tests control it.
+public final class ResponseCacheStore {
+    public static let migrations = [
+        """
+        CREATE TABLE responses (
+            key BLOB PRIMARY KEY,
+            scope TEXT NOT NULL,
+            model TEXT NOT NULL,
+            endpoint TEXT NOT NULL,
+            status INTEGER NOT NULL,
+            content_type TEXT,
+            body BLOB NOT NULL,
+            is_stream INTEGER NOT NULL,
+            created_at INTEGER NOT NULL,
+            expires_at INTEGER NOT NULL,
+            last_hit_at INTEGER NOT NULL,
+            hit_count INTEGER NOT NULL DEFAULT 0,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            size INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX responses_expires_at ON responses(expires_at);
+        CREATE INDEX responses_last_hit_at ON responses(last_hit_at);
+        CREATE INDEX responses_model ON responses(model);
+        CREATE TABLE counters (
+            day TEXT NOT NULL,
+            model TEXT NOT NULL,
+            hits INTEGER NOT NULL DEFAULT 0,
+            misses INTEGER NOT NULL DEFAULT 0,
+            coalesced INTEGER NOT NULL DEFAULT 0,
+            bypasses INTEGER NOT NULL DEFAULT 0,
+            bytes_served INTEGER NOT NULL DEFAULT 0,
+            prompt_tokens_saved INTEGER NOT NULL DEFAULT 0,
+            completion_tokens_saved INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (day, model)
+        ) WITHOUT ROWID;
+        """,
+    ]
+
+    public let connection: SQLiteConnection
+    private let insert: Statement
+    private let select: Statement
+    private let touch: Statement
+    private let expire: Statement
+    private let oldest: Statement
+    private let delete: Statement
+    private let totals: Statement
+    private let addCounters: Statement
+
+    public init(connection: SQLiteConnection) throws {
+        self.connection = connection
+        try connection.migrate(Self.migrations)
+        insert = try connection.prepare("""
+            INSERT OR REPLACE INTO responses (key, scope, model, endpoint, status, content_type, body, is_stream,
+                created_at, expires_at, last_hit_at, hit_count, prompt_tokens, completion_tokens, size)
+            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+            """)
+        select = try connection.prepare("""
+            SELECT scope, model, endpoint, status, content_type, body, is_stream, created_at, expires_at, last_hit_at,
+                   hit_count, prompt_tokens, completion_tokens
+            FROM responses WHERE key = ?1 AND expires_at > ?2
+            """)
+        touch = try connection.prepare("UPDATE responses SET last_hit_at = ?2, hit_count = hit_count + 1 WHERE key = ?1")
+        expire = try connection.prepare("DELETE FROM responses WHERE key IN (SELECT key FROM responses WHERE expires_at <= ?1 LIMIT ?2)")
+        oldest = try connection.prepare("SELECT key, size FROM responses ORDER BY last_hit_at LIMIT ?1")
+        delete = try connection.prepare("DELETE FROM responses WHERE key = ?1")
+        totals = try connection.prepare("SELECT count(*), coalesce(sum(size), 0) FROM responses")
+        addCounters = try connection.prepare("""
+            INSERT INTO counters (day, model, hits, misses, coalesced, bypasses, bytes_served, prompt_tokens_saved, completion_tokens_saved)
+            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+            ON CONFLICT (day, model) DO UPDATE SET hits = hits + ?3, misses = misses + ?4, coalesced = coalesced + ?5,
+                bypasses = bypasses + ?6, bytes_served = bytes_served + ?7,
+                prompt_tokens_saved = prompt_tokens_saved + ?8, completion_tokens_saved = completion_tokens_saved + ?9
+            """)
+    }
+
+    public convenience init(path: String) throws {
+        try self.init(connection: SQLiteConnection(path: path))
+    }
+
+    /// Stores (or replaces) an entry.
+    public func put(_ e: CacheEntry) throws {
+        try insert.run([
+            .blob(e.key), .text(e.scope), .text(e.model), .text(e.endpoint), .integer(Int64(e.status)),
+            e.contentType.map { .text($0) } ?? .null, .blob(e.body), .integer(e.isStream ? 1 : 0),
+            .integer(e.createdAt), .integer(e.expiresAt), .integer(e.lastHitAt), .integer(e.hitCount),
+            e.promptTokens.map { .integer($0) } ?? .null, e.completionTokens.map { .integer($0) } ?? .null,
+            .integer(Int64(e.body.count)),
+        ])
+    }
+
+    /// The live entry for `key`, counting the hit (expired entries are not returned).
+    public func hit(_ key: [UInt8], now: Int64) throws -> CacheEntry? {
+        try select.bind([.blob(key), .integer(now)])
+        guard try select.step() else { return nil }
+        var e = CacheEntry(
+            key: key, scope: select.text(0) ?? "", model: select.text(1) ?? "", endpoint: select.text(2) ?? "",
+            status: Int(select.int(3)), contentType: select.isNull(4) ? nil : select.text(4), body: select.blob(5),
+            isStream: select.int(6) != 0, createdAt: select.int(7), expiresAt: select.int(8), lastHitAt: select.int(9),
+            hitCount: select.int(10), promptTokens: select.isNull(11) ? nil : select.int(11),
+            completionTokens: select.isNull(12) ? nil : select.int(12))
+        try select.bind([])
+        try touch.run([.blob(key), .integer(now)])
+        e.lastHitAt = now
+        e.hitCount += 1
+        return e
+    }
+
+    /// Deletes up to `limit` expired entries; returns how many. Small batches keep each write
+    /// transaction short, so serving never stalls behind housekeeping.
+    @discardableResult
+    public func deleteExpired(now: Int64, limit: Int = 500) throws -> Int {
+        try expire.run([.integer(now), .integer(Int64(limit))])
+    }
+
+    /// Evicts least-recently-hit entries, `batch` at a time, until the bodies fit in `maxBytes`;
+    /// returns how many went.
+    @discardableResult
+    public func evict(toFit maxBytes: Int64, batch: Int = 200) throws -> Int {
+        var evicted = 0
+        while true {
+            let (_, bytes) = try sizes()
+            guard bytes > maxBytes else { return evicted }
+            var excess = bytes - maxBytes
+            try connection.transaction {
+                try oldest.bind([.integer(Int64(batch))])
+                var keys: [[UInt8]] = []
+                while excess > 0, try oldest.step() {
+                    keys.append(oldest.blob(0))
+                    excess -= oldest.int(1)
+                }
+                try oldest.bind([])
+                for k in keys { try delete.run([.blob(k)]) }
+                evicted += keys.count
+            }
+        }
+    }
+
+    /// (entries, bytes of bodies).
+    public func sizes() throws -> (Int64, Int64) {
+        try totals.bind([])
+        _ = try totals.step()
+        let r = (totals.int(0), totals.int(1))
+        try totals.bind([])
+        return r
+    }
+
+    /// Deletes entries of `model` (or all models), created before `olderThan` (or any time).
+    @discardableResult
+    public func purge(model: String?, createdBefore: Int64?) throws -> Int {
+        var clauses: [String] = []
+        var values: [Statement.Value] = []
+        if let model { clauses.append("model = ?\(values.count + 1)"); values.append(.text(model)) }
+        if let createdBefore { clauses.append("created_at < ?\(values.count + 1)"); values.append(.integer(createdBefore)) }
+        let sql = "DELETE FROM responses" + (clauses.isEmpty ? "" : " WHERE " + clauses.joined(separator: " AND "))
+        return try connection.prepare(sql).run(values)
+    }
+
+    /// Per-day, per-model counter increments, as one batch.
+    public struct CounterDelta: Sendable, Equatable {
+        public var hits: Int64 = 0, misses: Int64 = 0, coalesced: Int64 = 0, bypasses: Int64 = 0
+        public var bytesServed: Int64 = 0, promptTokensSaved: Int64 = 0, completionTokensSaved: Int64 = 0
+        public init() {}
+    }
+
+    public func add(_ deltas: [String: CounterDelta], day: String) throws {
+        try connection.transaction {
+            for (model, d) in deltas {
+                try addCounters.run([.text(day), .text(model), .integer(d.hits), .integer(d.misses), .integer(d.coalesced),
+                                     .integer(d.bypasses), .integer(d.bytesServed), .integer(d.promptTokensSaved),
+                                     .integer(d.completionTokensSaved)])
+            }
+        }
+    }
+
+    /// Counter totals by model over all days (for `stats`).
+    public func counterTotals() throws -> [String: CounterDelta] {
+        let s = try connection.prepare("""
+            SELECT model, sum(hits), sum(misses), sum(coalesced), sum(bypasses), sum(bytes_served),
+                   sum(prompt_tokens_saved), sum(completion_tokens_saved) FROM counters GROUP BY model
+            """)
+        var out: [String: CounterDelta] = [:]
+        while try s.step() {
+            var d = CounterDelta()
+            d.hits = s.int(1); d.misses = s.int(2); d.coalesced = s.int(3); d.bypasses = s.int(4)
+            d.bytesServed = s.int(5); d.promptTokensSaved = s.int(6); d.completionTokensSaved = s.int(7)
+            out[s.text(0) ?? ""] = d
+        }
+        return out
+    }
+}

@@ -1,0 +1,182 @@
+import CSQLite
+import Foundation
+
+/// A SQLite failure: what we were doing, SQLite's code and message.
+public struct SQLiteError: Error, Sendable, Equatable, CustomStringConvertible {
+    public var operation: String
+    public var code: Int32
+    public var message: String
+
+    public var description: String { "\(operation): \(message) (SQLite code \(code))" }
+
+    /// SQLITE_BUSY / SQLITE_LOCKED: another connection holds the lock past busy_timeout.
+    public var isBusy: Bool { code & 0xFF == SQLITE_BUSY || code & 0xFF == SQLITE_LOCKED }
+    /// SQLITE_CORRUPT / SQLITE_NOTADB: the file is not a usable database.
+    public var isCorrupt: Bool { code & 0xFF == SQLITE_CORRUPT || code & 0xFF == SQLITE_NOTADB }
+    /// SQLITE_FULL / SQLITE_READONLY / SQLITE_CANTOPEN / SQLITE_IOERR.
+    public var isUnwritable: Bool { [SQLITE_FULL, SQLITE_READONLY, SQLITE_CANTOPEN, SQLITE_IOERR].contains(code & 0xFF) }
+}
+
+/// One `sqlite3*`, used from one thread at a time (never an event loop: see `CacheDatabase`).
+public final class SQLiteConnection {
+    let db: OpaquePointer
+    public let path: String
+
+    /// Opens (creating with mode 0600 if needed) and configures: WAL, `busy_timeout`,
+    /// `synchronous = NORMAL` (durable across process crashes; WAL makes `kill -9` safe).
+    public init(path: String, busyTimeoutMilliseconds: Int32 = 2_000) throws {
+        self.path = path
+        if path != ":memory:" {
+            let dir = (path as NSString).deletingLastPathComponent
+            if !dir.isEmpty { try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700]) }
+            // Create the file ourselves so it is 0600 whatever the umask.
+            let fd = open(path, O_CREAT | O_RDWR | O_CLOEXEC, 0o600)
+            if fd >= 0 { close(fd) }
+        }
+        var handle: OpaquePointer?
+        let rc = sqlite3_open_v2(path, &handle, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nil)
+        guard rc == SQLITE_OK, let handle else {
+            let message = handle.map { String(cString: sqlite3_errmsg($0)) } ?? "out of memory"
+            if let handle { sqlite3_close_v2(handle) }
+            throw SQLiteError(operation: "opening \(path)", code: rc, message: message)
+        }
+        db = handle
+        sqlite3_extended_result_codes(db, 1)
+        sqlite3_busy_timeout(db, busyTimeoutMilliseconds)
+        do {
+            try execute("PRAGMA journal_mode = WAL")
+            try execute("PRAGMA synchronous = NORMAL")
+        } catch {
+            sqlite3_close_v2(db)
+            throw error
+        }
+    }
+
+    deinit { sqlite3_close_v2(db) }
+
+    func error(_ operation: String, _ rc: Int32) -> SQLiteError {
+        SQLiteError(operation: operation, code: sqlite3_extended_errcode(db), message: String(cString: sqlite3_errmsg(db)))
+    }
+
+    /// Runs SQL with no results (one or more statements).
+    public func execute(_ sql: String) throws {
+        var message: UnsafeMutablePointer<CChar>?
+        let rc = sqlite3_exec(db, sql, nil, nil, &message)
+        if rc != SQLITE_OK {
+            let text = message.map { String(cString: $0) } ?? String(cString: sqlite3_errmsg(db))
+            sqlite3_free(message)
+            throw SQLiteError(operation: "executing \(sql.prefix(60))", code: sqlite3_extended_errcode(db), message: text)
+        }
+    }
+
+    public func prepare(_ sql: String) throws -> Statement {
+        var stmt: OpaquePointer?
+        let rc = sqlite3_prepare_v3(db, sql, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &stmt, nil)
+        guard rc == SQLITE_OK, let stmt else { throw error("preparing \(sql.prefix(60))", rc) }
+        return Statement(stmt: stmt, connection: self)
+    }
+
+    /// Runs `body` in one transaction (`BEGIN IMMEDIATE`: writers queue on busy_timeout up front).
+    public func transaction<T>(_ body: () throws -> T) throws -> T {
+        try execute("BEGIN IMMEDIATE")
+        do {
+            let result = try body()
+            try execute("COMMIT")
+            return result
+        } catch {
+            try? execute("ROLLBACK")
+            throw error
+        }
+    }
+
+    /// `PRAGMA user_version`.
+    public var userVersion: Int {
+        get throws {
+            let s = try prepare("PRAGMA user_version")
+            _ = try s.step()
+            return Int(s.int(0))
+        }
+    }
+
+    /// Applies `migrations[n...]` where n is the current `user_version`, each in a transaction
+    /// that also bumps the version. A database from a newer version is refused.
+    public func migrate(_ migrations: [String]) throws {
+        let current = try userVersion
+        guard current <= migrations.count else {
+            throw SQLiteError(operation: "migrating \(path)", code: SQLITE_ERROR,
+                              message: "schema version \(current) is newer than this llm-sidecar (\(migrations.count))")
+        }
+        for (i, sql) in migrations.enumerated().dropFirst(current) {
+            try transaction {
+                try execute(sql)
+                try execute("PRAGMA user_version = \(i + 1)")
+            }
+        }
+    }
+}
+
+/// A prepared statement; reset and reused, never re-prepared on the hot path.
+public final class Statement {
+    let stmt: OpaquePointer
+    unowned let connection: SQLiteConnection
+
+    init(stmt: OpaquePointer, connection: SQLiteConnection) {
+        self.stmt = stmt
+        self.connection = connection
+    }
+
+    deinit { sqlite3_finalize(stmt) }
+
+    public enum Value: Sendable, Equatable {
+        case null, integer(Int64), real(Double), text(String), blob([UInt8])
+    }
+
+    /// Binds `values` to ?1, ?2, … after a reset.
+    public func bind(_ values: [Value]) throws {
+        sqlite3_reset(stmt)
+        sqlite3_clear_bindings(stmt)
+        for (i, v) in values.enumerated() {
+            let index = Int32(i + 1)
+            let rc: Int32
+            switch v {
+            case .null: rc = sqlite3_bind_null(stmt, index)
+            case .integer(let n): rc = sqlite3_bind_int64(stmt, index, n)
+            case .real(let d): rc = sqlite3_bind_double(stmt, index, d)
+            case .text(let s): rc = sqlite3_bind_text(stmt, index, s, -1, sidecar_sqlite_transient())
+            case .blob(let b):
+                rc = b.withUnsafeBytes { sqlite3_bind_blob(stmt, index, $0.baseAddress, Int32($0.count), sidecar_sqlite_transient()) }
+            }
+            guard rc == SQLITE_OK else { throw connection.error("binding parameter \(index)", rc) }
+        }
+    }
+
+    /// One step: true while there is a row.
+    public func step() throws -> Bool {
+        let rc = sqlite3_step(stmt)
+        switch rc {
+        case SQLITE_ROW: return true
+        case SQLITE_DONE: return false
+        default: throw connection.error("running a statement", rc)
+        }
+    }
+
+    /// Binds, runs to the end, and returns the number of rows changed.
+    @discardableResult
+    public func run(_ values: [Value] = []) throws -> Int {
+        try bind(values)
+        while try step() {}
+        return Int(sqlite3_changes(connection.db))
+    }
+
+    public func isNull(_ column: Int32) -> Bool { sqlite3_column_type(stmt, column) == SQLITE_NULL }
+    public func int(_ column: Int32) -> Int64 { sqlite3_column_int64(stmt, column) }
+    public func text(_ column: Int32) -> String? {
+        guard let p = sqlite3_column_text(stmt, column) else { return nil }
+        return String(cString: p)
+    }
+    public func blob(_ column: Int32) -> [UInt8] {
+        let n = Int(sqlite3_column_bytes(stmt, column))
+        guard n > 0, let p = sqlite3_column_blob(stmt, column) else { return [] }
+        return Array(UnsafeRawBufferPointer(start: p, count: n))
+    }
+}

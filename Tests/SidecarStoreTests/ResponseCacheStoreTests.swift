@@ -1,0 +1,115 @@
+import Foundation
+import NIOPosix
+import SidecarStore
+import SidecarTestSupport
+import XCTest
+
+/// The store against real SQLite files.
+final class ResponseCacheStoreTests: XCTestCase {
+    var pki: TestPKI!  // only for its temporary directory
+    var path: String { pki.directory + "/state/cache.sqlite3" }
+
+    override func setUp() async throws { pki = try TestPKI() }
+    override func tearDown() async throws { pki.cleanUp() }
+
+    func entry(_ n: UInt8, model: String = "gpt-4o-mini", size: Int = 100, created: Int64 = 1_000, ttl: Int64 = 86_400) -> CacheEntry {
+        CacheEntry(key: [UInt8](repeating: n, count: 32), scope: "scope-\(n % 2)", model: model, endpoint: "/v1/chat/completions",
+                   status: 200, contentType: "application/json", body: [UInt8](repeating: n, count: size), isStream: false,
+                   createdAt: created, expiresAt: created + ttl, promptTokens: 19, completionTokens: 28)
+    }
+
+    func testRoundTripIsExactAndSurvivesReopening() throws {
+        let body = Array("data: {\"x\":1}\n\ndata: [DONE]\n\n".utf8) + [0, 255, 10]
+        var e = entry(1)
+        e.body = body
+        e.isStream = true
+        e.contentType = "text/event-stream"
+        do {
+            let store = try ResponseCacheStore(path: path)
+            try store.put(e)
+        }
+        let attributes = try FileManager.default.attributesOfItem(atPath: path)
+        XCTAssertEqual((attributes[.posixPermissions] as? NSNumber)?.intValue, 0o600, "the cache file is private")
+        let reopened = try ResponseCacheStore(path: path)
+        XCTAssertEqual(try reopened.connection.userVersion, ResponseCacheStore.migrations.count)
+        let hit = try XCTUnwrap(try reopened.hit(e.key, now: 2_000))
+        XCTAssertEqual(hit.body, body, "bytes replay exactly")
+        XCTAssertEqual(hit.contentType, "text/event-stream")
+        XCTAssertTrue(hit.isStream)
+        XCTAssertEqual(hit.hitCount, 1)
+        XCTAssertEqual(hit.lastHitAt, 2_000)
+        XCTAssertEqual(hit.promptTokens, 19)
+        XCTAssertEqual(try reopened.hit(e.key, now: 3_000)?.hitCount, 2)
+        XCTAssertNil(try reopened.hit([UInt8](repeating: 9, count: 32), now: 2_000))
+    }
+
+    func testExpiredEntriesAreNotServedAndAreDeletedInBatches() throws {
+        let store = try ResponseCacheStore(path: path)
+        for n in 0..<10 { try store.put(entry(UInt8(n), ttl: n < 7 ? 60 : 10_000)) }
+        XCTAssertNil(try store.hit(entry(0).key, now: 1_060), "expired at created + ttl")
+        XCTAssertNotNil(try store.hit(entry(8).key, now: 1_060))
+        XCTAssertEqual(try store.deleteExpired(now: 1_060, limit: 5), 5)
+        XCTAssertEqual(try store.deleteExpired(now: 1_060, limit: 5), 2)
+        XCTAssertEqual(try store.sizes().0, 3)
+    }
+
+    func testSizeCapEvictsLeastRecentlyHit() throws {
+        let store = try ResponseCacheStore(path: path)
+        for n in 0..<10 { try store.put(entry(UInt8(n), size: 1_000, created: 1_000 + Int64(n))) }
+        _ = try store.hit(entry(0).key, now: 5_000)  // the oldest entry is the most recently hit
+        let evicted = try store.evict(toFit: 6_000, batch: 3)
+        XCTAssertEqual(evicted, 4)
+        XCTAssertEqual(try store.sizes().1, 6_000)
+        XCTAssertNotNil(try store.hit(entry(0).key, now: 5_001), "recently hit entries stay")
+        for n in 1...4 { XCTAssertNil(try store.hit(entry(UInt8(n)).key, now: 5_001), "entry \(n) was least recently hit") }
+    }
+
+    func testPurgeByModelAndAge() throws {
+        let store = try ResponseCacheStore(path: path)
+        for n in 0..<6 { try store.put(entry(UInt8(n), model: n < 3 ? "a" : "b", created: 1_000 + Int64(n) * 100)) }
+        XCTAssertEqual(try store.purge(model: "a", createdBefore: 1_150), 2)
+        XCTAssertEqual(try store.purge(model: nil, createdBefore: 1_400), 2)
+        XCTAssertEqual(try store.purge(model: nil, createdBefore: nil), 2)
+        XCTAssertEqual(try store.sizes().0, 0)
+    }
+
+    func testCountersAccumulatePerDayAndModel() throws {
+        let store = try ResponseCacheStore(path: path)
+        var d = ResponseCacheStore.CounterDelta()
+        d.hits = 2; d.misses = 1; d.bytesServed = 600; d.promptTokensSaved = 38; d.completionTokensSaved = 56
+        try store.add(["gpt-4o-mini": d], day: "2026-11-23")
+        try store.add(["gpt-4o-mini": d, "o3": d], day: "2026-11-24")
+        let totals = try store.counterTotals()
+        XCTAssertEqual(totals["gpt-4o-mini"]?.hits, 4)
+        XCTAssertEqual(totals["gpt-4o-mini"]?.completionTokensSaved, 112)
+        XCTAssertEqual(totals["o3"]?.bytesServed, 600)
+    }
+
+    func testCorruptAndUnwritableFilesGiveClearErrors() throws {
+        try FileManager.default.createDirectory(atPath: pki.directory + "/state", withIntermediateDirectories: true)
+        try Data(repeating: 0x41, count: 8192).write(to: URL(fileURLWithPath: path))
+        XCTAssertThrowsError(try ResponseCacheStore(path: path)) { error in
+            let e = error as? SQLiteError
+            XCTAssertTrue(e?.isCorrupt ?? false, "\(error)")
+            XCTAssertTrue("\(error)".contains("file is not a database"), "\(error)")
+        }
+        XCTAssertThrowsError(try ResponseCacheStore(path: "/proc/llm-sidecar/cache.sqlite3")) { error in
+            XCTAssertTrue((error as? SQLiteError)?.isUnwritable ?? false, "\(error)")
+        }
+    }
+
+    func testWorkRunsOnTheDatabaseThreadNotTheCaller() async throws {
+        let db = try await CacheDatabase.open(path: path)
+        let e = entry(3)
+        try await db.run { try $0.put(e) }
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let loop = group.next()
+        let body = try await db.run(on: loop) { store -> [UInt8]? in
+            precondition(!loop.inEventLoop, "SQLite must never run on an event loop")
+            return try store.hit(e.key, now: 1_500)?.body
+        }.get()
+        XCTAssertEqual(body, e.body)
+        await db.close()
+        try await group.shutdownGracefully()
+    }
+}
