@@ -217,7 +217,7 @@ final class FakeUpstreamHandler: ChannelInboundHandler {
             json = #"{"error":{"message":"fake upstream error \#(status)","type":"server_error","code":null}}"#
         } else {
             switch (head.method, path) {
-            case (.GET, "/v1/models"):
+            case (.GET, "/v1/models"), (.HEAD, "/v1/models"):
                 json = #"{"object":"list","data":[{"id":"gpt-4o-mini","object":"model","created":1700000000,"owned_by":"fake"}]}"#
             case (.POST, "/v1/embeddings"):
                 json = #"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.0023064255,-0.009327292,0.015797347]}],"model":"text-embedding-3-small","usage":{"prompt_tokens":5,"total_tokens":5}}"#
@@ -233,7 +233,13 @@ final class FakeUpstreamHandler: ChannelInboundHandler {
         let buffer = ByteBuffer(string: json)
         headers.add(name: "content-type", value: "application/json")
         if h.first(name: "x-fake-chunked") == nil { headers.add(name: "content-length", value: String(buffer.readableBytes)) }
+        if responseStatus == 204 || responseStatus == 304 { headers.remove(name: "content-length") }
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .init(statusCode: responseStatus), headers: headers))), promise: nil)
+        if head.method == .HEAD || responseStatus == 204 || responseStatus == 304 {
+            let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+            if close { done.assumeIsolated().whenComplete { _ in context.close(promise: nil) } }
+            return
+        }
         let finish = { [self] in
             context.write(self.wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
             let done = context.writeAndFlush(self.wrapOutboundOut(.end(nil)))

@@ -156,7 +156,10 @@ final class TestClientHandler: ChannelInboundHandler {
 /// Raw bytes over TCP, for malformed requests: writes `bytes`, returns everything read until the
 /// server closes the connection (or `timeout`).
 public enum RawTCP {
-    public static func exchange(port: Int, bytes: [UInt8], group: EventLoopGroup, timeout: TimeAmount = .seconds(5)) async throws -> String {
+    /// With `then`: once the text `after` has arrived, sends `then` too (e.g. a body after
+    /// `100 Continue`).
+    public static func exchange(port: Int, bytes: [UInt8], group: EventLoopGroup, timeout: TimeAmount = .seconds(5),
+                                then: [UInt8]? = nil, after: String = "") async throws -> String {
         let collected = NIOLockedValueBox<[UInt8]>([])
         let channel = try await ClientBootstrap(group: group)
             .channelInitializer { channel in
@@ -166,6 +169,13 @@ public enum RawTCP {
             }
             .connect(host: "127.0.0.1", port: port).get()
         try await channel.writeAndFlush(ByteBuffer(bytes: bytes))
+        if let then {
+            let deadline = NIODeadline.now() + timeout
+            while NIODeadline.now() < deadline, !String(decoding: collected.withLockedValue { $0 }, as: UTF8.self).contains(after) {
+                try await Task.sleep(nanoseconds: 5_000_000)
+            }
+            try await channel.writeAndFlush(ByteBuffer(bytes: then))
+        }
         let closed = channel.closeFuture
         let timer = channel.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
         try? await closed.get()

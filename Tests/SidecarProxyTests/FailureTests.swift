@@ -210,6 +210,31 @@ final class FailureTests: XCTestCase {
         XCTAssertTrue(closed, "an idle client connection is closed after client_idle_timeout")
     }
 
+    func testHeadAnd204AndExpectContinue() async throws {
+        let fake = try await FakeUpstream.start()
+        upstream = fake
+        let h = try await ProxyHarness(upstreamURL: fake.url)
+        harness = h
+        let c = try await h.connection()
+        let head = try await c.request("HEAD", "/v1/models")
+        XCTAssertEqual(head.status, 200)
+        XCTAssertEqual(head.body, "")
+        let noContent = try await c.request("DELETE", "/v1/echo", headers: [("x-fake-status", "204")])
+        XCTAssertEqual(noContent.status, 204)
+        let after = try await c.request("GET", "/v1/models")
+        XCTAssertEqual(after.status, 200, "the connection is still in sync after HEAD and 204")
+        // curl's way for bodies over 1 KiB: wait for 100 Continue before sending the body.
+        let body = #"{"n":"\#(String(repeating: "x", count: 2000))"}"#
+        let raw = "POST /v1/echo HTTP/1.1\r\nHost: x\r\nContent-Length: \(body.utf8.count)\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
+        let started = Date()
+        let answer = try await RawTCP.exchange(port: h.port, bytes: Array(raw.utf8), group: h.clientGroup, timeout: .milliseconds(500), then: Array(body.utf8), after: "100 Continue")
+        XCTAssertTrue(answer.hasPrefix("HTTP/1.1 100 Continue\r\n"), answer)
+        XCTAssertTrue(answer.contains("HTTP/1.1 200 OK"), answer)
+        XCTAssertTrue(answer.hasSuffix(body), "the body went through")
+        XCTAssertLessThan(Date().timeIntervalSince(started), 0.5)
+        XCTAssertNil(fake.requests.last?.header("expect"), "Expect is answered by the sidecar, not forwarded")
+    }
+
     func testListensOnAUnixSocket() async throws {
         let fake = try await FakeUpstream.start()
         upstream = fake

@@ -60,6 +60,9 @@ public enum HeaderPolicy {
         out.add(name: "host", value: host)
         for (name, value) in client {
             if equalsIgnoringASCIICase(name, "host") { continue }
+            // The sidecar answers `Expect: 100-continue` itself (the body is already on its way
+            // by the time the upstream could answer), so it is not forwarded.
+            if equalsIgnoringASCIICase(name, "expect") { continue }
             if authorization != nil, equalsIgnoringASCIICase(name, "authorization") { continue }
             if isHopByHop(name, connectionTokens: tokens) { continue }
             out.add(name: name, value: value)

@@ -173,6 +173,10 @@ final class DownstreamHandler: ChannelDuplexHandler {
         guard let context, let group = runtime.defaultUpstream else {
             return respondWithError(.notFound(path: path), closeAfter: false)
         }
+        if head.headers[canonicalForm: "expect"].contains(where: { HeaderPolicy.equalsIgnoringASCIICase($0, "100-continue") }) {
+            // The client waits for this before sending its body (curl does, for bodies over 1 KiB).
+            context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))), promise: nil)
+        }
         let exchange = ProxyExchange(
             downstream: self, head: head, group: group, pool: group.pool(on: context.eventLoop), maxBodyBytes: runtime.maxBodyBytes,
             metrics: state.metrics)
