@@ -1,0 +1,195 @@
+import NIOCore
+
+/// Picks a deployment of one model group by weighted least-connections, skipping ejected and
+/// full deployments, and decides ejections from outcomes. A value type driven by events; time and
+/// randomness are passed in.
+///
+/// Selection (Envoy's least-request with weights): the healthy deployment with the lowest
+/// `(inFlight + 1) / weight`; ties broken by the lower latency EWMA, then at random.
+/// O(deployments), no allocation.
+///
+/// Ejection (Envoy-style passive outlier detection): `consecutiveFailuresToEject` failures in a
+/// row eject a deployment for `baseEjection × timesEjected` (capped at `maxEjection`); when that
+/// ends, exactly one probe request is let through (half-open); its success restores the
+/// deployment, its failure ejects it again for longer. A 429's `Retry-After` ejects for at least
+/// that long. Never more than `maxEjectionPercent` of the group is ejected at once; if every
+/// deployment is ejected or full anyway, `select` returns nil (panic handling is the caller's).
+public struct DeploymentSelector: Sendable {
+    public struct Deployment: Sendable, Equatable {
+        public var weight: Int
+        /// In-flight cap; nil = unlimited.
+        public var maxConcurrency: Int?
+        public init(weight: Int = 1, maxConcurrency: Int? = nil) {
+            precondition(weight >= 1)
+            self.weight = weight
+            self.maxConcurrency = maxConcurrency
+        }
+    }
+
+    public struct Configuration: Sendable, Equatable {
+        public var consecutiveFailuresToEject = 3
+        public var baseEjection: TimeAmount = .seconds(5)
+        public var maxEjection: TimeAmount = .seconds(300)
+        public var maxEjectionPercent = 50
+        /// Weight of the newest sample in the latency EWMA.
+        public var latencyAlpha = 0.2
+        public init() {}
+    }
+
+    public enum Health: Sendable, Equatable {
+        case healthy
+        case ejected(until: NIODeadline)
+        /// Ejection over; one probe may go (`probing` once it went).
+        case halfOpen(probing: Bool)
+    }
+
+    struct State: Sendable, Equatable {
+        var inFlight = 0
+        var consecutiveFailures = 0
+        var timesEjected = 0
+        var health: Health = .healthy
+        var latencyEWMA: Double = 0
+    }
+
+    public let deployments: [Deployment]
+    public let configuration: Configuration
+    private var states: [State]
+
+    public init(deployments: [Deployment], configuration: Configuration = Configuration()) {
+        precondition(!deployments.isEmpty)
+        self.deployments = deployments
+        self.configuration = configuration
+        self.states = Array(repeating: State(), count: deployments.count)
+    }
+
+    public func inFlight(_ i: Int) -> Int { states[i].inFlight }
+    public func health(_ i: Int) -> Health { states[i].health }
+
+    /// The deployment for a new request (its in-flight count is taken), or nil when every
+    /// deployment is ejected or at its cap. `excluding` skips deployments this request already
+    /// tried. `random` breaks exact ties.
+    public mutating func select<R: RandomNumberGenerator>(now: NIODeadline, excluding: Set<Int> = [], random: inout R) -> Int? {
+        var best = -1
+        var bestScore = 0.0
+        var bestLatency = 0.0
+        var ties = 0
+        for i in states.indices where !excluding.contains(i) {
+            refresh(i, now: now)
+            let s = states[i]
+            switch s.health {
+            case .ejected, .halfOpen(probing: true): continue
+            case .healthy, .halfOpen(probing: false): break
+            }
+            if let cap = deployments[i].maxConcurrency, s.inFlight >= cap { continue }
+            let score = Double(s.inFlight + 1) / Double(deployments[i].weight)
+            if best < 0 || score < bestScore || (score == bestScore && s.latencyEWMA < bestLatency) {
+                best = i; bestScore = score; bestLatency = s.latencyEWMA; ties = 1
+            } else if score == bestScore && s.latencyEWMA == bestLatency {
+                // Reservoir sampling over exact ties: each tied deployment equally likely.
+                ties += 1
+                if random.next(upperBound: UInt64(ties)) == 0 { best = i }
+            }
+        }
+        guard best >= 0 else { return nil }
+        states[best].inFlight += 1
+        if case .halfOpen(probing: false) = states[best].health { states[best].health = .halfOpen(probing: true) }
+        return best
+    }
+
+    /// How a request on deployment `i` ended. Releases its in-flight slot, exactly once per
+    /// `select` (the caller guarantees that).
+    public enum Outcome: Sendable, Equatable {
+        case success(latency: TimeAmount)
+        /// Connect/TLS failure, timeout, 5xx: counts towards ejection.
+        case failure
+        /// 429 with an optional Retry-After: ejects for at least that long.
+        case rateLimited(retryAfter: TimeAmount?)
+        /// Ended without saying anything about the deployment (client went away, 4xx).
+        case neutral
+    }
+
+    public mutating func finished(_ i: Int, _ outcome: Outcome, now: NIODeadline) {
+        precondition(states[i].inFlight > 0, "finished more requests than were selected on deployment \(i)")
+        states[i].inFlight -= 1
+        switch outcome {
+        case .neutral:
+            if case .halfOpen(probing: true) = states[i].health { states[i].health = .halfOpen(probing: false) }
+        case .success(let latency):
+            let ms = Double(latency.nanoseconds) / 1e6
+            let a = configuration.latencyAlpha
+            states[i].latencyEWMA = states[i].latencyEWMA == 0 ? ms : a * ms + (1 - a) * states[i].latencyEWMA
+            states[i].consecutiveFailures = 0
+            if case .halfOpen = states[i].health {
+                states[i].health = .healthy
+                states[i].timesEjected = 0
+            }
+        case .failure:
+            states[i].consecutiveFailures += 1
+            if case .halfOpen = states[i].health {
+                eject(i, now: now, atLeast: nil)
+            } else if states[i].consecutiveFailures >= configuration.consecutiveFailuresToEject {
+                eject(i, now: now, atLeast: nil)
+            }
+        case .rateLimited(let retryAfter):
+            states[i].consecutiveFailures += 1
+            if retryAfter != nil || states[i].consecutiveFailures >= configuration.consecutiveFailuresToEject {
+                eject(i, now: now, atLeast: retryAfter)
+            }
+        }
+    }
+
+    private mutating func eject(_ i: Int, now: NIODeadline, atLeast: TimeAmount?) {
+        // Respect the cap, unless a Retry-After says the deployment refuses work anyway.
+        let ejected = states.indices.filter { j in j != i && { if case .ejected = states[j].health { return true } else { return false } }() }.count
+        if atLeast == nil, (ejected + 1) * 100 > configuration.maxEjectionPercent * states.count {
+            states[i].consecutiveFailures = 0
+            if case .halfOpen = states[i].health { states[i].health = .healthy }
+            return
+        }
+        states[i].timesEjected += 1
+        var duration = configuration.baseEjection * Int64(states[i].timesEjected)
+        if duration > configuration.maxEjection { duration = configuration.maxEjection }
+        if let atLeast, atLeast > duration { duration = atLeast }
+        states[i].health = .ejected(until: now + duration)
+        states[i].consecutiveFailures = 0
+    }
+
+    private mutating func refresh(_ i: Int, now: NIODeadline) {
+        if case .ejected(let until) = states[i].health, until <= now { states[i].health = .halfOpen(probing: false) }
+    }
+}
+
+/// Exponential backoff with full jitter (AWS architecture blog, "Exponential Backoff And Jitter"):
+/// attempt n waits a random time in [0, min(cap, base × 2^n)]. With base 100 ms and cap 5 s:
+///
+/// | attempt | upper bound |
+/// |---|---|
+/// | 0 | 100 ms |
+/// | 1 | 200 ms |
+/// | 2 | 400 ms |
+/// | 5 | 3.2 s |
+/// | 6+ | 5 s |
+///
+/// A `Retry-After` is a floor for retrying that same deployment.
+public struct Backoff: Sendable, Equatable {
+    public var base: TimeAmount
+    public var cap: TimeAmount
+
+    public init(base: TimeAmount = .milliseconds(100), cap: TimeAmount = .seconds(5)) {
+        self.base = base
+        self.cap = cap
+    }
+
+    public func upperBound(attempt: Int) -> TimeAmount {
+        let shift = min(attempt, 30)
+        let bound = base.nanoseconds.multipliedReportingOverflow(by: Int64(1) << shift)
+        return bound.overflow || bound.partialValue > cap.nanoseconds ? cap : .nanoseconds(bound.partialValue)
+    }
+
+    public func delay<R: RandomNumberGenerator>(attempt: Int, retryAfter: TimeAmount? = nil, random: inout R) -> TimeAmount {
+        let upper = upperBound(attempt: attempt).nanoseconds
+        let jittered = TimeAmount.nanoseconds(upper == 0 ? 0 : Int64(random.next(upperBound: UInt64(upper) + 1)))
+        if let retryAfter, retryAfter > jittered { return retryAfter }
+        return jittered
+    }
+}
