@@ -106,4 +106,43 @@ final class ReloadAndStopTests: XCTestCase {
         await a.stop()
         await b.stop()
     }
+
+    func testSecondSignalExitsAtOnceDuringTheDrain() async throws {
+        let upstream = try await FakeUpstream.start()
+        let pki = try TestPKI()
+        defer { pki.cleanUp() }
+        let configPath = try pki.write("config.toml", config(upstream: upstream.url))  // drain_timeout 10 s
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: BinaryTests.binary)
+        p.arguments = ["serve", "--config", configPath]
+        p.environment = ["PATH": "/usr/bin:/bin"]
+        let err = Pipe()
+        p.standardError = err
+        try p.run()
+        let lines = LineReader(err.fileHandleForReading)
+        let listening = try XCTUnwrap(lines.waitFor("listening", seconds: 10))
+        let port = try XCTUnwrap(listening.range(of: #"address=127\.0\.0\.1:(\d+)"#, options: .regularExpression).map {
+            Int(listening[$0].split(separator: ":").last!)!
+        })
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let c = try await TestHTTPConnection.connect(port: port, group: group)
+        // A stream that would take 8 s: the first signal waits for it, the second does not.
+        async let stream = c.request("POST", "/v1/chat/completions",
+            headers: [("x-fake-events", "80"), ("x-fake-interval-ms", "100")], body: #"{"stream":true}"#)
+        try await Task.sleep(nanoseconds: 300_000_000)
+        kill(p.processIdentifier, SIGTERM)
+        XCTAssertNotNil(lines.waitFor("msg=stopping", seconds: 3))
+        try await Task.sleep(nanoseconds: 300_000_000)
+        XCTAssertTrue(p.isRunning, "the first signal drains")
+        let signalled = Date()
+        kill(p.processIdentifier, SIGTERM)
+        p.waitUntilExit()
+        XCTAssertLessThan(Date().timeIntervalSince(signalled), 2, "the second signal exits at once")
+        XCTAssertEqual(p.terminationStatus, 1)
+        let cut = try await stream
+        XCTAssertFalse(cut.complete)
+        await c.close()
+        try await group.shutdownGracefully()
+        await upstream.stop()
+    }
 }
