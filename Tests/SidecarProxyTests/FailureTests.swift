@@ -235,6 +235,37 @@ final class FailureTests: XCTestCase {
         XCTAssertNil(fake.requests.last?.header("expect"), "Expect is answered by the sidecar, not forwarded")
     }
 
+    func testAnUpstreamThatDoesNotReadSlowsTheClientUpload() async throws {
+        let silent = try await SilentServer.start(receiveBuffer: 64 * 1024)
+        defer { Task { await silent.stop() } }
+        // Kernel buffers on loopback can hold up to ~40 MiB (32 MiB autotuned receive buffer);
+        // without backpressure the sidecar would take all 256 MiB within the time.
+        let total = 256 << 20
+        let h = try await ProxyHarness(upstreamURL: "http://127.0.0.1:\(silent.port)", threads: 1,
+                                       configure: { $0.server.maxBodyBytes = 512 << 20 })
+        harness = h
+        // A raw, non-blocking client: how much can it push in 1.5 s?
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { Glibc.close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = in_port_t(UInt16(h.port).bigEndian)
+        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        XCTAssertEqual(rc, 0)
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+        let head = Array("POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Length: \(total)\r\n\r\n".utf8)
+        XCTAssertEqual(write(fd, head, head.count), head.count)
+        let chunk = [UInt8](repeating: 0x61, count: 256 * 1024)
+        var sent = 0
+        let deadline = Date().addingTimeInterval(1.5)
+        while Date() < deadline, sent < total {
+            let n = chunk.withUnsafeBytes { write(fd, $0.baseAddress, min(chunk.count, total - sent)) }
+            if n > 0 { sent += n } else { usleep(2_000) }
+        }
+        XCTAssertLessThan(sent, 64 << 20, "the sidecar must stop reading when the upstream stops: \(sent >> 20) MiB accepted")
+    }
+
     func testListensOnAUnixSocket() async throws {
         let fake = try await FakeUpstream.start()
         upstream = fake
@@ -336,10 +367,13 @@ final class SilentServer: Sendable {
         self.group = group
     }
 
-    static func start() async throws -> SilentServer {
+    static func start(receiveBuffer: Int? = nil) async throws -> SilentServer {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let channel = try await ServerBootstrap(group: group)
+        var bootstrap = ServerBootstrap(group: group)
+            .childChannelOption(.autoRead, value: false)
             .childChannelInitializer { $0.eventLoop.makeSucceededVoidFuture() }
+        if let receiveBuffer { bootstrap = bootstrap.serverChannelOption(.socketOption(.so_rcvbuf), value: SocketOptionValue(receiveBuffer)) }
+        let channel = try await bootstrap
             .bind(host: "127.0.0.1", port: 0).get()
         return SilentServer(channel: channel, group: group)
     }

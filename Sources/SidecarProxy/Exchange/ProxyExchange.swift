@@ -34,8 +34,11 @@ final class ProxyExchange: UpstreamResponseDelegate {
     private var isStream = false
     private var phase: Phase
     /// Body parts received so far, kept (by reference, not copied) until the response starts so
-    /// that a request that hit a stale keep-alive connection can be replayed once.
+    /// that a request that hit a stale keep-alive connection can be replayed once. Only the first
+    /// `maxReplayBytes` are kept: a larger body is streamed without a replay safety net.
     private var body: [ByteBuffer] = []
+    private var replayable = true
+    static let maxReplayBytes = 1 << 20
     private var bodyBytes = 0
     private var requestEnded = false
     private var replayed = false
@@ -83,6 +86,10 @@ final class ProxyExchange: UpstreamResponseDelegate {
         downstream.access.attempts += 1
         connection.send(head: upstreamHead)
         for part in body { connection.sendBody(part) }
+        if bodyBytes > Self.maxReplayBytes {
+            replayable = false
+            body.removeAll()
+        }
         // Flushed at the end of this read burst (`flushUpstream`), or by `sendEnd`.
         if requestEnded { connection.sendEnd() } else if !downstream.inReadBurst { connection.flush() }
     }
@@ -100,7 +107,13 @@ final class ProxyExchange: UpstreamResponseDelegate {
             fail(.payloadTooLarge(limit: maxBodyBytes))
             return
         }
-        if !responseStarted { body.append(buffer) }
+        if !responseStarted {
+            if case .forwarding = phase {
+                if replayable { keepForReplay(buffer) }
+            } else {
+                body.append(buffer)  // not sent yet: kept until a connection is granted
+            }
+        }
         if case .forwarding(let lease) = phase { lease.connection.sendBody(buffer) }  // flushed by `flushUpstream`
     }
 
@@ -165,7 +178,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
         // The server may close a keep-alive connection just as we reuse it. Nothing reached the
         // provider's application then, so one replay on a fresh connection is safe; no other
         // failure is replayed here (a POST that reached the provider may already be billed).
-        if beforeResponse, lease.reused, !replayed, Self.isStaleClose(error) {
+        if beforeResponse, lease.reused, !replayed, replayable, Self.isStaleClose(error) {
             replayed = true
             group.metrics.staleConnectionRetries.increment()
             phase = .done
@@ -181,6 +194,22 @@ final class ProxyExchange: UpstreamResponseDelegate {
     }
 
     // MARK: the client
+
+    /// Keeps a sent part for the one replay, up to `maxReplayBytes`; beyond that, gives up the
+    /// replay and the memory.
+    private func keepForReplay(_ buffer: ByteBuffer) {
+        if bodyBytes <= Self.maxReplayBytes {
+            body.append(buffer)
+        } else {
+            replayable = false
+            body.removeAll()
+        }
+    }
+
+    /// Backpressure the other way: an upstream that cannot take more pauses reading the client's body.
+    func upstreamWritabilityChanged(writable: Bool) {
+        downstream.setReadsPaused(!writable)
+    }
 
     /// Backpressure: a client that cannot take more pauses reading from the upstream.
     func downstreamWritabilityChanged(writable: Bool) {

@@ -307,6 +307,7 @@ final class DownstreamHandler: ChannelDuplexHandler {
 
     /// Request and response are both done: take the next queued request, or go idle.
     private func requestCycleDone() {
+        readsPausedByUpstream = false
         while !requestOpen && !responseOpen, let next = queued.popFirst() {
             handle(next)
         }
@@ -339,8 +340,19 @@ final class DownstreamHandler: ChannelDuplexHandler {
 
     // MARK: connection events
 
+    /// Set while the upstream cannot take more of the request body.
+    private var readsPausedByUpstream = false
+
+    func setReadsPaused(_ paused: Bool) {
+        readsPausedByUpstream = paused
+        if !paused, readPending, queued.count < Self.maxQueuedParts, let context {
+            readPending = false
+            context.read()
+        }
+    }
+
     func read(context: ChannelHandlerContext) {
-        if queued.count >= Self.maxQueuedParts { readPending = true } else { context.read() }
+        if queued.count >= Self.maxQueuedParts || readsPausedByUpstream { readPending = true } else { context.read() }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {

@@ -11,6 +11,8 @@ protocol UpstreamResponseDelegate: AnyObject {
     func upstreamResponseEnd(_ trailers: HTTPHeaders?)
     /// The socket has no more to read for now: time to flush what was written downstream.
     func upstreamReadComplete()
+    /// The upstream socket's send buffer filled up (or drained): pause (or resume) the client's body.
+    func upstreamWritabilityChanged(writable: Bool)
     /// The connection failed or closed before the response ended. `beforeResponse` is true when
     /// not a single response byte had arrived.
     func upstreamFailed(_ error: ProxyError, beforeResponse: Bool)
@@ -352,6 +354,11 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
     }
 
     // MARK: backpressure
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        delegate?.upstreamWritabilityChanged(writable: context.channel.isWritable)
+        context.fireChannelWritabilityChanged()
+    }
 
     func read(context: ChannelHandlerContext) {
         if readsPaused { pendingRead = true } else { context.read() }
