@@ -60,6 +60,29 @@ final class SystemdTests: XCTestCase {
         XCTAssertEqual(p.terminationStatus, 0)
     }
 
+    func testTermRightAfterReadyIsNeverLost() async throws {
+        let pki = try TestPKI()
+        defer { pki.cleanUp() }
+        for round in 0..<5 {
+            let notify = try NotifySocket(path: pki.directory + "/notify-\(round).sock")
+            defer { notify.close() }
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: BinaryTests.binary)
+            p.arguments = ["serve", "--upstream", "http://127.0.0.1:9", "--listen", "127.0.0.1:0", "--threads", "1"]
+            p.environment = ["PATH": "/usr/bin:/bin", "NOTIFY_SOCKET": notify.path]
+            p.standardError = FileHandle.nullDevice
+            try p.run()
+            XCTAssertNotNil(notify.receive(until: { $0.contains("READY=1") }, seconds: 10))
+            kill(p.processIdentifier, SIGTERM)
+            let deadline = Date().addingTimeInterval(5)
+            while p.isRunning, Date() < deadline { usleep(10_000) }
+            XCTAssertFalse(p.isRunning, "round \(round): SIGTERM right after READY=1 was lost")
+            if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+            p.waitUntilExit()
+            XCTAssertEqual(p.terminationStatus, 0)
+        }
+    }
+
     func testSocketActivationServesTheInheritedListener() async throws {
         let upstream = try await FakeUpstream.start()
         defer { Task { await upstream.stop() } }

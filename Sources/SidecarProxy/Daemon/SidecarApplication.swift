@@ -15,6 +15,29 @@ public enum SidecarApplication {
         reloadConfiguration: (@Sendable () throws -> SidecarConfiguration)? = nil
     ) async throws {
         let keys = try APIKeys.resolve(configuration, environment: environment)
+        // Signals first: a supervisor may send TERM the moment it sees the listener or READY=1,
+        // and a signal that arrives before its handler exists would be lost.
+        let stop = AsyncStream<Int32>.makeStream()
+        signal(SIGTERM, SIG_IGN)
+        signal(SIGINT, SIG_IGN)
+        signal(SIGPIPE, SIG_IGN)
+        let signalQueue = DispatchQueue(label: "llm-sidecar.signals")
+        var sources: [DispatchSourceSignal] = []
+        let received = SignalCounter()
+        signal(SIGHUP, SIG_IGN)
+        for sig in [SIGTERM, SIGINT, SIGHUP] {
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: signalQueue)
+            source.setEventHandler {
+                if sig != SIGHUP, received.increment() > 1 {
+                    logger.warning("second signal: exiting now")
+                    LogSink.standardError.flush()
+                    exit(1)
+                }
+                stop.continuation.yield(sig)
+            }
+            source.resume()
+            sources.append(source)
+        }
         let threads = configuration.server.threads ?? System.coreCount
         let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
         let notifier = SystemdNotifier(environment: environment)
@@ -50,27 +73,6 @@ public enum SidecarApplication {
             }
         }
 
-        let stop = AsyncStream<Int32>.makeStream()
-        signal(SIGTERM, SIG_IGN)
-        signal(SIGINT, SIG_IGN)
-        signal(SIGPIPE, SIG_IGN)
-        let signalQueue = DispatchQueue(label: "llm-sidecar.signals")
-        var sources: [DispatchSourceSignal] = []
-        let received = SignalCounter()
-        signal(SIGHUP, SIG_IGN)
-        for sig in [SIGTERM, SIGINT, SIGHUP] {
-            let source = DispatchSource.makeSignalSource(signal: sig, queue: signalQueue)
-            source.setEventHandler {
-                if sig != SIGHUP, received.increment() > 1 {
-                    logger.warning("second signal: exiting now")
-                    LogSink.standardError.flush()
-                    exit(1)
-                }
-                stop.continuation.yield(sig)
-            }
-            source.resume()
-            sources.append(source)
-        }
         for await sig in stop.stream {
             if sig == SIGHUP {
                 notifier.reloading()
