@@ -87,18 +87,9 @@ final class BinaryTests: XCTestCase {
     func testZeroConfigServeForwardsAndStopsOnSIGTERM() async throws {
         let upstream = try await FakeUpstream.start()
         defer { Task { await upstream.stop() } }
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: Self.binary)
-        p.arguments = ["serve", "--upstream", upstream.url, "--listen", "127.0.0.1:0", "--threads", "1"]
-        p.environment = ["PATH": "/usr/bin:/bin", "OPENAI_API_KEY": "sk-from-env"]
-        let err = Pipe()
-        p.standardError = err
-        try p.run()
-        let lines = LineReader(err.fileHandleForReading)
-        let listening = try XCTUnwrap(lines.waitFor("listening", seconds: 10), "the daemon never said it was listening")
-        let port = try XCTUnwrap(listening.range(of: #"address=127\.0\.0\.1:(\d+)"#, options: .regularExpression).map {
-            Int(listening[$0].split(separator: ":").last!)!
-        })
+        let sidecar = try LaunchedSidecar.launch(["serve", "--upstream", upstream.url, "--listen", "127.0.0.1:0", "--threads", "1"],
+                                                 environment: ["OPENAI_API_KEY": "sk-from-env"])
+        let (p, lines, port) = (sidecar.process, sidecar.lines, sidecar.port)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let c = try await TestHTTPConnection.connect(port: port, group: group)
         let r = try await c.request("POST", "/v1/chat/completions", body: #"{"model": "gpt-4o-mini", "messages": []}"#)
@@ -117,6 +108,29 @@ final class BinaryTests: XCTestCase {
         XCTAssertEqual(p.terminationStatus, 0)
         XCTAssertNotNil(lines.waitFor("stopped", seconds: 5))
         XCTAssertFalse(lines.all.contains("sk-from-env"), "the key never appears in logs")
+    }
+}
+
+/// The real binary started with `arguments`, its stderr collected, and the port it listens on.
+struct LaunchedSidecar {
+    let process: Process
+    let lines: LineReader
+    let port: Int
+
+    static func launch(_ arguments: [String], environment: [String: String] = [:]) throws -> LaunchedSidecar {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: BinaryTests.binary)
+        p.arguments = arguments
+        p.environment = ["PATH": "/usr/bin:/bin"].merging(environment) { $1 }
+        let err = Pipe()
+        p.standardError = err
+        try p.run()
+        let lines = LineReader(err.fileHandleForReading)
+        let listening = try XCTUnwrap(lines.waitFor("listening", seconds: 10), "the daemon never said it was listening")
+        let port = try XCTUnwrap(listening.range(of: #"address=127\.0\.0\.1:(\d+)"#, options: .regularExpression).map {
+            Int(listening[$0].split(separator: ":").last!)!
+        })
+        return LaunchedSidecar(process: p, lines: lines, port: port)
     }
 }
 

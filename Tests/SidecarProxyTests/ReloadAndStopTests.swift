@@ -26,19 +26,9 @@ final class ReloadAndStopTests: XCTestCase {
         let notify = try NotifySocket(path: pki.directory + "/notify.sock")
         defer { notify.close() }
 
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: BinaryTests.binary)
-        p.arguments = ["serve", "--config", configPath]
-        p.environment = ["PATH": "/usr/bin:/bin", "NOTIFY_SOCKET": notify.path]
-        let err = Pipe()
-        p.standardError = err
-        try p.run()
-        let lines = LineReader(err.fileHandleForReading)
+        let sidecar = try LaunchedSidecar.launch(["serve", "--config", configPath], environment: ["NOTIFY_SOCKET": notify.path])
+        let (p, lines, port) = (sidecar.process, sidecar.lines, sidecar.port)
         XCTAssertNotNil(notify.receive(until: { $0.contains("READY=1") }, seconds: 10))
-        let listening = try XCTUnwrap(lines.waitFor("listening", seconds: 5))
-        let port = try XCTUnwrap(listening.range(of: #"address=127\.0\.0\.1:(\d+)"#, options: .regularExpression).map {
-            Int(listening[$0].split(separator: ":").last!)!
-        })
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
 
         // Traffic during the reload: a stream that spans it, and a stream of short requests on
@@ -112,18 +102,8 @@ final class ReloadAndStopTests: XCTestCase {
         let pki = try TestPKI()
         defer { pki.cleanUp() }
         let configPath = try pki.write("config.toml", config(upstream: upstream.url))  // drain_timeout 10 s
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: BinaryTests.binary)
-        p.arguments = ["serve", "--config", configPath]
-        p.environment = ["PATH": "/usr/bin:/bin"]
-        let err = Pipe()
-        p.standardError = err
-        try p.run()
-        let lines = LineReader(err.fileHandleForReading)
-        let listening = try XCTUnwrap(lines.waitFor("listening", seconds: 10))
-        let port = try XCTUnwrap(listening.range(of: #"address=127\.0\.0\.1:(\d+)"#, options: .regularExpression).map {
-            Int(listening[$0].split(separator: ":").last!)!
-        })
+        let sidecar = try LaunchedSidecar.launch(["serve", "--config", configPath])
+        let (p, lines, port) = (sidecar.process, sidecar.lines, sidecar.port)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let c = try await TestHTTPConnection.connect(port: port, group: group)
         // A stream that would take 8 s: the first signal waits for it, the second does not.
