@@ -37,7 +37,12 @@ public final class SSLConnection {
         self.context = context
         ERR_clear_error()
         guard let ssl = SSL_new(context.ctx) else { throw OpenSSLError.drain("creating SSL") }
-        guard let rbio = BIO_new(BIO_s_mem()), let wbio = BIO_new(BIO_s_mem()) else {
+        guard let rbio = BIO_new(BIO_s_mem()) else {
+            SSL_free(ssl)
+            throw OpenSSLError.drain("creating memory BIOs")
+        }
+        guard let wbio = BIO_new(BIO_s_mem()) else {
+            BIO_free(rbio)
             SSL_free(ssl)
             throw OpenSSLError.drain("creating memory BIOs")
         }
