@@ -60,6 +60,7 @@ let package = Package(
                 "CSQLite",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
         ),
@@ -68,6 +69,7 @@ let package = Package(
             dependencies: [
                 "SidecarCore",
                 "SidecarTLS",
+                "SidecarStore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -105,7 +107,7 @@ let package = Package(
         ),
         .testTarget(
             name: "SidecarStoreTests",
-            dependencies: ["SidecarStore", "SidecarTestSupport"],
+            dependencies: ["SidecarStore", "SidecarTestSupport", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),
         .testTarget(

@@ -1,60 +1,142 @@
+import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
 /// The cache database behind a one-thread `NIOThreadPool`: every SQLite call runs there, in
 /// order, never on an event loop; results come back as futures on the caller's loop.
+///
+/// It never takes the daemon down. A file that cannot be opened, is corrupt, locked past
+/// `busy_timeout`, read-only or on a full disk makes the failing call throw (callers then serve
+/// pass-through); the first failure of an outage is logged once, every failure is counted, and the
+/// file is reopened at most every `reopenInterval` until it works again, which is logged too.
 public final class CacheDatabase: Sendable {
     private let threadPool: NIOThreadPool
     private let box: StoreBox
+    private let logger: Logger
+    private let healthBox = NIOLockedValueBox(Health())
     public let path: String
+    /// How long after a failure to wait before opening the file again.
+    static let reopenInterval: TimeAmount = .seconds(5)
+
+    /// What `/stats` says about the database.
+    public struct Health: Sendable, Equatable {
+        /// False from a failure until the next success.
+        public var ok = true
+        /// Failed calls since start.
+        public var errors = 0
+        /// The last failure, without secrets (SQLite messages name only the path).
+        public var lastError: String?
+    }
+
+    public var health: Health { healthBox.withLockedValue { $0 } }
 
     /// The store, touched only on the pool's single thread.
     private final class StoreBox: @unchecked Sendable {
         var store: ResponseCacheStore?
+        var lastAttempt: NIODeadline?
+        var closed = false
     }
 
-    private init(path: String, threadPool: NIOThreadPool, box: StoreBox) {
+    private init(path: String, threadPool: NIOThreadPool, box: StoreBox, logger: Logger) {
         self.path = path
         self.threadPool = threadPool
         self.box = box
+        self.logger = logger
     }
 
-    /// Opens (creating and migrating) the database at `path` on a new one-thread pool.
-    public static func open(path: String) async throws -> CacheDatabase {
+    /// Starts the database thread and opens (creating and migrating) the file at `path`. Never
+    /// throws: a file that cannot be used now is retried later, and `health` says why.
+    public static func open(path: String, logger: Logger) async -> CacheDatabase {
         let pool = NIOThreadPool(numberOfThreads: 1)
         pool.start()
-        let box = StoreBox()
-        do {
-            try await pool.runIfActive { box.store = try ResponseCacheStore(path: path) }
-        } catch {
-            try? await pool.shutdownGracefully()
-            throw error
-        }
-        return CacheDatabase(path: path, threadPool: pool, box: box)
+        let db = CacheDatabase(path: path, threadPool: pool, box: StoreBox(), logger: logger)
+        _ = try? await db.run { _ in () }
+        return db
     }
 
     /// Runs `body` with the store on the database thread; the future completes on `eventLoop`.
     public func run<T: Sendable>(on eventLoop: EventLoop, _ body: @escaping @Sendable (ResponseCacheStore) throws -> T) -> EventLoopFuture<T> {
-        let box = self.box
-        return threadPool.runIfActive(eventLoop: eventLoop) {
-            guard let store = box.store else { throw SQLiteError(operation: "using the cache", code: 21, message: "the database is closed") }
-            return try body(store)
-        }
+        threadPool.runIfActive(eventLoop: eventLoop) { [self] in try self.guarded(body) }
     }
 
     /// The same, from async code.
     public func run<T: Sendable>(_ body: @escaping @Sendable (ResponseCacheStore) throws -> T) async throws -> T {
-        let box = self.box
-        return try await threadPool.runIfActive {
-            guard let store = box.store else { throw SQLiteError(operation: "using the cache", code: 21, message: "the database is closed") }
-            return try body(store)
+        try await threadPool.runIfActive { [self] in try self.guarded(body) }
+    }
+
+    /// Access to the store from inside `perform`: `use` returns nil (and keeps the health record)
+    /// when the database is unusable, so work that does not need it still runs.
+    public struct StoreAccess {
+        fileprivate let database: CacheDatabase
+        @discardableResult
+        public func use<T>(_ body: (ResponseCacheStore) throws -> T) -> T? {
+            try? database.guarded(body)
+        }
+    }
+
+    /// Runs `body` on the database thread whether or not the database is usable now.
+    public func perform(_ body: @escaping @Sendable (StoreAccess) -> Void) {
+        threadPool.submit { [self] state in
+            guard case .active = state else { return }
+            body(StoreAccess(database: self))
+        }
+    }
+
+    /// On the database thread: (re)open if needed, run, and keep the health record.
+    fileprivate func guarded<T>(_ body: (ResponseCacheStore) throws -> T) throws -> T {
+        guard !box.closed else { throw SQLiteError(operation: "using the cache", code: 21, message: "the database is closed") }
+        do {
+            let store = try currentStore()
+            let result = try body(store)
+            recordSuccess()
+            return result
+        } catch let error as SQLiteError {
+            recordFailure(error)
+            // A corrupt file, or one replaced or removed under us: drop the connection, so the
+            // next attempt opens whatever is at the path then.
+            if error.isCorrupt || error.isUnwritable { box.store = nil }
+            throw error
+        }
+    }
+
+    private func currentStore() throws -> ResponseCacheStore {
+        if let store = box.store { return store }
+        let now = NIODeadline.now()
+        if let last = box.lastAttempt, now - last < Self.reopenInterval, !healthBox.withLockedValue({ $0.ok }) {
+            throw SQLiteError(operation: "opening \(path)", code: 14, message: healthBox.withLockedValue { $0.lastError } ?? "unavailable")
+        }
+        box.lastAttempt = now
+        let store = try ResponseCacheStore(path: path)
+        _ = try store.sizes()  // reads a page: a file that is not a database fails here, not later
+        box.store = store
+        return store
+    }
+
+    private func recordSuccess() {
+        let recovered = healthBox.withLockedValue { h -> Bool in
+            defer { h.ok = true }
+            return !h.ok
+        }
+        if recovered { logger.notice("cache database usable again", metadata: ["path": "\(path)"]) }
+    }
+
+    private func recordFailure(_ error: SQLiteError) {
+        let first = healthBox.withLockedValue { h -> Bool in
+            defer { h.ok = false; h.errors += 1; h.lastError = error.description }
+            return h.ok
+        }
+        if first {
+            logger.error("cache database unusable; serving without it until it recovers", metadata: [
+                "path": "\(path)", "reason": "\(error)",
+            ])
         }
     }
 
     /// Closes the database (after the queued work) and stops the thread.
     public func close() async {
         let box = self.box
-        _ = try? await threadPool.runIfActive { box.store = nil }
+        _ = try? await threadPool.runIfActive { box.store = nil; box.closed = true }
         try? await threadPool.shutdownGracefully()
     }
 }

@@ -81,6 +81,23 @@ public final class ResponseCacheStore {
             PRIMARY KEY (day, model)
         ) WITHOUT ROWID;
         """,
+        // 2: entry count and body bytes kept by triggers, so the size cap is checked without a
+        // scan of a million rows; a purge generation the daemon watches to drop its hot tier.
+        """
+        CREATE TABLE totals (id INTEGER PRIMARY KEY CHECK (id = 1), entries INTEGER NOT NULL, bytes INTEGER NOT NULL);
+        INSERT INTO totals SELECT 1, count(*), coalesce(sum(size), 0) FROM responses;
+        CREATE TRIGGER responses_insert AFTER INSERT ON responses BEGIN
+            UPDATE totals SET entries = entries + 1, bytes = bytes + NEW.size WHERE id = 1;
+        END;
+        CREATE TRIGGER responses_delete AFTER DELETE ON responses BEGIN
+            UPDATE totals SET entries = entries - 1, bytes = bytes - OLD.size WHERE id = 1;
+        END;
+        CREATE TRIGGER responses_resize AFTER UPDATE OF size ON responses BEGIN
+            UPDATE totals SET bytes = bytes - OLD.size + NEW.size WHERE id = 1;
+        END;
+        CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+        INSERT INTO meta VALUES ('purge_generation', 0);
+        """,
     ]
 
     public let connection: SQLiteConnection
@@ -92,14 +109,20 @@ public final class ResponseCacheStore {
     private let delete: Statement
     private let totals: Statement
     private let addCounters: Statement
+    private let touchBatch: Statement
+    private let generation: Statement
 
     public init(connection: SQLiteConnection) throws {
         self.connection = connection
         try connection.migrate(Self.migrations)
+        // An upsert, not INSERT OR REPLACE: REPLACE deletes without firing the delete trigger.
         insert = try connection.prepare("""
-            INSERT OR REPLACE INTO responses (key, scope, model, endpoint, status, content_type, body, is_stream,
+            INSERT INTO responses (key, scope, model, endpoint, status, content_type, body, is_stream,
                 created_at, expires_at, last_hit_at, hit_count, prompt_tokens, completion_tokens, size)
             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+            ON CONFLICT (key) DO UPDATE SET scope = ?2, model = ?3, endpoint = ?4, status = ?5, content_type = ?6,
+                body = ?7, is_stream = ?8, created_at = ?9, expires_at = ?10, last_hit_at = ?11, hit_count = ?12,
+                prompt_tokens = ?13, completion_tokens = ?14, size = ?15
             """)
         select = try connection.prepare("""
             SELECT scope, model, endpoint, status, content_type, body, is_stream, created_at, expires_at, last_hit_at,
@@ -110,7 +133,10 @@ public final class ResponseCacheStore {
         expire = try connection.prepare("DELETE FROM responses WHERE key IN (SELECT key FROM responses WHERE expires_at <= ?1 LIMIT ?2)")
         oldest = try connection.prepare("SELECT key, size FROM responses ORDER BY last_hit_at LIMIT ?1")
         delete = try connection.prepare("DELETE FROM responses WHERE key = ?1")
-        totals = try connection.prepare("SELECT count(*), coalesce(sum(size), 0) FROM responses")
+        totals = try connection.prepare("SELECT entries, bytes FROM totals WHERE id = 1")
+        touchBatch = try connection.prepare(
+            "UPDATE responses SET last_hit_at = max(last_hit_at, ?2), hit_count = hit_count + ?3 WHERE key = ?1")
+        generation = try connection.prepare("SELECT value FROM meta WHERE name = 'purge_generation'")
         addCounters = try connection.prepare("""
             INSERT INTO counters (day, model, hits, misses, coalesced, bypasses, bytes_served, prompt_tokens_saved, completion_tokens_saved)
             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
@@ -191,7 +217,8 @@ public final class ResponseCacheStore {
         return r
     }
 
-    /// Deletes entries of `model` (or all models), created before `olderThan` (or any time).
+    /// Deletes entries of `model` (or all models), created before `olderThan` (or any time), and
+    /// bumps the purge generation so a running daemon drops its in-memory copies too.
     @discardableResult
     public func purge(model: String?, createdBefore: Int64?) throws -> Int {
         var clauses: [String] = []
@@ -199,7 +226,62 @@ public final class ResponseCacheStore {
         if let model { clauses.append("model = ?\(values.count + 1)"); values.append(.text(model)) }
         if let createdBefore { clauses.append("created_at < ?\(values.count + 1)"); values.append(.integer(createdBefore)) }
         let sql = "DELETE FROM responses" + (clauses.isEmpty ? "" : " WHERE " + clauses.joined(separator: " AND "))
-        return try connection.prepare(sql).run(values)
+        return try connection.transaction {
+            let n = try connection.prepare(sql).run(values)
+            try connection.execute("UPDATE meta SET value = value + 1 WHERE name = 'purge_generation'")
+            return n
+        }
+    }
+
+    /// Bumped by every purge; a daemon that sees it change forgets its hot tier.
+    public func purgeGeneration() throws -> Int64 {
+        try generation.bind([])
+        _ = try generation.step()
+        let g = generation.int(0)
+        try generation.bind([])
+        return g
+    }
+
+    /// Hits served from memory, written back in one transaction: key -> (count, last hit time).
+    public func touch(_ hits: [[UInt8]: (count: Int64, at: Int64)]) throws {
+        guard !hits.isEmpty else { return }
+        try connection.transaction {
+            for (key, h) in hits { try touchBatch.run([.blob(key), .integer(h.at), .integer(h.count)]) }
+        }
+    }
+
+    /// Counter totals by day (newest first), summed over models.
+    public func dailyTotals(days: Int) throws -> [(day: String, counters: CounterDelta)] {
+        let s = try connection.prepare("""
+            SELECT day, sum(hits), sum(misses), sum(coalesced), sum(bypasses), sum(bytes_served),
+                   sum(prompt_tokens_saved), sum(completion_tokens_saved) FROM counters GROUP BY day ORDER BY day DESC LIMIT ?1
+            """)
+        try s.bind([.integer(Int64(days))])
+        var out: [(String, CounterDelta)] = []
+        while try s.step() { out.append((s.text(0) ?? "", Self.delta(s))) }
+        return out
+    }
+
+    /// Entries and body bytes per model (a full scan: for the CLI, not the daemon).
+    public func entriesByModel() throws -> [String: (entries: Int64, bytes: Int64)] {
+        let s = try connection.prepare("SELECT model, count(*), sum(size) FROM responses GROUP BY model")
+        var out: [String: (Int64, Int64)] = [:]
+        while try s.step() { out[s.text(0) ?? ""] = (s.int(1), s.int(2)) }
+        return out
+    }
+
+    /// `PRAGMA quick_check`: "ok" for a sound file.
+    public func quickCheck() throws -> String {
+        let s = try connection.prepare("PRAGMA quick_check")
+        _ = try s.step()
+        return s.text(0) ?? ""
+    }
+
+    private static func delta(_ s: Statement) -> CounterDelta {
+        var d = CounterDelta()
+        d.hits = s.int(1); d.misses = s.int(2); d.coalesced = s.int(3); d.bypasses = s.int(4)
+        d.bytesServed = s.int(5); d.promptTokensSaved = s.int(6); d.completionTokensSaved = s.int(7)
+        return d
     }
 
     /// Per-day, per-model counter increments, as one batch.
@@ -207,6 +289,14 @@ public final class ResponseCacheStore {
         public var hits: Int64 = 0, misses: Int64 = 0, coalesced: Int64 = 0, bypasses: Int64 = 0
         public var bytesServed: Int64 = 0, promptTokensSaved: Int64 = 0, completionTokensSaved: Int64 = 0
         public init() {}
+
+        public var isEmpty: Bool { self == CounterDelta() }
+
+        public static func += (a: inout CounterDelta, b: CounterDelta) {
+            a.hits += b.hits; a.misses += b.misses; a.coalesced += b.coalesced; a.bypasses += b.bypasses
+            a.bytesServed += b.bytesServed; a.promptTokensSaved += b.promptTokensSaved
+            a.completionTokensSaved += b.completionTokensSaved
+        }
     }
 
     public func add(_ deltas: [String: CounterDelta], day: String) throws {
@@ -226,12 +316,7 @@ public final class ResponseCacheStore {
                    sum(prompt_tokens_saved), sum(completion_tokens_saved) FROM counters GROUP BY model
             """)
         var out: [String: CounterDelta] = [:]
-        while try s.step() {
-            var d = CounterDelta()
-            d.hits = s.int(1); d.misses = s.int(2); d.coalesced = s.int(3); d.bypasses = s.int(4)
-            d.bytesServed = s.int(5); d.promptTokensSaved = s.int(6); d.completionTokensSaved = s.int(7)
-            out[s.text(0) ?? ""] = d
-        }
+        while try s.step() { out[s.text(0) ?? ""] = Self.delta(s) }
         return out
     }
 }

@@ -22,6 +22,8 @@ import SidecarTLS
 /// | `x-fake-events: N`, `x-fake-interval-ms: M` | SSE: N chunks, M ms apart |
 /// | `x-fake-cut-after: K` | SSE: close the connection after K events (no `[DONE]`) |
 ///
+/// A stream whose request has `"stream_options":{"include_usage":true}` ends with a usage chunk.
+///
 /// It counts TCP connections, TLS handshakes and resumptions, requests, and the most connections
 /// open at once, and records every request it received.
 public final class FakeUpstream: Sendable {
@@ -60,6 +62,11 @@ public final class FakeUpstream: Sendable {
     public var url: String { "\(tls ? "https" : "http")://127.0.0.1:\(port)" }
     public let tls: Bool
     public var counters: Counters { state.withLockedValue { $0.0 } }
+
+    /// The SSE event number `i` of a streamed chat completion, exactly as sent.
+    public static func event(_ i: Int) -> String { FakeUpstreamHandler.event(i) }
+    /// The usage chunk a stream with `include_usage` ends with, for a stream of `events` events.
+    public static func usageEvent(_ events: Int) -> String { FakeUpstreamHandler.usageEvent(events) }
     public var requests: [RecordedRequest] { state.withLockedValue { $0.1 } }
 
     /// The canned chat completion (~600 bytes, like a short real answer).
@@ -209,7 +216,8 @@ final class FakeUpstreamHandler: ChannelInboundHandler {
         let text = String(decoding: body, as: UTF8.self)
         let wantsStream = text.replacingOccurrences(of: " ", with: "").contains("\"stream\":true")
         if path == "/v1/chat/completions", head.method == .POST, wantsStream, status == 200 {
-            streamEvents(headers: headers, requestHeaders: h, close: close, context: context)
+            let usage = text.replacingOccurrences(of: " ", with: "").contains("\"include_usage\":true")
+            streamEvents(headers: headers, requestHeaders: h, close: close, usage: usage, context: context)
             return
         }
         let json: String
@@ -255,7 +263,10 @@ final class FakeUpstreamHandler: ChannelInboundHandler {
         }
     }
 
-    private func streamEvents(headers: HTTPHeaders, requestHeaders h: HTTPHeaders, close: Bool, context: ChannelHandlerContext) {
+    private var streamUsage = false
+
+    private func streamEvents(headers: HTTPHeaders, requestHeaders h: HTTPHeaders, close: Bool, usage: Bool, context: ChannelHandlerContext) {
+        streamUsage = usage
         var headers = headers
         headers.add(name: "content-type", value: "text/event-stream")
         headers.add(name: "cache-control", value: "no-cache")
@@ -265,6 +276,11 @@ final class FakeUpstreamHandler: ChannelInboundHandler {
         streaming = true
         context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))), promise: nil)
         sendEvent(0, count: count, interval: interval, cutAfter: cutAfter, close: close, context: context)
+    }
+
+    /// The final chunk of `stream_options.include_usage`: no choices, the usage (one token per event).
+    static func usageEvent(_ events: Int) -> String {
+        #"data: {"id":"chatcmpl-fake","object":"chat.completion.chunk","created":1700000000,"model":"gpt-4o-mini","choices":[],"usage":{"prompt_tokens":11,"completion_tokens":\#(events),"total_tokens":\#(11 + events)}}"# + "\n\n"
     }
 
     static func event(_ i: Int) -> String {
@@ -292,6 +308,7 @@ final class FakeUpstreamHandler: ChannelInboundHandler {
                 return
             }
             if i == count {
+                if streamUsage { context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: Self.usageEvent(count))))), promise: nil) }
                 context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: "data: [DONE]\n\n")))), promise: nil)
                 let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
                 streaming = false

@@ -97,7 +97,7 @@ final class BinaryTests: XCTestCase {
         XCTAssertEqual(upstream.requests.first?.header("authorization"), "Bearer sk-from-env")
         let access = try XCTUnwrap(lines.waitFor("msg=request", seconds: 3), "one access line per request")
         for field in ["level=info", "method=POST", "path=/v1/chat/completions", "status=200", "deployment=default",
-                      "model=gpt-4o-mini", "attempts=1", "upstream_ms=", "total_ms=", "cache=-"] {
+                      "model=gpt-4o-mini", "attempts=1", "upstream_ms=", "total_ms=", "cache=bypass"] {
             XCTAssertTrue(access.contains(field), "\(field) missing in: \(access)")
         }
         await c.close()
@@ -121,7 +121,8 @@ struct LaunchedSidecar {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: BinaryTests.binary)
         p.arguments = arguments
-        p.environment = ["PATH": "/usr/bin:/bin"].merging(environment) { $1 }
+        // A private state directory, so the default cache path is never the tester's own.
+        p.environment = ["PATH": "/usr/bin:/bin", "XDG_STATE_HOME": ProxyHarness.temporaryDirectory()].merging(environment) { $1 }
         let err = Pipe()
         p.standardError = err
         try p.run()

@@ -13,10 +13,13 @@ final class ProxyHarness: @unchecked Sendable {
     let clientGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     let server: SidecarServer
     let port: Int
+    /// This harness's own cache database (in a fresh temporary directory).
+    let cachePath: String
 
     static let upstreamKey = "sk-upstream-secret-0123456789"
 
-    init(upstreamURL: String, threads: Int = 2, configure: (inout SidecarConfiguration) -> Void = { _ in },
+    init(upstreamURL: String, threads: Int = 2, cachePath: String? = nil, cacheClock: (@Sendable () -> Int64)? = nil,
+         configure: (inout SidecarConfiguration) -> Void = { _ in },
          upstream: (inout SidecarConfiguration.Upstream) -> Void = { _ in }) async throws {
         var u: SidecarConfiguration.Upstream
         switch UpstreamURL.parse(upstreamURL) {
@@ -29,13 +32,21 @@ final class ProxyHarness: @unchecked Sendable {
         server.defaultUpstream = "fake"
         server.threads = threads
         var config = SidecarConfiguration(server: server, upstreams: [u])
+        config.cache.path = cachePath ?? Self.temporaryDirectory() + "/cache.sqlite3"
+        self.cachePath = config.cache.path
         configure(&config)
         group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
         var logger = Logger(label: "test")
         logger.logLevel = .critical
         let keys = try APIKeys.resolve(config, environment: ["FAKE_KEY": Self.upstreamKey])
-        self.server = try await SidecarServer.start(configuration: config, apiKeys: keys, group: group, logger: logger)
+        self.server = try await SidecarServer.start(configuration: config, apiKeys: keys, group: group, logger: logger, cacheClock: cacheClock)
         self.port = self.server.localAddress?.port ?? 0
+    }
+
+    static func temporaryDirectory() -> String {
+        let dir = NSTemporaryDirectory() + "llm-sidecar-test-" + UUID().uuidString
+        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        return dir
     }
 
     func connection() async throws -> TestHTTPConnection {

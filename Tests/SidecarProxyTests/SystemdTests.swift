@@ -48,7 +48,7 @@ final class SystemdTests: XCTestCase {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: BinaryTests.binary)
         p.arguments = ["serve", "--upstream", upstream.url, "--listen", "127.0.0.1:0", "--threads", "1"]
-        p.environment = ["PATH": "/usr/bin:/bin", "NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "400000"]
+        p.environment = ["PATH": "/usr/bin:/bin", "XDG_STATE_HOME": ProxyHarness.temporaryDirectory(), "NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "400000"]
         p.standardError = FileHandle.nullDevice
         try p.run()
         let ready = try XCTUnwrap(notify.receive(until: { $0.contains("READY=1") }, seconds: 10))
@@ -69,7 +69,7 @@ final class SystemdTests: XCTestCase {
             let p = Process()
             p.executableURL = URL(fileURLWithPath: BinaryTests.binary)
             p.arguments = ["serve", "--upstream", "http://127.0.0.1:9", "--listen", "127.0.0.1:0", "--threads", "1"]
-            p.environment = ["PATH": "/usr/bin:/bin", "NOTIFY_SOCKET": notify.path]
+            p.environment = ["PATH": "/usr/bin:/bin", "XDG_STATE_HOME": ProxyHarness.temporaryDirectory(), "NOTIFY_SOCKET": notify.path]
             p.standardError = FileHandle.nullDevice
             try p.run()
             XCTAssertNotNil(notify.receive(until: { $0.contains("READY=1") }, seconds: 10))
@@ -105,7 +105,7 @@ final class SystemdTests: XCTestCase {
         let script = "export LISTEN_PID=$$ LISTEN_FDS=1; exec \"$0\" serve --upstream \(upstream.url) --threads 1 2>/dev/null"
         let argv: [String] = ["/bin/sh", "-c", script, BinaryTests.binary]
         var cargs = argv.map { strdup($0) } + [nil]
-        var cenv: [UnsafeMutablePointer<CChar>?] = [strdup("PATH=/usr/bin:/bin"), nil]
+        var cenv: [UnsafeMutablePointer<CChar>?] = [strdup("PATH=/usr/bin:/bin"), strdup("XDG_STATE_HOME=" + ProxyHarness.temporaryDirectory()), nil]
         var pid: pid_t = 0
         let rc = posix_spawn(&pid, "/bin/sh", &actions, nil, &cargs, &cenv)
         posix_spawn_file_actions_destroy(&actions)

@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import NIOPosix
 import SidecarStore
 import SidecarTestSupport
@@ -99,7 +100,7 @@ final class ResponseCacheStoreTests: XCTestCase {
     }
 
     func testWorkRunsOnTheDatabaseThreadNotTheCaller() async throws {
-        let db = try await CacheDatabase.open(path: path)
+        let db = await CacheDatabase.open(path: path, logger: Logger(label: "test"))
         let e = entry(3)
         try await db.run { try $0.put(e) }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)

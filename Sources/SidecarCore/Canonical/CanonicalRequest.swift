@@ -21,10 +21,16 @@ public enum CanonicalRequest {
     public static func keyMaterial(
         method: String, path: String, modelGroup: String, scope: String, body: [UInt8]
     ) -> (bytes: [UInt8], body: CanonicalJSON.Value)? {
-        guard let parsed = CanonicalJSON.parse(body), case .object(let members) = parsed else { return nil }
+        guard let parsed = CanonicalJSON.parse(body), let bytes = keyMaterial(method: method, path: path, modelGroup: modelGroup, scope: scope, parsed: parsed) else { return nil }
+        return (bytes, parsed)
+    }
+
+    /// The key material of an already parsed body; nil when it is not a JSON object.
+    public static func keyMaterial(method: String, path: String, modelGroup: String, scope: String, parsed: CanonicalJSON.Value) -> [UInt8]? {
+        guard case .object(let members) = parsed else { return nil }
         let kept = CanonicalJSON.Value.object(members.filter { !fieldsThatCannotChangeTheAnswer.contains($0.key) })
         var out = Array("\(version)\n\(method)\n\(path)\n\(modelGroup)\n\(scope)\n".utf8)
         CanonicalJSON.write(kept, to: &out)
-        return (out, parsed)
+        return out
     }
 }

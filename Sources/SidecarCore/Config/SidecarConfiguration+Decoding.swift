@@ -85,6 +85,7 @@ extension SidecarConfiguration {
         case is String.Type: return "a string"
         case is Int.Type: return "an integer"
         case is Bool.Type: return "true or false"
+        case is Double.Type: return "a number"
         default: return "a table"
         }
     }
@@ -93,12 +94,30 @@ extension SidecarConfiguration {
 /// The file as written: every field optional, so defaults and validation live in one place.
 struct RawConfiguration: Decodable {
     /// Keys whose values are integers (the rest are strings or tables), for type error messages.
-    static let integerKeys: Set<String> = ["max_body_bytes", "threads", "max_connections", "queue_size"]
-    static let tableKeys: Set<String> = ["server", "upstreams", "log"]
+    static let integerKeys: Set<String> = ["max_body_bytes", "threads", "max_connections", "queue_size", "ttl_seconds",
+                                            "max_bytes", "memory_bytes", "max_entry_bytes"]
+    static let tableKeys: Set<String> = ["server", "upstreams", "log", "cache", "prices"]
 
     var server: RawServer?
     var upstreams: [String: RawUpstream]?
     var log: RawLog?
+    var cache: RawCache?
+    var prices: [String: RawPrice]?
+
+    struct RawCache: Decodable {
+        var mode: String?
+        var path: String?
+        var ttl_seconds: Int?
+        var max_bytes: Int?
+        var memory_bytes: Int?
+        var max_entry_bytes: Int?
+        var scope: String?
+    }
+
+    struct RawPrice: Decodable {
+        var input_per_mtok: Double?
+        var output_per_mtok: Double?
+    }
 
     struct RawServer: Decodable {
         var listen: String?
@@ -217,7 +236,47 @@ private struct Validator {
             log.format = f
         }
         if let access = raw.log?.access { log.access = access }
-        return SidecarConfiguration(server: server, upstreams: upstreams, log: log)
+        return SidecarConfiguration(server: server, upstreams: upstreams, log: log, cache: try cache(raw.cache), prices: try prices(raw.prices))
+    }
+
+    func cache(_ rc: RawConfiguration.RawCache?) throws(ConfigurationError) -> SidecarConfiguration.Cache {
+        var cache = SidecarConfiguration.Cache()
+        let base = ["cache"]
+        if let mode = rc?.mode {
+            guard let m = CachePolicy.Mode(rawValue: mode) else { throw fail(base + ["mode"], "must be \"deterministic\", \"all\" or \"off\"") }
+            cache.mode = m
+        }
+        if let scope = rc?.scope {
+            guard let s = SidecarConfiguration.Cache.Scope(rawValue: scope) else { throw fail(base + ["scope"], "must be \"client\" or \"shared\"") }
+            cache.scope = s
+        }
+        if let path = rc?.path {
+            guard path.hasPrefix("/") else { throw fail(base + ["path"], "must be an absolute path") }
+            cache.path = path
+        } else {
+            cache.path = SidecarConfiguration.Cache.defaultPath(environment: environment)
+        }
+        cache.ttlSeconds = try positive(rc?.ttl_seconds, base + ["ttl_seconds"], default: cache.ttlSeconds)
+        cache.maxBytes = Int64(try positive(rc?.max_bytes, base + ["max_bytes"], default: Int(cache.maxBytes)))
+        if let m = rc?.memory_bytes {
+            guard m >= 0 else { throw fail(base + ["memory_bytes"], "must be 0 (off) or more") }
+            cache.memoryBytes = m
+        }
+        cache.maxEntryBytes = try positive(rc?.max_entry_bytes, base + ["max_entry_bytes"], default: cache.maxEntryBytes)
+        return cache
+    }
+
+    func prices(_ raw: [String: RawConfiguration.RawPrice]?) throws(ConfigurationError) -> [String: PriceTable.Price] {
+        var out: [String: PriceTable.Price] = [:]
+        for (model, p) in raw ?? [:] {
+            let base = ["prices", model]
+            guard let input = p.input_per_mtok, let output = p.output_per_mtok else {
+                throw fail(base, "needs both input_per_mtok and output_per_mtok (US dollars per million tokens)")
+            }
+            guard input >= 0, output >= 0, input.isFinite, output.isFinite else { throw fail(base, "prices must be 0 or more") }
+            out[model] = PriceTable.Price(inputPerMTok: input, outputPerMTok: output)
+        }
+        return out
     }
 
     func upstream(_ name: String, _ ru: RawConfiguration.RawUpstream) throws(ConfigurationError) -> SidecarConfiguration.Upstream {

@@ -10,12 +10,20 @@ public struct SidecarConfiguration: Sendable, Equatable {
     /// Upstreams by name, in name order (so every listing and every pool layout is deterministic).
     public var upstreams: [Upstream]
     public var log: Log
+    public var cache: Cache
+    /// `[prices."MODEL"]`: overrides and additions to `PriceTable.defaults`.
+    public var prices: [String: PriceTable.Price]
 
-    public init(server: Server, upstreams: [Upstream], log: Log = Log()) {
+    public init(server: Server, upstreams: [Upstream], log: Log = Log(), cache: Cache = Cache(), prices: [String: PriceTable.Price] = [:]) {
         self.server = server
         self.upstreams = upstreams.sorted { $0.name < $1.name }
         self.log = log
+        self.cache = cache
+        self.prices = prices
     }
+
+    /// The price table: built-in defaults with the file's `[prices]` on top.
+    public var priceTable: PriceTable { PriceTable(overrides: prices) }
 
     public func upstream(named name: String) -> Upstream? { upstreams.first { $0.name == name } }
 
@@ -87,6 +95,45 @@ public struct SidecarConfiguration: Sendable, Equatable {
         public init() {}
     }
 
+    /// `[cache]`: the response cache and in-flight coalescing (docs/caching.md).
+    public struct Cache: Sendable, Equatable {
+        /// Whose answers a request may see.
+        public enum Scope: String, Sendable {
+            /// Entries are keyed by a hash of the client's credential: two keys never share.
+            case client
+            /// One cache for every client (single-tenant hosts).
+            case shared
+        }
+        /// "deterministic" (default), "all" or "off".
+        public var mode: CachePolicy.Mode = .deterministic
+        /// The SQLite file. Default: `$STATE_DIRECTORY/cache.sqlite3` under systemd, else
+        /// `$XDG_STATE_HOME/llm-sidecar/cache.sqlite3` (`~/.local/state/...`). Resolved by `load`;
+        /// empty only in configurations built in code, which then resolve it with `defaultPath`.
+        public var path: String = ""
+        /// Lifetime of an entry unless the request says `x-sidecar-cache-ttl`. Default one day.
+        public var ttlSeconds: Int = 86_400
+        /// Size cap of the stored bodies; least-recently-hit entries are evicted beyond it. Default 1 GiB.
+        public var maxBytes: Int64 = 1 << 30
+        /// The in-memory hot tier in front of SQLite. Default 64 MiB; 0 turns it off.
+        public var memoryBytes: Int = 64 << 20
+        /// Larger answers are served but not stored (nor shared with late joiners). Default 8 MiB.
+        public var maxEntryBytes: Int = 8 << 20
+        public var scope: Scope = .client
+        public init() {}
+
+        /// Where the database goes when `cache.path` is not set.
+        public static func defaultPath(environment: [String: String]) -> String {
+            if let state = environment["STATE_DIRECTORY"]?.split(separator: ":").first, !state.isEmpty {
+                return "\(state)/cache.sqlite3"
+            }
+            if let xdg = environment["XDG_STATE_HOME"], xdg.hasPrefix("/") {
+                return "\(xdg)/llm-sidecar/cache.sqlite3"
+            }
+            let home = environment["HOME"].flatMap { $0.isEmpty ? nil : $0 } ?? "/root"
+            return "\(home)/.local/state/llm-sidecar/cache.sqlite3"
+        }
+    }
+
     public enum TLSVersion: String, Sendable { case v1_2 = "1.2", v1_3 = "1.3" }
 
     /// Where an upstream's API key comes from. Never the configuration file itself.
@@ -106,7 +153,9 @@ public struct SidecarConfiguration: Sendable, Equatable {
         server.defaultUpstream = "default"
         var up = Upstream(name: "default", url: upstream)
         if let key = environment["OPENAI_API_KEY"], !key.isEmpty { up.apiKey = .environment("OPENAI_API_KEY") }
-        return SidecarConfiguration(server: server, upstreams: [up])
+        var cache = Cache()
+        cache.path = Cache.defaultPath(environment: environment)
+        return SidecarConfiguration(server: server, upstreams: [up], cache: cache)
     }
 }
 

@@ -1,6 +1,7 @@
 import NIOCore
 import NIOHTTP1
 import SidecarCore
+import SidecarTLS
 
 /// One client request on its way through the proxy, in named phases:
 ///
@@ -12,12 +13,43 @@ import SidecarCore
 /// OpenAI-shaped error (nothing was sent to the client yet) or cuts the client's response (something
 /// was, so the client must see an abnormal end, never a fake complete answer).
 ///
+/// A request the cache may answer goes through more phases first (docs/caching.md):
+///
+///   `collecting` (the whole body: the key is a hash of it) -> `decide` -> a hot-tier hit is
+///   replayed at once; an identical request in flight is followed (`following`); otherwise this
+///   request leads a flight: `lookingUp` (SQLite, off the loop) -> replay a hit, or go upstream and
+///   publish the answer to the followers as it arrives, then store it if it is complete.
+///
 /// Lives on the client connection's event loop, as does its pooled upstream connection.
 final class ProxyExchange: UpstreamResponseDelegate {
     private enum Phase {
+        case collecting
+        case lookingUp
+        case following(Flight, Int)
         case waitingForConnection(ConnectionPoolStateMachine.WaiterID)
         case forwarding(UpstreamPool.Lease)
         case done
+    }
+
+    /// The cache's view of this request; nil when the cache is off or the request is not a candidate.
+    private struct CacheState {
+        let cache: ResponseCache
+        let settings: SidecarConfiguration.Cache
+        let method: String
+        let path: String
+        let cacheControl: [String]
+        let ttlHeader: String?
+        let scope: String
+        var key: CacheKey?
+        var model = "-"
+        var ttl = 0
+        /// The flight this request leads (its answer is recorded for the followers and the store).
+        var flight: Flight?
+        /// Registered in the flight table (a `no-cache` request records but is not joinable).
+        var registered = false
+        var status = 0
+        var contentType: String?
+        var framed = false
     }
 
     private let downstream: DownstreamHandler
@@ -32,20 +64,33 @@ final class ProxyExchange: UpstreamResponseDelegate {
     private var headAt: NIODeadline?
     private var firstBodyAt: NIODeadline?
     private var isStream = false
-    private var phase: Phase
+    private var phase: Phase {
+        didSet { if case .done = phase { retainedWhileDetached = nil } }
+    }
+    /// A detached leader is referenced by nobody else (the upstream connection's delegate is weak):
+    /// it keeps itself alive until its answer is complete.
+    private var retainedWhileDetached: ProxyExchange?
     /// Body parts received so far, kept (by reference, not copied) until the response starts so
     /// that a request that hit a stale keep-alive connection can be replayed once. Only the first
     /// `maxReplayBytes` are kept: a larger body is streamed without a replay safety net.
     private var body: [ByteBuffer] = []
     private var replayable = true
     static let maxReplayBytes = 1 << 20
+    /// A cache candidate's body is held until its end to compute the key; a larger body is
+    /// forwarded as it arrives instead (uncached), so a huge upload keeps its backpressure.
+    static let maxKeyedBodyBytes = 8 << 20
     private var bodyBytes = 0
     private var requestEnded = false
     private var replayed = false
     private(set) var responseStarted = false
+    private var cacheState: CacheState?
+    /// `x-sidecar-cache` of the answer.
+    private var cacheLabel = "bypass"
+    /// The leader's client went away while followers still wait: the call goes on without it.
+    private var detached = false
 
     init(downstream: DownstreamHandler, head: HTTPRequestHead, group: UpstreamGroup, pool: UpstreamPool, maxBodyBytes: Int,
-         metrics: SidecarMetrics) {
+         metrics: SidecarMetrics, cache: ResponseCache?, cacheSettings: SidecarConfiguration.Cache) {
         self.metrics = metrics
         self.downstream = downstream
         self.group = group
@@ -56,13 +101,204 @@ final class ProxyExchange: UpstreamResponseDelegate {
             version: .http1_1, method: head.method, uri: prefix.isEmpty ? head.uri : prefix + head.uri,
             headers: HeaderPolicy.upstreamRequestHeaders(from: head.headers, host: group.hostHeader, authorization: group.authorization))
         self.phase = .done
+        if let cache, cacheSettings.mode != .off, head.method == .POST, CachePolicy.cacheablePaths.contains(Self.barePath(head.uri)) {
+            cacheState = CacheState(
+                cache: cache, settings: cacheSettings, method: head.method.rawValue, path: head.uri,
+                cacheControl: head.headers[canonicalForm: "cache-control"].map(String.init),
+                ttlHeader: head.headers.first(name: "x-sidecar-cache-ttl"),
+                scope: cacheSettings.scope == .shared ? "shared" : Self.scope(of: head.headers))
+            phase = .collecting
+        }
+    }
+
+    static func barePath(_ uri: String) -> String {
+        uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? uri
+    }
+
+    /// The client's credential, hashed: requests with different keys never share cache entries.
+    /// `Authorization` (OpenAI), `api-key` (Azure) and `x-api-key` (Anthropic) all count.
+    static func scope(of headers: HTTPHeaders) -> String {
+        var material: [UInt8] = Array("llm-sidecar-scope/1".utf8)
+        for name in ["authorization", "api-key", "x-api-key"] {
+            for v in headers[canonicalForm: name] {
+                material.append(0)
+                material += Array(name.utf8)
+                material.append(0)
+                material += Array(v.utf8)
+            }
+        }
+        return String(CacheKey(digest: SHA256.hash(material)).description.prefix(32))
     }
 
     // MARK: phases
 
-    /// Asks the pool for a connection. The grant may arrive before this returns.
+    /// Asks the pool for a connection (the grant may arrive before this returns), or, for a
+    /// cache candidate, waits for the whole body first.
     func start() {
+        if case .collecting = phase { return }
         lease(fresh: false)
+    }
+
+    /// The whole body is here: look it up, follow an identical request, or go upstream.
+    private func decide() {
+        guard var c = cacheState else { return lease(fresh: false) }
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(bodyBytes)
+        for part in body { bytes += part.readableBytesView }
+        let parsed = CanonicalJSON.parse(bytes)
+        if case .string(let m)? = parsed?["model"] { c.model = m }
+        let decision = CachePolicy(mode: c.settings.mode, defaultTTL: c.settings.ttlSeconds)
+            .decide(method: c.method, path: Self.barePath(c.path), body: parsed, cacheControl: c.cacheControl, ttlHeader: c.ttlHeader)
+        let ttl: Int
+        let lookup: Bool
+        switch decision {
+        case .bypass:
+            cacheState = nil
+            c.cache.count(model: c.model) { $0.bypasses += 1 }
+            return lease(fresh: false)
+        case .storeOnly(let t): (ttl, lookup) = (t, false)
+        case .lookupAndStore(let t): (ttl, lookup) = (t, true)
+        }
+        guard let parsed, let material = CanonicalRequest.keyMaterial(
+            method: c.method, path: c.path, modelGroup: c.model, scope: c.scope, parsed: parsed) else {
+            cacheState = nil
+            return lease(fresh: false)
+        }
+        let key = CacheKey(digest: SHA256.hash(material))
+        c.key = key
+        c.ttl = ttl
+        downstream.access.cacheKey = key
+        let now = c.cache.clock()
+        if lookup, let answer = c.cache.hotLookup(key, now: now) {
+            cacheState = nil
+            countHit(c.cache, answer)
+            return replay(answer, age: now - answer.createdAt)
+        }
+        if !lookup {
+            // `Cache-Control: no-cache`: a fresh answer, recorded for the store, shared with nobody.
+            c.flight = Flight(key: key, maxBytes: c.settings.maxEntryBytes)
+            cacheState = c
+            cacheLabel = "miss"
+            c.cache.count(model: c.model) { $0.misses += 1 }
+            return lease(fresh: false)
+        }
+        switch c.cache.flight(for: key) {
+        case .follower(let flight):
+            cacheState = nil
+            follow(flight, cache: c.cache, model: c.model)
+        case .leader(let flight):
+            c.flight = flight
+            c.registered = true
+            cacheState = c
+            phase = .lookingUp
+            c.cache.diskLookup(key, now: now, on: downstream.eventLoop).assumeIsolated().whenSuccess { [self] answer in
+                self.lookedUp(answer, now: now)
+            }
+        }
+    }
+
+    private func countHit(_ cache: ResponseCache, _ answer: CachedAnswer) {
+        cache.count(model: answer.model) { d in
+            d.hits += 1
+            d.bytesServed += Int64(answer.body.readableBytes)
+            d.promptTokensSaved += answer.promptTokens
+            d.completionTokensSaved += answer.completionTokens
+        }
+    }
+
+    /// The SQLite lookup of a flight leader came back.
+    private func lookedUp(_ answer: CachedAnswer?, now: Int64) {
+        guard case .lookingUp = phase, let c = cacheState, let flight = c.flight else { return }
+        if let answer {
+            // Followers that joined meanwhile get the stored answer too.
+            var headers = HTTPHeaders()
+            Self.addReplayHeaders(answer, to: &headers)
+            flight.publish(.head(HTTPResponseStatus(statusCode: answer.status), headers))
+            flight.publish(.body(answer.body))
+            flight.publish(.end)
+            c.cache.endFlight(flight)
+            cacheState = nil
+            countHit(c.cache, answer)
+            if detached { phase = .done; return }
+            return replay(answer, age: now - answer.createdAt)
+        }
+        cacheLabel = "miss"
+        c.cache.count(model: c.model) { $0.misses += 1 }
+        if detached, flight.leaderLeft() {
+            c.cache.endFlight(flight)
+            cacheState = nil
+            phase = .done
+            return
+        }
+        lease(fresh: false)
+    }
+
+    /// Answers from memory: the stored status, content type and exact bytes.
+    private func replay(_ answer: CachedAnswer, age: Int64) {
+        phase = .done
+        responseStarted = true
+        cacheLabel = "hit"
+        downstream.access.cache = "hit"
+        var headers = HTTPHeaders()
+        Self.addReplayHeaders(answer, to: &headers)
+        headers.add(name: "x-sidecar-cache", value: "hit")
+        headers.add(name: "age", value: String(max(0, age)))
+        if !downstream.keepAlive { headers.add(name: "connection", value: "close") }
+        downstream.writeResponseHead(HTTPResponseHead(version: .http1_1, status: HTTPResponseStatus(statusCode: answer.status), headers: headers))
+        downstream.writeResponseBody(answer.body)
+        downstream.finishResponse(trailers: nil)
+    }
+
+    private static func addReplayHeaders(_ answer: CachedAnswer, to headers: inout HTTPHeaders) {
+        if let type = answer.contentType { headers.add(name: "content-type", value: type) }
+        headers.add(name: "content-length", value: String(answer.body.readableBytes))
+    }
+
+    // MARK: following an identical request
+
+    private func follow(_ flight: Flight, cache: ResponseCache, model: String) {
+        let bound = NIOLoopBound(self, eventLoop: downstream.eventLoop)
+        let loop: EventLoop = downstream.eventLoop
+        cacheLabel = "coalesced"
+        downstream.access.cache = "coalesced"
+        phase = .following(flight, -1)
+        guard let id = flight.join({ events in loop.execute { bound.value.flightEvents(events) } }) else {
+            // The leader's answer outgrew what is kept for late joiners: go on our own.
+            cacheLabel = "miss"
+            downstream.access.cache = "miss"
+            cache.count(model: model) { $0.misses += 1 }
+            return lease(fresh: false)
+        }
+        if case .following = phase { phase = .following(flight, id) }
+    }
+
+    /// The leader's answer, as it arrives (on this request's loop).
+    private func flightEvents(_ events: [Flight.Event]) {
+        guard case .following = phase else { return }
+        for event in events {
+            switch event {
+            case .head(let status, var headers):
+                responseStarted = true
+                headers.replaceOrAdd(name: "x-sidecar-cache", value: "coalesced")
+                if !downstream.keepAlive { headers.replaceOrAdd(name: "connection", value: "close") }
+                downstream.writeResponseHead(HTTPResponseHead(version: .http1_1, status: status, headers: headers))
+            case .body(let buffer):
+                downstream.writeResponseBody(buffer)
+            case .end:
+                phase = .done
+                downstream.finishResponse(trailers: nil)
+                return
+            case .failed(let error):
+                phase = .done
+                answer(error)
+                return
+            case .aborted:
+                phase = .done
+                downstream.abortResponse()
+                return
+            }
+        }
+        downstream.flush()
     }
 
     private func lease(fresh: Bool) {
@@ -107,6 +343,17 @@ final class ProxyExchange: UpstreamResponseDelegate {
             fail(.payloadTooLarge(limit: maxBodyBytes))
             return
         }
+        if case .collecting = phase {
+            body.append(buffer)
+            if bodyBytes > Self.maxKeyedBodyBytes, let c = cacheState {
+                // Too large to hold for a key: forward it as it streams, uncached, with backpressure.
+                cacheState = nil
+                c.cache.count(model: "-") { $0.bypasses += 1 }
+                phase = .done
+                lease(fresh: false)
+            }
+            return
+        }
         if !responseStarted {
             if case .forwarding = phase {
                 if replayable { keepForReplay(buffer) }
@@ -120,6 +367,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
     /// The client's request is complete.
     func requestEnd() {
         requestEnded = true
+        if case .collecting = phase { return decide() }
         if case .forwarding(let lease) = phase { lease.connection.sendEnd() }
     }
 
@@ -132,8 +380,20 @@ final class ProxyExchange: UpstreamResponseDelegate {
         headAt = now
         if let sentAt { group.metrics.firstByte.recordNanoseconds((now - sentAt).nanoseconds) }
         group.metrics.response(status: Int(head.status.code))
-        isStream = head.headers.first(name: "content-type")?.hasPrefix("text/event-stream") ?? false
+        let contentType = head.headers.first(name: "content-type")
+        isStream = contentType?.hasPrefix("text/event-stream") ?? false
         var headers = HeaderPolicy.downstreamResponseHeaders(from: head.headers)
+        headers.add(name: "x-sidecar-cache", value: cacheLabel)
+        if var c = cacheState, let flight = c.flight {
+            c.status = Int(head.status.code)
+            c.contentType = contentType
+            c.framed = head.headers.contains(name: "content-length")
+                || head.headers[canonicalForm: "transfer-encoding"].contains { HeaderPolicy.equalsIgnoringASCIICase($0, "chunked") }
+            cacheState = c
+            flight.publish(.head(head.status, headers))
+        }
+        downstream.access.cache = cacheLabel
+        if detached { return }
         if !downstream.keepAlive { headers.add(name: "connection", value: "close") }
         downstream.writeResponseHead(HTTPResponseHead(version: .http1_1, status: head.status, headers: headers))
     }
@@ -144,11 +404,12 @@ final class ProxyExchange: UpstreamResponseDelegate {
             firstBodyAt = now
             group.metrics.streamFirstToken.recordNanoseconds((now - sentAt).nanoseconds)
         }
-        downstream.writeResponseBody(body)
+        cacheState?.flight?.publish(.body(body))
+        if !detached { downstream.writeResponseBody(body) }
     }
 
     func upstreamReadComplete() {
-        downstream.flush()
+        if !detached { downstream.flush() }
     }
 
     func upstreamResponseEnd(_ trailers: HTTPHeaders?) {
@@ -158,7 +419,15 @@ final class ProxyExchange: UpstreamResponseDelegate {
         // A connection whose request was not sent to its end cannot carry another request.
         pool.release(lease.connection, reusable: keepAlive.reusable && requestEnded, keepAlive: keepAlive.timeout)
         recordCompletion()
-        downstream.finishResponse(trailers: trailers)
+        if let c = cacheState, let flight = c.flight, let key = c.key {
+            flight.publish(.end)
+            if c.registered { c.cache.endFlight(flight) }
+            c.cache.finish(.init(
+                key: key, scope: c.scope, model: c.model, endpoint: Self.barePath(c.path), status: c.status, contentType: c.contentType,
+                isStream: isStream, framed: c.framed, ttl: c.ttl, body: flight.recordedBody, coalesced: flight.joinedCount))
+            cacheState = nil
+        }
+        if !detached { downstream.finishResponse(trailers: trailers) }
     }
 
     private func recordCompletion() {
@@ -173,6 +442,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
     }
 
     func upstreamFailed(_ error: ProxyError, beforeResponse: Bool) {
+
         guard case .forwarding(let lease) = phase else { return }
         pool.release(lease.connection, reusable: false, keepAlive: nil)
         // The server may close a keep-alive connection just as we reuse it. Nothing reached the
@@ -208,17 +478,40 @@ final class ProxyExchange: UpstreamResponseDelegate {
 
     /// Backpressure the other way: an upstream that cannot take more pauses reading the client's body.
     func upstreamWritabilityChanged(writable: Bool) {
-        downstream.setReadsPaused(!writable)
+        if !detached { downstream.setReadsPaused(!writable) }
     }
 
-    /// Backpressure: a client that cannot take more pauses reading from the upstream.
+    /// Backpressure: a client that cannot take more pauses reading from the upstream. (A flight's
+    /// followers do not pause it: what they have not read yet waits in their own buffers, at most
+    /// `max_entry_bytes` for late joiners.)
     func downstreamWritabilityChanged(writable: Bool) {
-        if case .forwarding(let lease) = phase { lease.connection.setReadsPaused(!writable) }
+        if case .forwarding(let lease) = phase, !detached { lease.connection.setReadsPaused(!writable) }
     }
 
     /// The client went away: stop waiting, or close the upstream connection (never pool a
-    /// connection whose response was not read to its end).
+    /// connection whose response was not read to its end). A flight leader with followers goes on
+    /// without its client: the followers still need the answer.
     func downstreamClosed() {
+        switch phase {
+        case .following(let flight, let id):
+            flight.leave(id)
+            phase = .done
+            return
+        case .lookingUp, .waitingForConnection, .forwarding:
+            if let c = cacheState, c.registered, let flight = c.flight {
+                if !flight.leaderLeft() {
+                    detached = true
+                    retainedWhileDetached = self
+                    if case .forwarding(let lease) = phase { lease.connection.setReadsPaused(false) }
+                    return
+                }
+                c.cache.endFlight(flight)
+                cacheState = nil
+            }
+            if case .lookingUp = phase { phase = .done; return }
+        default:
+            break
+        }
         abandonUpstream()
     }
 
@@ -230,8 +523,10 @@ final class ProxyExchange: UpstreamResponseDelegate {
         case .forwarding(let lease):
             lease.connection.delegate = nil
             pool.release(lease.connection, reusable: false, keepAlive: nil)
-        case .done:
+        case .done, .collecting, .lookingUp:
             break
+        case .following(let flight, let id):
+            flight.leave(id)
         }
         phase = .done
     }
@@ -244,6 +539,16 @@ final class ProxyExchange: UpstreamResponseDelegate {
     }
 
     private func answer(_ error: ProxyError) {
+        if let c = cacheState, let flight = c.flight {
+            // Followers get the same end: the same error, or the same cut.
+            flight.publish(responseStarted ? .aborted : .failed(error))
+            if c.registered { c.cache.endFlight(flight) }
+            if flight.joinedCount > 0 { c.cache.finish(.init(
+                key: flight.key, scope: c.scope, model: c.model, endpoint: "", status: 0, contentType: nil, isStream: false, framed: false,
+                ttl: 0, body: nil, coalesced: flight.joinedCount)) }
+            cacheState = nil
+        }
+        if detached { return }
         metrics.error(error.codeString)
         if !responseStarted { group.metrics.response(status: error.status) }
         if responseStarted {

@@ -52,6 +52,9 @@ final class DownstreamHandler: ChannelDuplexHandler {
         var attempts = 0
         var upstreamNanos: Int64?
         var outcome = "ok"
+        /// `x-sidecar-cache` of the answer, and the key when there was one.
+        var cache = "-"
+        var cacheKey: CacheKey?
     }
     var access = AccessRecord()
     var accessLogOn: Bool { runtime.configuration.log.access }
@@ -65,8 +68,9 @@ final class DownstreamHandler: ChannelDuplexHandler {
             "path": .string(String(access.path.prefix(200))),
             "status": .stringConvertible(access.status),
             "total_ms": .string(Self.milliseconds(total)),
-            "cache": "-",
+            "cache": .string(access.cache),
         ]
+        if let key = access.cacheKey { m["cache_key"] = .string(String(key.description.prefix(16))) }
         if let u = access.upstream { m["deployment"] = .string(u) }
         if let model = access.model { m["model"] = .string(model) }
         if access.attempts > 0 { m["attempts"] = .stringConvertible(access.attempts) }
@@ -84,8 +88,12 @@ final class DownstreamHandler: ChannelDuplexHandler {
     /// Loopback and unix-socket clients may use the admin endpoints without a token.
     private var trustedClient = false
 
+    /// The client connection's loop (set before any request is handled).
+    private(set) var eventLoop: EventLoop!
+
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        self.eventLoop = context.eventLoop
         trustedClient = Self.isLocal(context.channel.remoteAddress)
         armIdleTimer()
     }
@@ -156,7 +164,7 @@ final class DownstreamHandler: ChannelDuplexHandler {
 
     /// Admin endpoints: answered on the main listener, to loopback/unix clients, or to others that
     /// present `server.admin_token` as a bearer token.
-    private static let adminPaths: Set<Substring> = ["/healthz", "/readyz", "/metrics"]
+    private static let adminPaths: Set<Substring> = ["/healthz", "/readyz", "/metrics", "/stats"]
 
     private func route(_ head: HTTPRequestHead) {
         let path = head.uri
@@ -179,7 +187,7 @@ final class DownstreamHandler: ChannelDuplexHandler {
         }
         let exchange = ProxyExchange(
             downstream: self, head: head, group: group, pool: group.pool(on: context.eventLoop), maxBodyBytes: runtime.maxBodyBytes,
-            metrics: state.metrics)
+            metrics: state.metrics, cache: state.cache, cacheSettings: runtime.configuration.cache)
         self.exchange = exchange
         access.upstream = group.configuration.name
         state.requestStarted()
@@ -214,6 +222,20 @@ final class DownstreamHandler: ChannelDuplexHandler {
             json += reasons.isEmpty ? "}" : "]}"
             respondLocally(status: reasons.isEmpty ? .ok : .serviceUnavailable, contentType: "application/json",
                            body: ByteBuffer(string: json), headOnly: headOnly)
+        case "/stats":
+            let configuration = runtime.configuration
+            guard let cache = state.cache, let context else {
+                respondLocally(status: .ok, contentType: "application/json",
+                               body: ByteBuffer(string: #"{"cache":{"mode":"off"}}"# + "\n"), headOnly: headOnly)
+                return
+            }
+            // The database part is read on the database thread; the answer is written when it is back.
+            context.eventLoop.makeFutureWithTask {
+                await cache.report(prices: configuration.priceTable, mode: configuration.cache.mode.rawValue,
+                                   scope: configuration.cache.scope.rawValue).json()
+            }.assumeIsolated().whenSuccess { [self] json in
+                self.respondLocally(status: .ok, contentType: "application/json", body: ByteBuffer(string: json), headOnly: headOnly)
+            }
         default:
             respondLocally(status: .ok, contentType: "text/plain; version=0.0.4; charset=utf-8",
                            body: ByteBuffer(bytes: state.metrics.render()), headOnly: headOnly)

@@ -35,11 +35,14 @@ final class ServerState: Sendable {
     private let total = Atomic<Int>(0)
     let metrics: SidecarMetrics
     let logger: Logger
+    /// The response cache; nil when the daemon started with `cache.mode = "off"`.
+    let cache: ResponseCache?
 
-    init(runtime: ProxyRuntime, metrics: SidecarMetrics, logger: Logger) {
+    init(runtime: ProxyRuntime, metrics: SidecarMetrics, logger: Logger, cache: ResponseCache?) {
         current = NIOLockedValueBox(runtime)
         self.metrics = metrics
         self.logger = logger
+        self.cache = cache
     }
 
     var runtime: ProxyRuntime { current.withLockedValue { $0 } }

@@ -39,7 +39,7 @@ public final class SidecarServer: Sendable {
     /// - Parameter apiKeys: upstream name -> key, from `APIKeys.resolve` (never from the file).
     public static func start(
         configuration: SidecarConfiguration, apiKeys: [String: String], group: MultiThreadedEventLoopGroup, logger: Logger,
-        inheritedListener: Int32? = nil
+        inheritedListener: Int32? = nil, cacheClock: (@Sendable () -> Int64)? = nil
     ) async throws -> SidecarServer {
         let loops = Array(group.makeIterator())
         let metrics = SidecarMetrics()
@@ -49,7 +49,16 @@ public final class SidecarServer: Sendable {
                 configuration: upstream, apiKey: apiKeys[upstream.name], eventLoops: loops, metrics: metrics.upstream(upstream.name))
         }
         let adminToken = try APIKeys.read(configuration.server.adminToken, key: "server.admin_token", environment: ProcessInfo.processInfo.environment)
-        let state = ServerState(runtime: ProxyRuntime(configuration: configuration, groups: groups, adminToken: adminToken), metrics: metrics, logger: logger)
+        var cache: ResponseCache?
+        if configuration.cache.mode != .off {
+            var settings = configuration.cache
+            if settings.path.isEmpty { settings.path = SidecarConfiguration.Cache.defaultPath(environment: ProcessInfo.processInfo.environment) }
+            let opened = await ResponseCache.open(settings: settings, logger: logger, clock: cacheClock ?? ResponseCache.wallClock)
+            opened.startHousekeeping(on: loops[0])
+            cache = opened
+        }
+        let state = ServerState(
+            runtime: ProxyRuntime(configuration: configuration, groups: groups, adminToken: adminToken), metrics: metrics, logger: logger, cache: cache)
         let box = ChildRegistry()
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
@@ -84,6 +93,12 @@ public final class SidecarServer: Sendable {
         return server
     }
 
+    /// Waits until every cache write queued so far is done, and writes the counters back.
+    public func flushCache() async {
+        guard let cache = state.cache else { return }
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in cache.flush { c.resume() } }
+    }
+
     fileprivate func register(_ channel: Channel) {
         let id = ObjectIdentifier(channel)
         children.withLockedValue { $0[id] = channel }
@@ -112,6 +127,7 @@ public final class SidecarServer: Sendable {
         let remaining = children.withLockedValue { Array($0.values) }
         for channel in remaining { try? await channel.close() }
         for group in runtime.groups.values { try? await group.shutdown().get() }
+        await state.cache?.close()
     }
 }
 
@@ -146,6 +162,19 @@ extension SidecarServer {
             }
         }
         let adminToken = try APIKeys.read(configuration.server.adminToken, key: "server.admin_token", environment: ProcessInfo.processInfo.environment)
+        if let cache = state.cache {
+            var next = configuration.cache
+            let current = cache.settings
+            if next.path.isEmpty { next.path = current.path }
+            if next.path != current.path || next.memoryBytes != current.memoryBytes {
+                logger.notice("cache.path and cache.memory_bytes apply at the next restart")
+                next.path = current.path
+                next.memoryBytes = current.memoryBytes
+            }
+            cache.settings = next
+        } else if configuration.cache.mode != .off {
+            logger.notice("the cache was off at start: restart to turn it on")
+        }
         _ = state.swap(ProxyRuntime(configuration: configuration, groups: groups, adminToken: adminToken))
         let retired = old.groups.values.filter { !kept.contains(ObjectIdentifier($0)) }
         let drainTimeout = configuration.server.drainTimeout

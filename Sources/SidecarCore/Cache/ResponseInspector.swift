@@ -1,0 +1,85 @@
+/// Reads what the cache needs from an upstream answer's bytes: whether a stream reached its
+/// final event, and the token counts of its `usage`. Pure.
+public enum ResponseInspector {
+    public struct Usage: Sendable, Equatable {
+        public var promptTokens: Int64
+        public var completionTokens: Int64
+        public init(promptTokens: Int64, completionTokens: Int64) {
+            self.promptTokens = promptTokens
+            self.completionTokens = completionTokens
+        }
+    }
+
+    /// Whether an SSE body ended with a final event: `data: [DONE]` (chat and completions), or
+    /// `response.completed` / `response.incomplete` (the Responses API). A stream cut anywhere
+    /// before that is partial and must never be stored.
+    public static func streamIsComplete(_ bytes: some Collection<UInt8>) -> Bool {
+        guard let last = events(in: bytes).last else { return false }
+        if last.data == "[DONE]" { return true }
+        let type = last.event ?? jsonType(last.data)
+        return type == "response.completed" || type == "response.incomplete"
+    }
+
+    /// The usage of a JSON answer (`usage.prompt_tokens`/`completion_tokens`, or the Responses
+    /// API's `input_tokens`/`output_tokens`, also under `response.usage`), or for an SSE body the
+    /// last event that carries one.
+    public static func usage(body: [UInt8], isStream: Bool) -> Usage? {
+        if !isStream { return CanonicalJSON.parse(body).flatMap(usage(in:)) }
+        var found: Usage?
+        for e in events(in: body) where e.data.contains("\"usage\"") {
+            if let u = CanonicalJSON.parse(Array(e.data.utf8)).flatMap(usage(in:)) { found = u }
+        }
+        return found
+    }
+
+    static func usage(in value: CanonicalJSON.Value) -> Usage? {
+        let u = value["usage"] ?? value["response"]?["usage"]
+        guard let u, case .object = u else { return nil }
+        func int(_ names: String...) -> Int64? {
+            for n in names { if case .number(let s)? = u[n], let v = Int64(s) { return v } }
+            return nil
+        }
+        guard let prompt = int("prompt_tokens", "input_tokens") else { return nil }
+        return Usage(promptTokens: prompt, completionTokens: int("completion_tokens", "output_tokens") ?? 0)
+    }
+
+    private static func jsonType(_ data: String) -> String? {
+        guard data.hasPrefix("{"), let v = CanonicalJSON.parse(Array(data.utf8)), case .string(let t)? = v["type"] else { return nil }
+        return t
+    }
+
+    struct Event { var event: String?; var data: String }
+
+    /// SSE events (`event:` and joined `data:` lines), per the WHATWG EventSource parsing rules
+    /// for the fields we need; comments and other fields are skipped.
+    static func events(in bytes: some Collection<UInt8>) -> [Event] {
+        let text = String(decoding: bytes, as: UTF8.self)
+        var out: [Event] = []
+        var event: String?
+        var data: [Substring] = []
+        var sawField = false
+        for rawLine in text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" || $0 == "\r" }) {
+            if rawLine.isEmpty {
+                if sawField, !data.isEmpty { out.append(Event(event: event, data: data.joined(separator: "\n"))) }
+                event = nil
+                data = []
+                sawField = false
+                continue
+            }
+            if rawLine.hasPrefix(":") { continue }
+            let (field, value): (Substring, Substring)
+            if let colon = rawLine.firstIndex(of: ":") {
+                field = rawLine[..<colon]
+                var v = rawLine[rawLine.index(after: colon)...]
+                if v.hasPrefix(" ") { v = v.dropFirst() }
+                value = v
+            } else {
+                (field, value) = (rawLine, "")
+            }
+            sawField = true
+            if field == "data" { data.append(value) } else if field == "event" { event = String(value) }
+        }
+        // An event not followed by a blank line was never dispatched: the stream was cut.
+        return out
+    }
+}

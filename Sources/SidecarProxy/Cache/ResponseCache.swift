@@ -1,0 +1,279 @@
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import SidecarCore
+import SidecarStore
+
+/// An answer in the hot tier: what a hit replays.
+struct CachedAnswer: Sendable {
+    var status: Int
+    var contentType: String?
+    /// The exact bytes, shared (never copied) by every replay.
+    var body: ByteBuffer
+    var isStream: Bool
+    var model: String
+    var createdAt: Int64
+    var expiresAt: Int64
+    var promptTokens: Int64
+    var completionTokens: Int64
+
+    init(_ e: CacheEntry) {
+        status = e.status
+        contentType = e.contentType
+        body = ByteBuffer(bytes: e.body)
+        isStream = e.isStream
+        model = e.model
+        createdAt = e.createdAt
+        expiresAt = e.expiresAt
+        promptTokens = e.promptTokens ?? 0
+        completionTokens = e.completionTokens ?? 0
+    }
+}
+
+/// The response cache shared by every event loop: the in-memory hot tier, the table of flights
+/// (in-flight coalescing), the SQLite store behind its own thread, and the counters.
+///
+/// The event loops touch only the hot tier, the flight table and the pending counters, each
+/// behind a short lock; every SQLite call runs on the database thread (`CacheDatabase`). Counters
+/// and the hit times of hot-tier hits are written back once a second; expiry and eviction run in
+/// small batches there too, so they never hold the database for long.
+final class ResponseCache: Sendable {
+    let database: CacheDatabase
+    private let logger: Logger
+    /// Unix seconds; injected so tests control expiry.
+    let clock: @Sendable () -> Int64
+    private let settingsBox: NIOLockedValueBox<SidecarConfiguration.Cache>
+    private let hot: NIOLockedValueBox<LRUCache<CacheKey, CachedAnswer>>
+    private let flights = NIOLockedValueBox<[CacheKey: Flight]>([:])
+    private let pending = NIOLockedValueBox(Pending())
+    private let housekeeping = NIOLockedValueBox<(task: RepeatedTask?, ticks: Int, generation: Int64?)>((nil, 0, nil))
+
+    private struct Pending {
+        var counters: [String: ResponseCacheStore.CounterDelta] = [:]
+        var touches: [CacheKey: (count: Int64, at: Int64)] = [:]
+    }
+
+    static let wallClock: @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970) }
+
+    private init(database: CacheDatabase, settings: SidecarConfiguration.Cache, logger: Logger, clock: @escaping @Sendable () -> Int64) {
+        self.database = database
+        self.logger = logger
+        self.clock = clock
+        self.settingsBox = NIOLockedValueBox(settings)
+        self.hot = NIOLockedValueBox(LRUCache(capacity: settings.memoryBytes))
+    }
+
+    /// Opens the database (never fails: an unusable file means pass-through until it is usable).
+    static func open(settings: SidecarConfiguration.Cache, logger: Logger, clock: @escaping @Sendable () -> Int64 = wallClock) async -> ResponseCache {
+        let db = await CacheDatabase.open(path: settings.path, logger: logger)
+        return ResponseCache(database: db, settings: settings, logger: logger, clock: clock)
+    }
+
+    var settings: SidecarConfiguration.Cache {
+        get { settingsBox.withLockedValue { $0 } }
+        set { settingsBox.withLockedValue { $0 = newValue } }
+    }
+
+    // MARK: lookups
+
+    /// A live hot-tier answer; counts the hit time for the write-back.
+    func hotLookup(_ key: CacheKey, now: Int64) -> CachedAnswer? {
+        let found = hot.withLockedValue { lru -> CachedAnswer? in
+            guard let a = lru.get(key) else { return nil }
+            if a.expiresAt <= now {
+                lru.remove(key)
+                return nil
+            }
+            return a
+        }
+        if found != nil {
+            pending.withLockedValue { p in
+                let t = p.touches[key] ?? (0, now)
+                p.touches[key] = (t.count + 1, max(t.at, now))
+            }
+        }
+        return found
+    }
+
+    /// The stored answer from SQLite (promoted to the hot tier), or nil on a miss or when the
+    /// database is unusable (the request then goes upstream). Completes on `loop`.
+    func diskLookup(_ key: CacheKey, now: Int64, on loop: EventLoop) -> EventLoopFuture<CachedAnswer?> {
+        let promise = loop.makePromise(of: CachedAnswer?.self)
+        let hot = self.hot
+        database.perform { access in
+            let entry = access.use { try $0.hit(key.bytes, now: now) } ?? nil
+            let answer = entry.map(CachedAnswer.init)
+            if let answer { hot.withLockedValue { _ = $0.set(key, answer, cost: answer.body.readableBytes) } }
+            promise.succeed(answer)
+        }
+        return promise.futureResult
+    }
+
+    // MARK: flights
+
+    enum Role {
+        case leader(Flight)
+        case follower(Flight)
+    }
+
+    /// The flight for `key`: an existing one to follow, or a new one this request leads.
+    func flight(for key: CacheKey) -> Role {
+        let maxEntry = settings.maxEntryBytes
+        return flights.withLockedValue { table in
+            if let f = table[key] { return .follower(f) }
+            let f = Flight(key: key, maxBytes: maxEntry)
+            table[key] = f
+            return .leader(f)
+        }
+    }
+
+    /// The flight is over (or gave up): later identical requests start their own.
+    func endFlight(_ flight: Flight) {
+        flights.withLockedValue { table in
+            if table[flight.key] === flight { table.removeValue(forKey: flight.key) }
+        }
+    }
+
+    var flightsInProgress: Int { flights.withLockedValue { $0.count } }
+
+    // MARK: counting and storing
+
+    func count(model: String, _ update: (inout ResponseCacheStore.CounterDelta) -> Void) {
+        pending.withLockedValue { p in update(&p.counters[model, default: .init()]) }
+    }
+
+    /// What a finished leader hands over: the answer and how to store it.
+    struct Completed: Sendable {
+        var key: CacheKey
+        var scope: String
+        var model: String
+        var endpoint: String
+        var status: Int
+        var contentType: String?
+        var isStream: Bool
+        /// Framed by Content-Length or chunked encoding (a close-delimited body may be truncated).
+        var framed: Bool
+        var ttl: Int
+        /// nil when the answer is not to be stored (too large, or not complete).
+        var body: [ByteBuffer]?
+        /// Followers that shared the upstream call.
+        var coalesced: Int
+    }
+
+    /// Off the event loop: counts what the followers saved and stores a complete 2xx answer
+    /// (a stream only if it reached its final event) in SQLite and the hot tier.
+    func finish(_ c: Completed) {
+        let now = clock()
+        let maxBytes = settings.maxBytes
+        let hot = self.hot
+        let pending = self.pending
+        database.perform { access in
+            guard let parts = c.body else {
+                if c.coalesced > 0 { pending.withLockedValue { $0.counters[c.model, default: .init()].coalesced += Int64(c.coalesced) } }
+                return
+            }
+            var buffer = ByteBuffer()
+            buffer.reserveCapacity(parts.reduce(0) { $0 + $1.readableBytes })
+            for p in parts { buffer.writeImmutableBuffer(p) }
+            let bytes = Array(buffer.readableBytesView)
+            let usage = (200..<300).contains(c.status) ? ResponseInspector.usage(body: bytes, isStream: c.isStream) : nil
+            if c.coalesced > 0 {
+                let n = Int64(c.coalesced)
+                pending.withLockedValue { p in
+                    var d = p.counters[c.model, default: .init()]
+                    d.coalesced += n
+                    d.bytesServed += n * Int64(bytes.count)
+                    d.promptTokensSaved += n * (usage?.promptTokens ?? 0)
+                    d.completionTokensSaved += n * (usage?.completionTokens ?? 0)
+                    p.counters[c.model] = d
+                }
+            }
+            guard (200..<300).contains(c.status), c.framed || c.isStream,
+                  !c.isStream || ResponseInspector.streamIsComplete(bytes) else { return }
+            let entry = CacheEntry(
+                key: c.key.bytes, scope: c.scope, model: c.model, endpoint: c.endpoint, status: c.status, contentType: c.contentType,
+                body: bytes, isStream: c.isStream, createdAt: now, expiresAt: now + Int64(c.ttl),
+                promptTokens: usage?.promptTokens, completionTokens: usage?.completionTokens)
+            var answer = CachedAnswer(entry)
+            answer.body = buffer
+            hot.withLockedValue { _ = $0.set(c.key, answer, cost: bytes.count) }
+            access.use { store in
+                try store.put(entry)
+                if try store.sizes().1 > maxBytes { try store.evict(toFit: maxBytes) }
+            }
+        }
+    }
+
+    // MARK: housekeeping
+
+    /// Writes counters back every second and expires/evicts every 30 s, scheduled on `loop`
+    /// (the work itself runs on the database thread).
+    func startHousekeeping(on loop: EventLoop) {
+        let task = loop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { [self] _ in self.tick() }
+        housekeeping.withLockedValue { $0.task = task }
+    }
+
+    private func tick() {
+        let ticks = housekeeping.withLockedValue { h -> Int in h.ticks += 1; return h.ticks }
+        flush(prune: ticks % 30 == 0)
+    }
+
+    /// Writes pending counters and hit times; with `prune`, also deletes a batch of expired entries
+    /// and evicts down to `max_bytes`.
+    func flush(prune: Bool = false, completion: (@Sendable () -> Void)? = nil) {
+        let taken = pending.withLockedValue { p -> Pending in
+            defer { p = Pending() }
+            return p
+        }
+        let now = clock()
+        let maxBytes = settings.maxBytes
+        let day = Self.day(now)
+        database.perform { [self] access in
+            let ok = access.use { store -> Bool in
+                try store.add(taken.counters.filter { !$0.value.isEmpty }, day: day)
+                var touches: [[UInt8]: (count: Int64, at: Int64)] = [:]
+                for (k, t) in taken.touches { touches[k.bytes] = t }
+                try store.touch(touches)
+                let generation = try store.purgeGeneration()
+                let changed = self.housekeeping.withLockedValue { h -> Bool in
+                    defer { h.generation = generation }
+                    return h.generation != nil && h.generation != generation
+                }
+                if changed { self.hot.withLockedValue { $0.removeAll() } }  // `cache purge` ran
+                if prune {
+                    try store.deleteExpired(now: now)
+                    if try store.sizes().1 > maxBytes { try store.evict(toFit: maxBytes) }
+                }
+                return true
+            } ?? false
+            if !ok {
+                // Keep the counts for the next attempt rather than lose them.
+                self.pending.withLockedValue { p in
+                    for (m, d) in taken.counters { p.counters[m, default: .init()] += d }
+                }
+            }
+            completion?()
+        }
+    }
+
+    /// The counters not yet written back (for `/stats`).
+    var pendingCounters: [String: ResponseCacheStore.CounterDelta] { pending.withLockedValue { $0.counters } }
+
+    var hotTier: (entries: Int, bytes: Int, capacity: Int) { hot.withLockedValue { ($0.count, $0.totalCost, $0.capacity) } }
+
+    /// Final write-back, then closes the database.
+    func close() async {
+        housekeeping.withLockedValue { $0.task?.cancel() }
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in flush { c.resume() } }
+        await database.close()
+    }
+
+    /// "YYYY-MM-DD" (UTC) of a Unix time.
+    static func day(_ unix: Int64) -> String {
+        var t = time_t(unix)
+        var parts = tm()
+        gmtime_r(&t, &parts)
+        return String(format: "%04d-%02d-%02d", Int(parts.tm_year) + 1900, Int(parts.tm_mon) + 1, Int(parts.tm_mday))
+    }
+}
