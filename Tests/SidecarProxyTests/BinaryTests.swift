@@ -14,7 +14,10 @@ final class BinaryTests: XCTestCase {
 
     struct Run { var status: Int32; var stdout: String; var stderr: String }
 
-    func run(_ args: [String], env: [String: String] = [:]) throws -> Run {
+    func run(_ args: [String], env: [String: String] = [:]) throws -> Run { try Self.run(args, env: env) }
+
+    /// Runs the binary to its end, collecting its output.
+    static func run(_ args: [String], env: [String: String] = [:]) throws -> Run {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: Self.binary)
         p.arguments = args

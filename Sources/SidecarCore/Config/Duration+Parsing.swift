@@ -1,11 +1,11 @@
 import NIOCore
 
 /// Durations in the configuration are written the way people say them: `"250ms"`, `"5s"`, `"2m"`,
-/// `"1h"`, or a bare number of seconds.
+/// `"1h"`, `"7d"`, or a bare number of seconds.
 public enum DurationText {
     public static func parse(_ text: String) -> TimeAmount? {
         let t = text.trimmingSpaces()
-        let units: [(String, Int64)] = [("ms", 1_000_000), ("s", 1_000_000_000), ("m", 60_000_000_000), ("h", 3_600_000_000_000)]
+        let units: [(String, Int64)] = [("ms", 1_000_000), ("s", 1_000_000_000), ("m", 60_000_000_000), ("h", 3_600_000_000_000), ("d", 86_400_000_000_000)]
         for (suffix, nanos) in units where t.hasSuffix(suffix) {
             let number = t.dropLast(suffix.count)
             if suffix == "s", number.hasSuffix("m") { continue }  // "ms" handled first

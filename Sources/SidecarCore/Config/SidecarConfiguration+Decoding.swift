@@ -32,8 +32,10 @@ extension SidecarConfiguration {
     /// - Parameters:
     ///   - environment: the process environment, to check that `api_key_env` variables exist.
     ///   - fileExists: whether a path names a readable file (`api_key_file`, `ca_file`, ...).
+    ///   - checkSecrets: false for commands that never use keys (`stats`, `cache`): an unset
+    ///     `api_key_env` variable or unreadable key file is then not an error.
     public static func load(
-        toml: String, file: String?, environment: [String: String], fileExists: @escaping (String) -> Bool
+        toml: String, file: String?, environment: [String: String], fileExists: @escaping (String) -> Bool, checkSecrets: Bool = true
     ) throws(ConfigurationError) -> SidecarConfiguration {
         let raw: RawConfiguration
         do {
@@ -56,7 +58,7 @@ extension SidecarConfiguration {
         } catch {
             throw ConfigurationError(file: file, problem: "\(error)")
         }
-        var validator = Validator(file: file, source: toml, environment: environment, fileExists: fileExists)
+        var validator = Validator(file: file, source: toml, environment: environment, fileExists: fileExists, checkSecrets: checkSecrets)
         return try validator.validate(raw)
     }
 
@@ -71,6 +73,7 @@ extension SidecarConfiguration {
             var path = ctx.codingPath.map(\.stringValue)
             if path.last != key.stringValue { path.append(key.stringValue) }
             let expected = RawConfiguration.integerKeys.contains(key.stringValue) ? "an integer"
+                : RawConfiguration.numberKeys.contains(key.stringValue) ? "a number"
                 : RawConfiguration.tableKeys.contains(key.stringValue) ? "a table" : "a string"
             return (path, "expected \(expected)")
         case .dataCorrupted(let ctx):
@@ -115,9 +118,19 @@ struct RawConfiguration: Decodable {
     }
 
     struct RawPrice: Decodable {
-        var input_per_mtok: Double?
-        var output_per_mtok: Double?
+        var input_per_mtok: Number?
+        var output_per_mtok: Number?
     }
+
+    /// A TOML integer or float (`3` and `3.0` are both a price).
+    struct Number: Decodable {
+        var value: Double
+        init(from decoder: Decoder) throws {
+            let c = try decoder.singleValueContainer()
+            if let d = try? c.decode(Double.self) { value = d } else { value = Double(try c.decode(Int.self)) }
+        }
+    }
+    static let numberKeys: Set<String> = ["input_per_mtok", "output_per_mtok"]
 
     struct RawServer: Decodable {
         var listen: String?
@@ -161,6 +174,7 @@ private struct Validator {
     let source: String
     let environment: [String: String]
     let fileExists: (String) -> Bool
+    let checkSecrets: Bool
 
     func fail(_ path: [String], _ problem: String) -> ConfigurationError {
         ConfigurationError(file: file, line: TOMLLocator.line(of: path, in: source), key: path.joined(separator: "."), problem: problem)
@@ -198,12 +212,12 @@ private struct Validator {
         case (.some, .some):
             throw fail(["server", "admin_token_file"], "set admin_token_env or admin_token_file, not both")
         case (.some(let variable), nil):
-            guard let v = environment[variable], !v.isEmpty else {
+            guard !checkSecrets || !(environment[variable] ?? "").isEmpty else {
                 throw fail(["server", "admin_token_env"], "environment variable \(variable) is not set")
             }
             server.adminToken = .environment(variable)
         case (nil, .some(let path)):
-            guard fileExists(path) else { throw fail(["server", "admin_token_file"], "cannot read \(path)") }
+            guard !checkSecrets || fileExists(path) else { throw fail(["server", "admin_token_file"], "cannot read \(path)") }
             server.adminToken = .file(path)
         case (nil, nil):
             break
@@ -270,7 +284,7 @@ private struct Validator {
         var out: [String: PriceTable.Price] = [:]
         for (model, p) in raw ?? [:] {
             let base = ["prices", model]
-            guard let input = p.input_per_mtok, let output = p.output_per_mtok else {
+            guard let input = p.input_per_mtok?.value, let output = p.output_per_mtok?.value else {
                 throw fail(base, "needs both input_per_mtok and output_per_mtok (US dollars per million tokens)")
             }
             guard input >= 0, output >= 0, input.isFinite, output.isFinite else { throw fail(base, "prices must be 0 or more") }
@@ -295,12 +309,12 @@ private struct Validator {
         case (.some, .some):
             throw fail(base + ["api_key_file"], "set api_key_env or api_key_file, not both")
         case (.some(let variable), nil):
-            guard let value = environment[variable], !value.isEmpty else {
+            guard !checkSecrets || !(environment[variable] ?? "").isEmpty else {
                 throw fail(base + ["api_key_env"], "environment variable \(variable) is not set (export it, or remove api_key_env to pass clients' own Authorization through)")
             }
             up.apiKey = .environment(variable)
         case (nil, .some(let path)):
-            guard fileExists(path) else { throw fail(base + ["api_key_file"], "cannot read \(path)") }
+            guard !checkSecrets || fileExists(path) else { throw fail(base + ["api_key_file"], "cannot read \(path)") }
             up.apiKey = .file(path)
         case (nil, nil):
             up.apiKey = .none

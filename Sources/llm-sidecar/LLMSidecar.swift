@@ -12,7 +12,7 @@ struct LLMSidecar: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "llm-sidecar",
         abstract: "A local sidecar that makes an app's OpenAI-compatible API calls cheaper, faster and sturdier.",
-        subcommands: [Serve.self, CheckConfig.self, Version.self],
+        subcommands: [Serve.self, CheckConfig.self, Stats.self, Cache.self, Version.self],
         defaultSubcommand: Serve.self)
 }
 
@@ -28,7 +28,7 @@ struct ConfigOption: ParsableArguments {
         return ("/etc/llm-sidecar/config.toml", false)
     }
 
-    static func load(path: String, environment: [String: String]) throws(ConfigurationError) -> SidecarConfiguration {
+    static func load(path: String, environment: [String: String], checkSecrets: Bool = true) throws(ConfigurationError) -> SidecarConfiguration {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw ConfigurationError(file: path, problem: "cannot read the file")
         }
@@ -37,7 +37,7 @@ struct ConfigOption: ParsableArguments {
         }
         return try SidecarConfiguration.load(
             toml: text, file: path, environment: environment,
-            fileExists: { FileManager.default.isReadableFile(atPath: $0) })
+            fileExists: { FileManager.default.isReadableFile(atPath: $0) }, checkSecrets: checkSecrets)
     }
 }
 

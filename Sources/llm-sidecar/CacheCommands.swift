@@ -1,0 +1,147 @@
+import ArgumentParser
+import Foundation
+import SidecarCore
+import SidecarProxy
+import SidecarStore
+
+/// Where the cache database is, for commands that read it directly: `--database`, else the
+/// configuration's `cache.path`. With no `cache.path` in the file, the daemon under systemd uses
+/// `$STATE_DIRECTORY` (`/var/lib/llm-sidecar`), which a shell does not have: that file is used when
+/// it exists and the per-user default does not.
+struct DatabaseOption: ParsableArguments {
+    @OptionGroup var configOption: ConfigOption
+
+    @Option(name: .long, help: "The cache database (default: cache.path of the configuration).")
+    var database: String?
+
+    static let systemPath = "/var/lib/llm-sidecar/cache.sqlite3"
+
+    func resolve() throws -> (path: String, configuration: SidecarConfiguration?) {
+        let environment = ProcessInfo.processInfo.environment
+        let (configPath, explicit) = configOption.path(environment: environment)
+        var configuration: SidecarConfiguration?
+        if explicit || FileManager.default.fileExists(atPath: configPath) {
+            configuration = try ConfigOption.load(path: configPath, environment: environment, checkSecrets: false)
+        }
+        if let database { return (database, configuration) }
+        let defaultPath = SidecarConfiguration.Cache.defaultPath(environment: environment)
+        if let path = configuration?.cache.path, path != defaultPath { return (path, configuration) }
+        if !FileManager.default.fileExists(atPath: defaultPath), FileManager.default.fileExists(atPath: Self.systemPath) {
+            return (Self.systemPath, configuration)
+        }
+        return (defaultPath, configuration)
+    }
+
+    /// Opens an existing database; a missing one is an error (these commands never create it).
+    func open() throws -> (ResponseCacheStore, String, SidecarConfiguration?) {
+        let (path, configuration) = try resolve()
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw CommandError("no cache database at \(path) (the daemon creates it on its first cacheable request; pass --database PATH for another)")
+        }
+        do {
+            return (try ResponseCacheStore(path: path), path, configuration)
+        } catch {
+            throw CommandError("cannot open \(path): \(error)")
+        }
+    }
+}
+
+struct CommandError: Error, CustomStringConvertible {
+    var description: String
+    init(_ d: String) { description = d }
+}
+
+/// Runs a command body, turning errors into one line on stderr and exit status 1.
+func reportingErrors(_ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch let error as ExitCode {
+        throw error
+    } catch {
+        FileHandle.standardError.write(Data("llm-sidecar: \(error)\n".utf8))
+        throw ExitCode(error is ConfigurationError ? 78 : 1)
+    }
+}
+
+struct Stats: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "What the cache saved: hits, tokens and dollars, by model (reads the database; the daemon need not run).")
+
+    @OptionGroup var databaseOption: DatabaseOption
+
+    @Flag(name: .long, help: "JSON, the same shape as GET /stats.")
+    var json = false
+
+    @Option(name: .long, help: "Days of daily totals to show (default 7).")
+    var days = 7
+
+    func run() throws {
+        try reportingErrors {
+            let (store, path, configuration) = try databaseOption.open()
+            _ = store
+            let report = try CacheStatsReport.read(path: path, prices: configuration?.priceTable ?? PriceTable(), days: max(days, 0))
+            print(json ? report.json() : report.table(), terminator: "")
+        }
+    }
+}
+
+struct Cache: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Manage the response cache (safe while the daemon runs).", subcommands: [Purge.self, Prune.self])
+
+    struct Purge: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Delete cached answers: of one model, older than a duration, or all. A running daemon forgets its in-memory copies within a second.")
+
+        @OptionGroup var databaseOption: DatabaseOption
+
+        @Option(name: .long, help: "Only answers for this model group.")
+        var model: String?
+
+        @Option(name: .customLong("older-than"), help: "Only answers created longer ago than this, e.g. 12h, 7d.")
+        var olderThan: String?
+
+        @Flag(name: .long, help: "Every answer (required when neither --model nor --older-than is given).")
+        var all = false
+
+        func validate() throws {
+            if !all, model == nil, olderThan == nil { throw ValidationError("say what to purge: --model, --older-than, or --all") }
+            if all, model != nil || olderThan != nil { throw ValidationError("--all cannot be combined with --model or --older-than") }
+            if let olderThan, DurationText.parse(olderThan) == nil {
+                throw ValidationError("--older-than \"\(olderThan)\" is not a duration (write e.g. 12h, 7d)")
+            }
+        }
+
+        func run() throws {
+            try reportingErrors {
+                let (store, path, _) = try databaseOption.open()
+                let before = olderThan.flatMap(DurationText.parse).map { Int64(Date().timeIntervalSince1970) - $0.nanoseconds / 1_000_000_000 }
+                let n = try store.purge(model: model, createdBefore: before)
+                print("purged \(n) entr\(n == 1 ? "y" : "ies") from \(path)")
+            }
+        }
+    }
+
+    struct Prune: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Delete expired answers now, and evict least-recently-hit ones down to cache.max_bytes.")
+
+        @OptionGroup var databaseOption: DatabaseOption
+
+        func run() throws {
+            try reportingErrors {
+                let (store, path, configuration) = try databaseOption.open()
+                let now = Int64(Date().timeIntervalSince1970)
+                var expired = 0
+                while true {
+                    let n = try store.deleteExpired(now: now)
+                    expired += n
+                    if n == 0 { break }
+                }
+                let evicted = try store.evict(toFit: configuration?.cache.maxBytes ?? SidecarConfiguration.Cache().maxBytes)
+                let (entries, bytes) = try store.sizes()
+                print("pruned \(path): \(expired) expired, \(evicted) evicted; \(entries) entries, \(bytes) bytes left")
+            }
+        }
+    }
+}
