@@ -70,6 +70,10 @@ final class CacheTests: XCTestCase {
         XCTAssertEqual(t["misses"] as? Int, 1)
         XCTAssertEqual(t["prompt_tokens_saved"] as? Int, 3 * 19, "the fake's usage: 19 prompt tokens")
         XCTAssertEqual(t["completion_tokens_saved"] as? Int, 3 * 28)
+        let metrics = try await harness.request("GET", "/metrics").body
+        XCTAssertTrue(metrics.contains(#"llm_sidecar_cache_requests_total{result="hit"} 3"#), metrics)
+        XCTAssertTrue(metrics.contains(#"llm_sidecar_cache_requests_total{result="miss"} 1"#))
+        XCTAssertTrue(metrics.contains("llm_sidecar_cache_database_up 1"))
         // gpt-4o-mini: $0.15 in, $0.60 out per million tokens.
         XCTAssertEqual(try XCTUnwrap(t["usd_saved"] as? Double), (57 * 0.15 + 84 * 0.60) / 1_000_000, accuracy: 1e-9)
     }

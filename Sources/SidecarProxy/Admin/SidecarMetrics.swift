@@ -15,6 +15,15 @@ final class SidecarMetrics: Sendable {
     let overhead: Metrics.Timer
     private let upstreams = NIOLockedValueBox<[String: UpstreamMetrics]>([:])
     private let errors = NIOLockedValueBox<[String: Metrics.Counter]>([:])
+    /// `x-sidecar-cache` of every proxied answer: hit, miss, coalesced, bypass.
+    let cacheResults: [String: Metrics.Counter]
+    let cacheMemoryBytes: Metrics.Meter
+    let cacheMemoryEntries: Metrics.Meter
+    let cacheDatabaseUp: Metrics.Meter
+    let cacheDatabaseErrors: Metrics.Meter
+    let cacheFlights: Metrics.Meter
+    /// Refreshes the gauges that are read rather than counted (the cache's), before a scrape.
+    let beforeRender = NIOLockedValueBox<(@Sendable () -> Void)?>(nil)
 
     init() {
         var factory = PrometheusMetricsFactory(registry: registry)
@@ -27,7 +36,19 @@ final class SidecarMetrics: Sendable {
         ]
         self.factory = factory
         overhead = Metrics.Timer(label: "llm_sidecar_overhead_seconds", factory: factory)
+        var results: [String: Metrics.Counter] = [:]
+        for r in ["hit", "miss", "coalesced", "bypass"] {
+            results[r] = Metrics.Counter(label: "llm_sidecar_cache_requests_total", dimensions: [("result", r)], factory: factory)
+        }
+        cacheResults = results
+        cacheMemoryBytes = Metrics.Meter(label: "llm_sidecar_cache_memory_bytes", factory: factory)
+        cacheMemoryEntries = Metrics.Meter(label: "llm_sidecar_cache_memory_entries", factory: factory)
+        cacheDatabaseUp = Metrics.Meter(label: "llm_sidecar_cache_database_up", factory: factory)
+        cacheDatabaseErrors = Metrics.Meter(label: "llm_sidecar_cache_database_errors", factory: factory)
+        cacheFlights = Metrics.Meter(label: "llm_sidecar_cache_flights_in_progress", factory: factory)
     }
+
+    func cacheResult(_ label: String) { cacheResults[label]?.increment() }
 
     func upstream(_ name: String) -> UpstreamMetrics {
         upstreams.withLockedValue { all in
@@ -50,7 +71,10 @@ final class SidecarMetrics: Sendable {
     }
 
     /// The Prometheus text exposition.
-    func render() -> [UInt8] { registry.emitToBuffer() }
+    func render() -> [UInt8] {
+        beforeRender.withLockedValue { $0 }?()
+        return registry.emitToBuffer()
+    }
 }
 
 /// The metrics of one upstream.

@@ -108,6 +108,8 @@ final class ProxyExchange: UpstreamResponseDelegate {
                 ttlHeader: head.headers.first(name: "x-sidecar-cache-ttl"),
                 scope: cacheSettings.scope == .shared ? "shared" : Self.scope(of: head.headers))
             phase = .collecting
+        } else {
+            metrics.cacheResult("bypass")
         }
     }
 
@@ -154,6 +156,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
         switch decision {
         case .bypass:
             cacheState = nil
+            metrics.cacheResult("bypass")
             c.cache.count(model: c.model) { $0.bypasses += 1 }
             return lease(fresh: false)
         case .storeOnly(let t): (ttl, lookup) = (t, false)
@@ -162,6 +165,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
         guard let parsed, let material = CanonicalRequest.keyMaterial(
             method: c.method, path: c.path, modelGroup: c.model, scope: c.scope, parsed: parsed) else {
             cacheState = nil
+            metrics.cacheResult("bypass")
             return lease(fresh: false)
         }
         let key = CacheKey(digest: SHA256.hash(material))
@@ -179,6 +183,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
             c.flight = Flight(key: key, maxBytes: c.settings.maxEntryBytes)
             cacheState = c
             cacheLabel = "miss"
+            metrics.cacheResult("miss")
             c.cache.count(model: c.model) { $0.misses += 1 }
             return lease(fresh: false)
         }
@@ -223,6 +228,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
             return replay(answer, age: now - answer.createdAt)
         }
         cacheLabel = "miss"
+        metrics.cacheResult("miss")
         c.cache.count(model: c.model) { $0.misses += 1 }
         if detached, flight.leaderLeft() {
             c.cache.endFlight(flight)
@@ -238,6 +244,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
         phase = .done
         responseStarted = true
         cacheLabel = "hit"
+        metrics.cacheResult("hit")
         downstream.access.cache = "hit"
         var headers = HTTPHeaders()
         Self.addReplayHeaders(answer, to: &headers)
@@ -266,9 +273,11 @@ final class ProxyExchange: UpstreamResponseDelegate {
             // The leader's answer outgrew what is kept for late joiners: go on our own.
             cacheLabel = "miss"
             downstream.access.cache = "miss"
+            metrics.cacheResult("miss")
             cache.count(model: model) { $0.misses += 1 }
             return lease(fresh: false)
         }
+        metrics.cacheResult("coalesced")
         if case .following = phase { phase = .following(flight, id) }
     }
 

@@ -56,6 +56,16 @@ public final class SidecarServer: Sendable {
             let opened = await ResponseCache.open(settings: settings, logger: logger, clock: cacheClock ?? ResponseCache.wallClock)
             opened.startHousekeeping(on: loops[0])
             cache = opened
+            metrics.beforeRender.withLockedValue { $0 = { [weak opened] in
+                guard let opened else { return }
+                let hot = opened.hotTier
+                let health = opened.database.health
+                metrics.cacheMemoryBytes.set(hot.bytes)
+                metrics.cacheMemoryEntries.set(hot.entries)
+                metrics.cacheDatabaseUp.set(health.ok ? 1 : 0)
+                metrics.cacheDatabaseErrors.set(health.errors)
+                metrics.cacheFlights.set(opened.flightsInProgress)
+            } }
         }
         let state = ServerState(
             runtime: ProxyRuntime(configuration: configuration, groups: groups, adminToken: adminToken), metrics: metrics, logger: logger, cache: cache)
