@@ -5,6 +5,12 @@
 #   direct   : wrk -> upstream (https)
 #   nginx    : wrk -> nginx reverse proxy, keep-alive TLS pool to upstream  (CPU 1)
 #   sidecar  : wrk -> llm-sidecar --threads 1, keep-alive TLS pool          (CPU 1)
+#   pass-through scenarios send a sampled request (no temperature: not cacheable)
+#
+# Cache scenarios (same run):
+#   nginx-cache  : wrk -> nginx proxy_cache keyed on the request body, every request a hit
+#   sidecar-hit  : wrk -> llm-sidecar, one temperature-0 request repeated: every request a hit
+#   sidecar-miss : wrk -> llm-sidecar, a new temperature-0 request each time: key, lookup, store
 #
 # Both proxies are pinned to the same CPU and get one worker/thread each, so they compete on equal
 # terms. Each scenario runs ROUNDS times, interleaved, and the median is reported; ratios to nginx
@@ -17,7 +23,7 @@ DURATION=${DURATION:-5}
 ROUNDS=${ROUNDS:-3}
 SOAK_REQUESTS=${SOAK_REQUESTS:-1000000}
 OUT=$(mktemp -d /tmp/llm-sidecar-bench.XXXXXX)
-UP_PORT=19443; NGINX_PORT=19080; SIDECAR_PORT=19081
+UP_PORT=19443; NGINX_PORT=19080; SIDECAR_PORT=19081; NGINX_CACHE_PORT=19082
 PROXY_CPU=${PROXY_CPU:-1}; LOAD_CPU=${LOAD_CPU:-0}
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
@@ -54,7 +60,10 @@ http {
   }
 }
 CONF
+# Run as root, nginx's workers would be "nobody" and could not write the cache in our 0700 directory.
+NGINX_USER=$([ "$(id -u)" = 0 ] && echo "user root;" || true)
 cat > "$OUT/px/nginx.conf" <<CONF
+$NGINX_USER
 worker_processes 1;
 daemon off;
 pid $OUT/px/nginx.pid;
@@ -80,6 +89,28 @@ http {
       proxy_buffering off;
     }
   }
+  # The cache peer: answers keyed on URI and body, kept in nginx's file cache (page cache).
+  proxy_cache_path $OUT/px/cache levels=1:2 keys_zone=llm:16m max_size=1g inactive=1d use_temp_path=off;
+  server {
+    listen 127.0.0.1:$NGINX_CACHE_PORT;
+    client_body_buffer_size 64k;
+    location /v1/ {
+      proxy_pass https://llm;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host 127.0.0.1:$UP_PORT;
+      proxy_set_header Authorization "Bearer sk-bench-upstream";
+      proxy_ssl_verify on;
+      proxy_ssl_trusted_certificate $OUT/ca.pem;
+      proxy_ssl_name 127.0.0.1;
+      proxy_ssl_session_reuse on;
+      proxy_cache llm;
+      proxy_cache_methods POST;
+      proxy_cache_key "\$request_uri|\$http_authorization|\$request_body";
+      proxy_cache_valid 200 1d;
+      proxy_ignore_headers Cache-Control Expires Set-Cookie;
+    }
+  }
 }
 CONF
 cat > "$OUT/sidecar.toml" <<CONF
@@ -91,15 +122,32 @@ url = "https://127.0.0.1:$UP_PORT"
 api_key_env = "BENCH_UPSTREAM_KEY"
 ca_file = "$OUT/ca.pem"
 max_connections = 64
+[cache]
+path = "$OUT/cache.sqlite3"
 [log]
 level = "warning"
 access = false   # like the nginx peer's access_log off
 CONF
-cat > "$OUT/post.lua" <<'LUA'
+cat > "$OUT/sampled.lua" <<'LUA'
+wrk.method = "POST"
+wrk.body = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello."}]}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer sk-bench-client"
+LUA
+cat > "$OUT/hit.lua" <<'LUA'
 wrk.method = "POST"
 wrk.body = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello."}],"temperature":0}'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer sk-bench-client"
+LUA
+cat > "$OUT/miss.lua" <<'LUA'
+local n = 0
+local seed = tostring(os.time()) .. tostring(math.random(1000000000))
+request = function()
+  n = n + 1
+  local body = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello ' .. seed .. '-' .. n .. '."}],"temperature":0}'
+  return wrk.format("POST", nil, {["Content-Type"] = "application/json", ["Authorization"] = "Bearer sk-bench-client"}, body)
+end
 LUA
 
 taskset -c "$LOAD_CPU" nginx -c "$OUT/up/nginx.conf" -e "$OUT/up/error.log" & pids+=($!)
@@ -127,14 +175,14 @@ PY
 )
 read -r READY_MS SIDECAR_PID <<<"$ready_ms"
 pids+=("$SIDECAR_PID")
-for port in $UP_PORT $NGINX_PORT; do
+for port in $UP_PORT $NGINX_PORT $NGINX_CACHE_PORT; do
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
 done
 
 # One wrk run: prints "rps p50_us p99_us requests".
-wrk_run() { # url conns
+wrk_run() { # url conns [script]
   local out
-  out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$2" -d"${DURATION}s" --latency -s "$OUT/post.lua" "$1/v1/chat/completions")
+  out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$2" -d"${DURATION}s" --latency -s "$OUT/${3:-sampled}.lua" "$1/v1/chat/completions")
   if grep -q "Non-2xx" <<<"$out"; then echo "non-2xx answers from $1:" >&2; echo "$out" >&2; exit 1; fi
   awk '
     function us(v) { if (v ~ /us$/) return v+0; if (v ~ /ms$/) return (v+0)*1000; if (v ~ /s$/) return (v+0)*1000000; return v }
@@ -149,22 +197,28 @@ median() { sort -g | awk '{a[NR]=$1} END { print a[int((NR+1)/2)] }'; }
 
 declare -A RPS P50 P99
 total_sidecar=0
-targets=(direct nginx sidecar)
-url_of() { case $1 in direct) echo "https://127.0.0.1:$UP_PORT";; nginx) echo "http://127.0.0.1:$NGINX_PORT";; sidecar) echo "http://127.0.0.1:$SIDECAR_PORT";; esac; }
+targets=(direct nginx sidecar nginx-cache sidecar-hit sidecar-miss)
+url_of() { case $1 in
+  direct) echo "https://127.0.0.1:$UP_PORT";;
+  nginx) echo "http://127.0.0.1:$NGINX_PORT";;
+  sidecar|sidecar-hit|sidecar-miss) echo "http://127.0.0.1:$SIDECAR_PORT";;
+  nginx-cache) echo "http://127.0.0.1:$NGINX_CACHE_PORT";;
+esac; }
+script_of() { case $1 in nginx-cache|sidecar-hit) echo hit;; sidecar-miss) echo miss;; *) echo sampled;; esac; }
 
 # Warm up every path (TLS pools, caches) before measuring.
-for t in "${targets[@]}"; do DURATION=1 wrk_run "$(url_of "$t")" 64 >/dev/null; done
+for t in "${targets[@]}"; do DURATION=1 wrk_run "$(url_of "$t")" 64 "$(script_of "$t")" >/dev/null; done
 
 # PROFILE=1: sample the sidecar under 64-connection load with perf (software clock), print the
 # hottest symbols, and stop.
 if [ "${PROFILE:-0}" = syscalls ]; then
   # Syscalls per request of each proxy, counted by strace over the same fixed load.
-  for t in nginx sidecar; do
+  for t in ${PROFILE_TARGETS:-nginx sidecar}; do
     if [ $t = nginx ]; then pid=$(ps -o pid= --ppid "$(cat "$OUT/px/nginx.pid")" | head -1); else pid=$SIDECAR_PID; fi
     timeout 6 strace -c -f -p "$pid" -o "$OUT/strace.$t" &
     st=$!
     sleep 0.5
-    res=$(DURATION=3 wrk_run "$(url_of $t)" 64)
+    res=$(DURATION=3 wrk_run "$(url_of $t)" 64 "$(script_of $t)")
     kill -INT $st 2>/dev/null; wait $st 2>/dev/null || true
     n=$(awk '{print $4}' <<<"$res")
     echo "== $t: $n requests; syscalls per request:"
@@ -173,12 +227,18 @@ if [ "${PROFILE:-0}" = syscalls ]; then
   exit 0
 fi
 if [ "${PROFILE:-0}" = 1 ]; then
-  (DURATION=8 wrk_run "$(url_of sidecar)" 64 > "$OUT/profile.wrk") &
+  pt=${PROFILE_TARGET:-sidecar}  # or sidecar-hit, sidecar-miss
+  (DURATION=8 wrk_run "$(url_of "$pt")" 64 "$(script_of "$pt")" > "$OUT/profile.wrk") &
   load=$!
   sleep 1
   perf record -e cpu-clock -F 2000 -g -p "$SIDECAR_PID" -o "$OUT/perf.data" -- sleep 5 2>/dev/null
   wait "$load"
-  perf report -i "$OUT/perf.data" --no-children --percent-limit 0.7 --stdio 2>/dev/null | grep -v "^$" | grep -E "^ +[0-9]" | head -60
+  if [ -n "${PROFILE_CHILDREN:-}" ]; then
+    # Inclusive time of our own code paths (a symbol and everything it calls).
+    perf report -i "$OUT/perf.data" --children --percent-limit 1.5 --stdio 2>/dev/null | grep -E "^ +[0-9]" | grep -E "Sidecar|Canonical|SHA|Cache|Exchange|Downstream|EVP|sqlite" | head -40
+  else
+    perf report -i "$OUT/perf.data" --no-children --percent-limit 0.7 --stdio 2>/dev/null | grep -v "^$" | grep -E "^ +[0-9]" | head -60
+  fi
   echo "sidecar under profile: $(cat "$OUT/profile.wrk") (rps p50 p99 n)"
   exit 0
 fi
@@ -187,7 +247,7 @@ for conns in 64 1; do
   for t in "${targets[@]}"; do : > "$OUT/$t.$conns"; done
   for r in $(seq "$ROUNDS"); do
     for t in "${targets[@]}"; do
-      res=$(wrk_run "$(url_of "$t")" "$conns")
+      res=$(wrk_run "$(url_of "$t")" "$conns" "$(script_of "$t")")
       echo "$res" >> "$OUT/$t.$conns"
       [ "$t" = sidecar ] && total_sidecar=$((total_sidecar + $(awk '{print $4}' <<<"$res")))
     done
@@ -227,3 +287,6 @@ printf "  throughput at 64 connections, sidecar / nginx  = %s   (target >= 1.00)
 printf "  added p50 latency at 1 connection: sidecar %s us, nginx %s us   (target: sidecar <= nginx)\n" "$ADDED_SIDECAR" "$ADDED_NGINX"
 printf "  RSS after %s requests: sidecar %s MB, nginx worker %s MB   (target <= 40 MB)\n" "$total_sidecar" "$((RSS_KB / 1024))" "$((NGINX_RSS_KB / 1024))"
 printf "  ready to serve after start: %s ms   (target <= 100 ms)\n" "$READY_MS"
+printf "  cache hits at 64 connections, sidecar / nginx proxy_cache = %s   (target >= 1.00)\n" "$(awk -v a="${RPS[sidecar-hit.64]}" -v b="${RPS[nginx-cache.64]}" 'BEGIN { printf "%.2f", a/b }')"
+printf "  a cache lookup on a miss adds %s us p50 at 1 connection (sidecar-miss - sidecar)   (target <= 20 us)\n" "$(awk -v a="${P50[sidecar-miss.1]}" -v b="${P50[sidecar.1]}" 'BEGIN { printf "%.0f", a-b }')"
+printf "  sidecar cache: %s\n" "$(BENCH_UPSTREAM_KEY=x "$BIN" stats --database "$OUT/cache.sqlite3" | grep -E "entries|hit ratio" | tr -s ' ' | paste -sd';')"

@@ -148,10 +148,12 @@ public enum CanonicalJSON {
             }
         }
 
-        mutating func literal(_ word: String, _ v: Value) -> Value? {
-            let w = Array(word.utf8)
-            guard i + w.count <= bytes.count, Array(bytes[i..<(i + w.count)]) == w else { return nil }
-            i += w.count
+        mutating func literal(_ word: StaticString, _ v: Value) -> Value? {
+            let n = word.utf8CodeUnitCount
+            guard i + n <= bytes.count else { return nil }
+            let matches = word.withUTF8Buffer { w in (0..<n).allSatisfy { bytes[i + $0] == w[$0] } }
+            guard matches else { return nil }
+            i += n
             return v
         }
 
@@ -199,6 +201,14 @@ public enum CanonicalJSON {
         /// A string at `i` (which is a quote), unescaped and in NFC.
         mutating func string() -> String? {
             i += 1
+            // Fast path: no escapes and only ASCII (already NFC, already valid UTF-8): one copy.
+            var j = i
+            while j < bytes.count, bytes[j] != UInt8(ascii: "\""), bytes[j] != UInt8(ascii: "\\"), bytes[j] >= 0x20, bytes[j] < 0x80 { j += 1 }
+            if j < bytes.count, bytes[j] == UInt8(ascii: "\"") {
+                let s = String(decoding: bytes[i..<j], as: UTF8.self)
+                i = j + 1
+                return s
+            }
             var out: [UInt8] = []
             while i < bytes.count {
                 let b = bytes[i]
@@ -246,16 +256,7 @@ public enum CanonicalJSON {
 
         /// Strict UTF-8 decoding (invalid bytes make the document uncanonicalizable).
         static func decodeUTF8(_ bytes: [UInt8]) -> String? {
-            var it = bytes.makeIterator()
-            var utf8 = Unicode.UTF8()
-            var s = ""
-            while true {
-                switch utf8.decode(&it) {
-                case .scalarValue(let u): s.unicodeScalars.append(u)
-                case .emptyInput: return s
-                case .error: return nil
-                }
-            }
+            String(validating: bytes, as: UTF8.self)
         }
 
         func hex4(at j: Int) -> UInt32? {

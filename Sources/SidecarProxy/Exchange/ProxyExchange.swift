@@ -106,7 +106,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
                 cache: cache, settings: cacheSettings, method: head.method.rawValue, path: head.uri,
                 cacheControl: head.headers[canonicalForm: "cache-control"].map(String.init),
                 ttlHeader: head.headers.first(name: "x-sidecar-cache-ttl"),
-                scope: cacheSettings.scope == .shared ? "shared" : Self.scope(of: head.headers))
+                scope: cacheSettings.scope == .shared ? "shared" : downstream.scope(of: head.headers))
             phase = .collecting
         } else {
             metrics.cacheResult("bypass")
@@ -114,12 +114,13 @@ final class ProxyExchange: UpstreamResponseDelegate {
     }
 
     static func barePath(_ uri: String) -> String {
-        uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? uri
+        guard let q = uri.utf8.firstIndex(of: UInt8(ascii: "?")) else { return uri }
+        return String(uri[..<q])
     }
 
     /// The client's credential, hashed: requests with different keys never share cache entries.
     /// `Authorization` (OpenAI), `api-key` (Azure) and `x-api-key` (Anthropic) all count.
-    static func scope(of headers: HTTPHeaders) -> String {
+    static func computeScope(of headers: HTTPHeaders) -> String {
         var material: [UInt8] = Array("llm-sidecar-scope/1".utf8)
         for name in ["authorization", "api-key", "x-api-key"] {
             for v in headers[canonicalForm: name] {

@@ -85,6 +85,19 @@ final class DownstreamHandler: ChannelDuplexHandler {
         return "\(tenths / 10).\(tenths % 10)"
     }
 
+    /// The cache scope of the last credential seen on this connection: a client sends the same
+    /// key on every request of a keep-alive connection, so it is hashed once, not per request.
+    private var lastScope: (credential: [String], scope: String)?
+
+    func scope(of headers: HTTPHeaders) -> String {
+        var credential: [String] = []
+        for name in ["authorization", "api-key", "x-api-key"] { credential += headers[canonicalForm: name].map { name + ":" + $0 } }
+        if let last = lastScope, last.credential == credential { return last.scope }
+        let scope = ProxyExchange.computeScope(of: headers)
+        lastScope = (credential, scope)
+        return scope
+    }
+
     /// Loopback and unix-socket clients may use the admin endpoints without a token.
     private var trustedClient = false
 
