@@ -3,8 +3,10 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
-/// The cache database behind a one-thread `NIOThreadPool`: every SQLite call runs there, in
-/// order, never on an event loop; results come back as futures on the caller's loop.
+/// The cache database behind two one-thread `NIOThreadPool`s, each with its own connection:
+/// lookups run on the reader, everything else on the writer, so a lookup never waits behind a
+/// write (WAL lets one writer and readers work at once). Never on an event loop; results come
+/// back as futures on the caller's loop.
 ///
 /// It never takes the daemon down. A file that cannot be opened, is corrupt, locked past
 /// `busy_timeout`, read-only or on a full disk makes the failing call throw (callers then serve
@@ -13,6 +15,8 @@ import NIOPosix
 public final class CacheDatabase: Sendable {
     private let threadPool: NIOThreadPool
     private let box: StoreBox
+    private let readerPool: NIOThreadPool
+    private let readerBox = StoreBox()
     private let logger: Logger
     private let healthBox = NIOLockedValueBox(Health())
     public let path: String
@@ -32,15 +36,16 @@ public final class CacheDatabase: Sendable {
     public var health: Health { healthBox.withLockedValue { $0 } }
 
     /// The store, touched only on the pool's single thread.
-    private final class StoreBox: @unchecked Sendable {
+    fileprivate final class StoreBox: @unchecked Sendable {
         var store: ResponseCacheStore?
         var lastAttempt: NIODeadline?
         var closed = false
     }
 
-    private init(path: String, threadPool: NIOThreadPool, box: StoreBox, logger: Logger) {
+    private init(path: String, threadPool: NIOThreadPool, readerPool: NIOThreadPool, box: StoreBox, logger: Logger) {
         self.path = path
         self.threadPool = threadPool
+        self.readerPool = readerPool
         self.box = box
         self.logger = logger
     }
@@ -50,28 +55,31 @@ public final class CacheDatabase: Sendable {
     public static func open(path: String, logger: Logger) async -> CacheDatabase {
         let pool = NIOThreadPool(numberOfThreads: 1)
         pool.start()
-        let db = CacheDatabase(path: path, threadPool: pool, box: StoreBox(), logger: logger)
+        let reader = NIOThreadPool(numberOfThreads: 1)
+        reader.start()
+        let db = CacheDatabase(path: path, threadPool: pool, readerPool: reader, box: StoreBox(), logger: logger)
         _ = try? await db.run { _ in () }
         return db
     }
 
     /// Runs `body` with the store on the database thread; the future completes on `eventLoop`.
     public func run<T: Sendable>(on eventLoop: EventLoop, _ body: @escaping @Sendable (ResponseCacheStore) throws -> T) -> EventLoopFuture<T> {
-        threadPool.runIfActive(eventLoop: eventLoop) { [self] in try self.guarded(body) }
+        threadPool.runIfActive(eventLoop: eventLoop) { [self] in try self.guarded(box: self.box, body) }
     }
 
     /// The same, from async code.
     public func run<T: Sendable>(_ body: @escaping @Sendable (ResponseCacheStore) throws -> T) async throws -> T {
-        try await threadPool.runIfActive { [self] in try self.guarded(body) }
+        try await threadPool.runIfActive { [self] in try self.guarded(box: self.box, body) }
     }
 
     /// Access to the store from inside `perform`: `use` returns nil (and keeps the health record)
     /// when the database is unusable, so work that does not need it still runs.
     public struct StoreAccess {
         fileprivate let database: CacheDatabase
+        fileprivate let box: StoreBox
         @discardableResult
         public func use<T>(_ body: (ResponseCacheStore) throws -> T) -> T? {
-            try? database.guarded(body)
+            try? database.guarded(box: box, body)
         }
     }
 
@@ -79,15 +87,23 @@ public final class CacheDatabase: Sendable {
     public func perform(_ body: @escaping @Sendable (StoreAccess) -> Void) {
         threadPool.submit { [self] state in
             guard case .active = state else { return }
-            body(StoreAccess(database: self))
+            body(StoreAccess(database: self, box: self.box))
+        }
+    }
+
+    /// The same on the reader thread, with the reader's connection: for lookups only.
+    public func performRead(_ body: @escaping @Sendable (StoreAccess) -> Void) {
+        readerPool.submit { [self] state in
+            guard case .active = state else { return }
+            body(StoreAccess(database: self, box: self.readerBox))
         }
     }
 
     /// On the database thread: (re)open if needed, run, and keep the health record.
-    fileprivate func guarded<T>(_ body: (ResponseCacheStore) throws -> T) throws -> T {
+    fileprivate func guarded<T>(box: StoreBox, _ body: (ResponseCacheStore) throws -> T) throws -> T {
         guard !box.closed else { throw SQLiteError(operation: "using the cache", code: 21, message: "the database is closed") }
         do {
-            let store = try currentStore()
+            let store = try currentStore(box)
             let result = try body(store)
             recordSuccess()
             return result
@@ -100,7 +116,7 @@ public final class CacheDatabase: Sendable {
         }
     }
 
-    private func currentStore() throws -> ResponseCacheStore {
+    private func currentStore(_ box: StoreBox) throws -> ResponseCacheStore {
         if let store = box.store { return store }
         let now = NIODeadline.now()
         if let last = box.lastAttempt, now - last < Self.reopenInterval, !healthBox.withLockedValue({ $0.ok }) {
@@ -135,7 +151,9 @@ public final class CacheDatabase: Sendable {
 
     /// Closes the database (after the queued work) and stops the thread.
     public func close() async {
-        let box = self.box
+        let (box, readerBox) = (self.box, self.readerBox)
+        _ = try? await readerPool.runIfActive { readerBox.store = nil; readerBox.closed = true }
+        try? await readerPool.shutdownGracefully()
         _ = try? await threadPool.runIfActive { box.store = nil; box.closed = true }
         try? await threadPool.shutdownGracefully()
     }

@@ -163,18 +163,27 @@ public final class ResponseCacheStore {
 
     /// The live entry for `key`, counting the hit (expired entries are not returned).
     public func hit(_ key: [UInt8], now: Int64) throws -> CacheEntry? {
+        guard var e = try lookup(key, now: now) else { return nil }
+        try touch.run([.blob(key), .integer(now)])
+        e.lastHitAt = now
+        e.hitCount += 1
+        return e
+    }
+
+    /// The live entry for `key` without writing anything (for a read-only connection; the
+    /// caller writes the hit back later with `touch`).
+    public func lookup(_ key: [UInt8], now: Int64) throws -> CacheEntry? {
         try select.bind([.blob(key), .integer(now)])
+        // Reset on every path: a statement left mid-step keeps its read transaction (and, on a
+        // reader connection, an old snapshot of the database) open.
+        defer { try? select.bind([]) }
         guard try select.step() else { return nil }
-        var e = CacheEntry(
+        let e = CacheEntry(
             key: key, scope: select.text(0) ?? "", model: select.text(1) ?? "", endpoint: select.text(2) ?? "",
             status: Int(select.int(3)), contentType: select.isNull(4) ? nil : select.text(4), body: select.blob(5),
             isStream: select.int(6) != 0, createdAt: select.int(7), expiresAt: select.int(8), lastHitAt: select.int(9),
             hitCount: select.int(10), promptTokens: select.isNull(11) ? nil : select.int(11),
             completionTokens: select.isNull(12) ? nil : select.int(12))
-        try select.bind([])
-        try touch.run([.blob(key), .integer(now)])
-        e.lastHitAt = now
-        e.hitCount += 1
         return e
     }
 

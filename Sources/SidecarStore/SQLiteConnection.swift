@@ -29,9 +29,14 @@ public final class SQLiteConnection {
         if path != ":memory:" {
             let dir = (path as NSString).deletingLastPathComponent
             if !dir.isEmpty { try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700]) }
-            // Create the file ourselves so it is 0600 whatever the umask.
-            let fd = open(path, O_CREAT | O_RDWR | O_CLOEXEC, 0o600)
-            if fd >= 0 { close(fd) }
+            // Create the file ourselves so it is 0600 whatever the umask (SQLite gives its -wal and
+            // -shm files the same mode). Only when it does not exist yet: closing any descriptor of
+            // a file drops every POSIX lock this process holds on it, including those of our other
+            // connections, and another process could then checkpoint and reset the WAL under them.
+            if access(path, F_OK) != 0 {
+                let fd = open(path, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0o600)
+                if fd >= 0 { close(fd) }
+            }
         }
         var handle: OpaquePointer?
         let rc = sqlite3_open_v2(path, &handle, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nil)

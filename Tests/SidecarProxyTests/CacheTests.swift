@@ -262,9 +262,17 @@ final class CacheTests: XCTestCase {
         for n in 0..<2 { try await expectEqual(try await post(body(n)).header("x-sidecar-cache"), "miss") }
         clock.withLockedValue { $0 += 10 }
         try await expectEqual(try await post(body(0)).header("x-sidecar-cache"), "hit")  // 0 is now more recent than 1
+        await harness.server.flushCache()  // hit times reach SQLite within a second
         try await expectEqual(try await post(body(2)).header("x-sidecar-cache"), "miss")
-        await harness.server.flushCache()
+        // The client has the whole answer as soon as its last byte is written, a moment before the
+        // proxy stores it: wait for the store (and its eviction).
         let store = try ResponseCacheStore(path: cachePath)
+        let newest = try store.connection.prepare("SELECT count(*) FROM responses WHERE created_at = 1800000010")
+        let stored = await eventually {
+            defer { try? newest.bind([]) }
+            return (try? newest.step()) == true && newest.int(0) == 1
+        }
+        XCTAssertTrue(stored)
         let (entries, bytes) = try store.sizes()
         XCTAssertEqual(entries, 2)
         XCTAssertLessThanOrEqual(bytes, 1_200)
@@ -333,4 +341,17 @@ func expectEqual<T: Equatable>(_ value: @autoclosure () async throws -> T, _ exp
                                file: StaticString = #filePath, line: UInt = #line) async throws {
     let v = try await value()
     XCTAssertEqual(v, expected, message, file: file, line: line)
+}
+
+extension CacheTests {
+    func testPurgeFromAnotherProcessIsSeenByTheDaemon() async throws {
+        try await start()
+        _ = try await post()
+        try await expectEqual(try await post().header("x-sidecar-cache"), "hit")
+        await harness.server.flushCache()
+        let other = try ResponseCacheStore(path: cachePath)  // as `llm-sidecar cache purge` does
+        XCTAssertEqual(try other.purge(model: nil, createdBefore: nil), 1)
+        await harness.server.flushCache()
+        try await expectEqual(try await post().header("x-sidecar-cache"), "miss", "neither memory nor SQLite serves a purged answer")
+    }
 }

@@ -101,10 +101,18 @@ final class ResponseCache: Sendable {
     func diskLookup(_ key: CacheKey, now: Int64, on loop: EventLoop) -> EventLoopFuture<CachedAnswer?> {
         let promise = loop.makePromise(of: CachedAnswer?.self)
         let hot = self.hot
-        database.perform { access in
-            let entry = access.use { try $0.hit(key.bytes, now: now) } ?? nil
+        let pending = self.pending
+        database.performRead { access in
+            let entry = access.use { try $0.lookup(key.bytes, now: now) } ?? nil
             let answer = entry.map(CachedAnswer.init)
-            if let answer { hot.withLockedValue { _ = $0.set(key, answer, cost: answer.body.readableBytes) } }
+            if let answer {
+                hot.withLockedValue { _ = $0.set(key, answer, cost: answer.body.readableBytes) }
+                // The hit time is written back with the next flush, by the writer.
+                pending.withLockedValue { p in
+                    let t = p.touches[key] ?? (0, now)
+                    p.touches[key] = (t.count + 1, max(t.at, now))
+                }
+            }
             promise.succeed(answer)
         }
         return promise.futureResult
@@ -159,6 +167,9 @@ final class ResponseCache: Sendable {
         var body: [ByteBuffer]?
         /// Followers that shared the upstream call.
         var coalesced: Int
+        /// The flight to take out of the table once the answer is stored: until then, identical
+        /// requests join it and get the recorded answer, rather than miss in SQLite.
+        var flight: Flight?
     }
 
     /// Off the event loop: counts what the followers saved and stores a complete 2xx answer
@@ -168,7 +179,8 @@ final class ResponseCache: Sendable {
         let maxBytes = settings.maxBytes
         let hot = self.hot
         let pending = self.pending
-        database.perform { access in
+        database.perform { [self] access in
+            defer { if let f = c.flight { self.endFlight(f) } }
             guard let parts = c.body else {
                 if c.coalesced > 0 { pending.withLockedValue { $0.counters[c.model, default: .init()].coalesced += Int64(c.coalesced) } }
                 return
@@ -200,7 +212,15 @@ final class ResponseCache: Sendable {
             hot.withLockedValue { _ = $0.set(c.key, answer, cost: bytes.count) }
             access.use { store in
                 try store.put(entry)
-                if try store.sizes().1 > maxBytes { try store.evict(toFit: maxBytes) }
+                if try store.sizes().1 > maxBytes {
+                    // Hit times first, so eviction sees the latest ones.
+                    let touches = pending.withLockedValue { p -> [CacheKey: (count: Int64, at: Int64)] in
+                        defer { p.touches = [:] }
+                        return p.touches
+                    }
+                    try store.touch(Dictionary(uniqueKeysWithValues: touches.map { ($0.key.bytes, $0.value) }))
+                    try store.evict(toFit: maxBytes)
+                }
             }
         }
     }

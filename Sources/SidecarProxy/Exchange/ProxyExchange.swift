@@ -270,7 +270,16 @@ final class ProxyExchange: UpstreamResponseDelegate {
         cacheLabel = "coalesced"
         downstream.access.cache = "coalesced"
         phase = .following(flight, -1)
-        guard let id = flight.join({ events in loop.execute { bound.value.flightEvents(events) } }) else {
+        let joined = flight.join({ events in loop.execute { bound.value.flightEvents(events) } })
+        if joined == -1 {
+            // The answer was complete (and is being stored) when we joined: a hit, not a shared call.
+            cacheLabel = "hit"
+            downstream.access.cache = "hit"
+            metrics.cacheResult("hit")
+            cache.count(model: model) { $0.hits += 1 }
+            return
+        }
+        guard let id = joined else {
             // The leader's answer outgrew what is kept for late joiners: go on our own.
             cacheLabel = "miss"
             downstream.access.cache = "miss"
@@ -289,7 +298,8 @@ final class ProxyExchange: UpstreamResponseDelegate {
             switch event {
             case .head(let status, var headers):
                 responseStarted = true
-                headers.replaceOrAdd(name: "x-sidecar-cache", value: "coalesced")
+                if cacheLabel == "hit", !(200..<300).contains(Int(status.code)) { cacheLabel = "coalesced" }  // an error is never a hit
+                headers.replaceOrAdd(name: "x-sidecar-cache", value: cacheLabel)
                 if !downstream.keepAlive { headers.replaceOrAdd(name: "connection", value: "close") }
                 downstream.writeResponseHead(HTTPResponseHead(version: .http1_1, status: status, headers: headers))
             case .body(let buffer):
@@ -431,10 +441,10 @@ final class ProxyExchange: UpstreamResponseDelegate {
         recordCompletion()
         if let c = cacheState, let flight = c.flight, let key = c.key {
             flight.publish(.end)
-            if c.registered { c.cache.endFlight(flight) }
             c.cache.finish(.init(
                 key: key, scope: c.scope, model: c.model, endpoint: Self.barePath(c.path), status: c.status, contentType: c.contentType,
-                isStream: isStream, framed: c.framed, ttl: c.ttl, body: flight.recordedBody, coalesced: flight.joinedCount))
+                isStream: isStream, framed: c.framed, ttl: c.ttl, body: flight.recordedBody, coalesced: flight.joinedCount,
+                flight: c.registered ? flight : nil))
             cacheState = nil
         }
         if !detached { downstream.finishResponse(trailers: trailers) }
@@ -555,7 +565,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
             if c.registered { c.cache.endFlight(flight) }
             if flight.joinedCount > 0 { c.cache.finish(.init(
                 key: flight.key, scope: c.scope, model: c.model, endpoint: "", status: 0, contentType: nil, isStream: false, framed: false,
-                ttl: 0, body: nil, coalesced: flight.joinedCount)) }
+                ttl: 0, body: nil, coalesced: flight.joinedCount, flight: nil)) }
             cacheState = nil
         }
         if detached { return }
