@@ -98,6 +98,10 @@ public final class ResponseCacheStore {
         CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
         INSERT INTO meta VALUES ('purge_generation', 0);
         """,
+        // 3: every index is one more page written per stored answer; purge --model can scan.
+        """
+        DROP INDEX responses_model;
+        """,
     ]
 
     public let connection: SQLiteConnection
@@ -159,6 +163,13 @@ public final class ResponseCacheStore {
             e.promptTokens.map { .integer($0) } ?? .null, e.completionTokens.map { .integer($0) } ?? .null,
             .integer(Int64(e.body.count)),
         ])
+    }
+
+    /// Stores (or replaces) entries in one transaction: the pages they share (indexes, totals)
+    /// are written once per batch, not once per answer.
+    public func put(_ entries: [CacheEntry]) throws {
+        guard !entries.isEmpty else { return }
+        try connection.transaction { for e in entries { try put(e) } }
     }
 
     /// The live entry for `key`, counting the hit (expired entries are not returned).

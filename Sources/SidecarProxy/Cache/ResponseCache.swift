@@ -47,7 +47,7 @@ final class ResponseCache: Sendable {
     private let hot: NIOLockedValueBox<LRUCache<CacheKey, CachedAnswer>>
     private let flights = NIOLockedValueBox<[CacheKey: Flight]>([:])
     private let pending = NIOLockedValueBox(Pending())
-    private let housekeeping = NIOLockedValueBox<(task: RepeatedTask?, ticks: Int, generation: Int64?)>((nil, 0, nil))
+    private let housekeeping = NIOLockedValueBox<(task: RepeatedTask?, ticks: Int, generation: Int64?, loop: EventLoop?)>((nil, 0, nil, nil))
 
     private struct Pending {
         var counters: [String: ResponseCacheStore.CounterDelta] = [:]
@@ -87,13 +87,16 @@ final class ResponseCache: Sendable {
             }
             return a
         }
-        if found != nil {
-            pending.withLockedValue { p in
-                let t = p.touches[key] ?? (0, now)
-                p.touches[key] = (t.count + 1, max(t.at, now))
-            }
-        }
+        if found != nil { touch(key, now: now) }
         return found
+    }
+
+    /// Counts a hit served without SQLite; written back with the next flush.
+    func touch(_ key: CacheKey, now: Int64) {
+        pending.withLockedValue { p in
+            let t = p.touches[key] ?? (0, now)
+            p.touches[key] = (t.count + 1, max(t.at, now))
+        }
     }
 
     /// The stored answer from SQLite (promoted to the hot tier), or nil on a miss or when the
@@ -101,17 +104,13 @@ final class ResponseCache: Sendable {
     func diskLookup(_ key: CacheKey, now: Int64, on loop: EventLoop) -> EventLoopFuture<CachedAnswer?> {
         let promise = loop.makePromise(of: CachedAnswer?.self)
         let hot = self.hot
-        let pending = self.pending
-        database.performRead { access in
+        database.performRead { [self] access in
             let entry = access.use { try $0.lookup(key.bytes, now: now) } ?? nil
             let answer = entry.map(CachedAnswer.init)
             if let answer {
                 hot.withLockedValue { _ = $0.set(key, answer, cost: answer.body.readableBytes) }
                 // The hit time is written back with the next flush, by the writer.
-                pending.withLockedValue { p in
-                    let t = p.touches[key] ?? (0, now)
-                    p.touches[key] = (t.count + 1, max(t.at, now))
-                }
+                self.touch(key, now: now)
             }
             promise.succeed(answer)
         }
@@ -179,8 +178,9 @@ final class ResponseCache: Sendable {
         let maxBytes = settings.maxBytes
         let hot = self.hot
         let pending = self.pending
-        database.perform { [self] access in
-            defer { if let f = c.flight { self.endFlight(f) } }
+        database.perform { [self] _ in
+            var queued = false
+            defer { if !queued, let f = c.flight { self.endFlight(f) } }
             guard let parts = c.body else {
                 if c.coalesced > 0 { pending.withLockedValue { $0.counters[c.model, default: .init()].coalesced += Int64(c.coalesced) } }
                 return
@@ -210,17 +210,59 @@ final class ResponseCache: Sendable {
             var answer = CachedAnswer(entry)
             answer.body = buffer
             hot.withLockedValue { _ = $0.set(c.key, answer, cost: bytes.count) }
-            access.use { store in
-                try store.put(entry)
-                if try store.sizes().1 > maxBytes {
-                    // Hit times first, so eviction sees the latest ones.
-                    let touches = pending.withLockedValue { p -> [CacheKey: (count: Int64, at: Int64)] in
-                        defer { p.touches = [:] }
-                        return p.touches
-                    }
-                    try store.touch(Dictionary(uniqueKeysWithValues: touches.map { ($0.key.bytes, $0.value) }))
-                    try store.evict(toFit: maxBytes)
+            // Written with whatever else is queued right now, in one transaction.
+            queued = true
+            self.writes.entries.append(entry)
+            if let f = c.flight { self.writes.flights.append(f) }
+            self.scheduleWrite(maxBytes: maxBytes)
+        }
+    }
+
+    /// Answers waiting to be written; touched only on the database (writer) thread.
+    private final class PendingWrites: @unchecked Sendable {
+        var entries: [CacheEntry] = []
+        var flights: [Flight] = []
+        var scheduled = false
+    }
+    private let writes = PendingWrites()
+
+    /// On the writer thread: writes are batched for `writeDelay`, so under load one transaction
+    /// carries many answers (the pages they share, indexes and totals, are written once). Until
+    /// an answer is written its flight stays joinable and the hot tier has it, so nothing misses.
+    private func scheduleWrite(maxBytes: Int64) {
+        guard !writes.scheduled else { return }
+        writes.scheduled = true
+        let drain: @Sendable () -> Void = { [self] in
+            self.database.perform { access in self.drainWrites(access, maxBytes: maxBytes) }
+        }
+        if let loop = housekeeping.withLockedValue({ $0.loop }) {
+            loop.scheduleTask(in: Self.writeDelay, drain)
+        } else {
+            drain()
+        }
+    }
+
+    static let writeDelay: TimeAmount = .milliseconds(5)
+
+    /// On the writer thread: writes what is queued, in one transaction.
+    private func drainWrites(_ access: CacheDatabase.StoreAccess, maxBytes: Int64) {
+        let batch = writes.entries
+        let flights = writes.flights
+        writes.entries = []
+        writes.flights = []
+        writes.scheduled = false
+        defer { flights.forEach(endFlight) }
+        guard !batch.isEmpty else { return }
+        access.use { store in
+            try store.put(batch)
+            if try store.sizes().1 > maxBytes {
+                // Hit times first, so eviction sees the latest ones.
+                let touches = pending.withLockedValue { p -> [CacheKey: (count: Int64, at: Int64)] in
+                    defer { p.touches = [:] }
+                    return p.touches
                 }
+                try store.touch(Dictionary(uniqueKeysWithValues: touches.map { ($0.key.bytes, $0.value) }))
+                try store.evict(toFit: maxBytes)
             }
         }
     }
@@ -231,7 +273,7 @@ final class ResponseCache: Sendable {
     /// (the work itself runs on the database thread).
     func startHousekeeping(on loop: EventLoop) {
         let task = loop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { [self] _ in self.tick() }
-        housekeeping.withLockedValue { $0.task = task }
+        housekeeping.withLockedValue { $0.task = task; $0.loop = loop }
     }
 
     private func tick() {
@@ -250,6 +292,7 @@ final class ResponseCache: Sendable {
         let maxBytes = settings.maxBytes
         let day = Self.day(now)
         database.perform { [self] access in
+            self.drainWrites(access, maxBytes: maxBytes)
             let ok = access.use { store -> Bool in
                 try store.add(taken.counters.filter { !$0.value.isEmpty }, day: day)
                 var touches: [[UInt8]: (count: Int64, at: Int64)] = [:]
@@ -273,7 +316,8 @@ final class ResponseCache: Sendable {
                     for (m, d) in taken.counters { p.counters[m, default: .init()] += d }
                 }
             }
-            completion?()
+            // After any write the jobs before this one queued: "flushed" means written.
+            if let completion { self.database.perform { access in self.drainWrites(access, maxBytes: maxBytes); completion() } }
         }
     }
 
@@ -284,7 +328,7 @@ final class ResponseCache: Sendable {
 
     /// Final write-back, then closes the database.
     func close() async {
-        housekeeping.withLockedValue { $0.task?.cancel() }
+        housekeeping.withLockedValue { $0.task?.cancel(); $0.loop = nil }
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in flush { c.resume() } }
         await database.close()
     }

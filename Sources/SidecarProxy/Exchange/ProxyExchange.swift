@@ -39,7 +39,9 @@ final class ProxyExchange: UpstreamResponseDelegate {
         let path: String
         let cacheControl: [String]
         let ttlHeader: String?
-        let scope: String
+        /// The client's credential hash (or "shared"), computed only when a key is.
+        var scope = ""
+        let headers: HTTPHeaders
         var key: CacheKey?
         var model = "-"
         var ttl = 0
@@ -105,8 +107,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
             cacheState = CacheState(
                 cache: cache, settings: cacheSettings, method: head.method.rawValue, path: head.uri,
                 cacheControl: head.headers[canonicalForm: "cache-control"].map(String.init),
-                ttlHeader: head.headers.first(name: "x-sidecar-cache-ttl"),
-                scope: cacheSettings.scope == .shared ? "shared" : downstream.scope(of: head.headers))
+                ttlHeader: head.headers.first(name: "x-sidecar-cache-ttl"), headers: head.headers)
             phase = .collecting
         } else {
             metrics.cacheResult("bypass")
@@ -163,6 +164,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
         case .storeOnly(let t): (ttl, lookup) = (t, false)
         case .lookupAndStore(let t): (ttl, lookup) = (t, true)
         }
+        c.scope = c.settings.scope == .shared ? "shared" : downstream.scope(of: c.headers)
         guard let parsed, let material = CanonicalRequest.keyMaterial(
             method: c.method, path: c.path, modelGroup: c.model, scope: c.scope, parsed: parsed) else {
             cacheState = nil
@@ -277,6 +279,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
             downstream.access.cache = "hit"
             metrics.cacheResult("hit")
             cache.count(model: model) { $0.hits += 1 }
+            cache.touch(flight.key, now: cache.clock())
             return
         }
         guard let id = joined else {
