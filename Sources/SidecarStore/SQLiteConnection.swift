@@ -51,8 +51,6 @@ public final class SQLiteConnection {
         do {
             try execute("PRAGMA journal_mode = WAL")
             try execute("PRAGMA synchronous = NORMAL")
-            // Reads through the page cache's mapping instead of one pread per page.
-            try execute("PRAGMA mmap_size = 268435456")
         } catch {
             sqlite3_close_v2(db)
             throw error

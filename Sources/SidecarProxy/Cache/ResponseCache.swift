@@ -18,6 +18,10 @@ struct CachedAnswer: Sendable {
     var promptTokens: Int64
     var completionTokens: Int64
 
+    /// What the entry really costs in memory, for `cache.memory_bytes`: the buffer's allocation
+    /// (rounded up by the allocator) plus ~256 bytes of bookkeeping (strings, LRU node, table slot).
+    var memoryCost: Int { body.capacity + 256 }
+
     init(_ e: CacheEntry) {
         status = e.status
         contentType = e.contentType
@@ -108,7 +112,7 @@ final class ResponseCache: Sendable {
             let entry = access.use { try $0.lookup(key.bytes, now: now) } ?? nil
             let answer = entry.map(CachedAnswer.init)
             if let answer {
-                hot.withLockedValue { _ = $0.set(key, answer, cost: answer.body.readableBytes) }
+                hot.withLockedValue { _ = $0.set(key, answer, cost: answer.memoryCost) }
                 // The hit time is written back with the next flush, by the writer.
                 self.touch(key, now: now)
             }
@@ -209,7 +213,7 @@ final class ResponseCache: Sendable {
                 promptTokens: usage?.promptTokens, completionTokens: usage?.completionTokens)
             var answer = CachedAnswer(entry)
             answer.body = buffer
-            hot.withLockedValue { _ = $0.set(c.key, answer, cost: bytes.count) }
+            hot.withLockedValue { _ = $0.set(c.key, answer, cost: answer.memoryCost) }
             // Written with whatever else is queued right now, in one transaction.
             queued = true
             self.writes.entries.append(entry)
