@@ -123,6 +123,7 @@ api_key_env = "BENCH_UPSTREAM_KEY"
 ca_file = "$OUT/ca.pem"
 max_connections = 64
 [cache]
+mode = "${CACHE_MODE:-deterministic}"
 path = "$OUT/cache.sqlite3"
 [log]
 level = "warning"

@@ -33,6 +33,36 @@ final class CacheUnitTests: XCTestCase {
         XCTAssertTrue(lru.keysByRecency.allSatisfy { $0 % 2 == 1 })
     }
 
+    func testTopLevelScanAndTheSampledShortcutAgreeWithTheFullPolicy() {
+        let body = Array(#" { "model" : "gpt-4o", "messages":[{"content":"a \" } , {","role":"user"}], "n":1.5e3,"x":{"y":[1,{"z":"}"}]} } "#.utf8)
+        let m = JSONTopLevel.members(body)
+        XCTAssertEqual(m?.map(\.key), ["model", "messages", "n", "x"])
+        XCTAssertEqual(m.map { String(decoding: body[$0[0].value], as: UTF8.self) }, #""gpt-4o""#)
+        XCTAssertEqual(m.map { String(decoding: body[$0[2].value], as: UTF8.self) }, "1.5e3")
+        for bad in ["", "[]", "{", #"{"a":}"#, #"{"a" 1}"#, #"{"a":1,}"#, #"{"a":"x}"#, "{} x"] {
+            XCTAssertNil(JSONTopLevel.members(Array(bad.utf8)), bad)
+        }
+        for z in ["0", "0.0", "-0", "0e5", "0.00E-3"] { XCTAssertTrue(JSONTopLevel.isZeroNumber(ArraySlice(z.utf8)), z) }
+        for nz in ["1", "0.1", "1e-9", "null", "\"0\""] { XCTAssertFalse(JSONTopLevel.isZeroNumber(ArraySlice(nz.utf8)), nz) }
+
+        let policy = CachePolicy()
+        let temperatures = ["", #","temperature":0"#, #","temperature":0.0"#, #","temperature":0.7"#, #","temperature":null"#, #","temperature":"0""#]
+        let seeds = ["", #","seed":1"#, #","seed":null"#]
+        for t in temperatures {
+            for seed in seeds {
+                let text = #"{"model":"m","messages":[{"role":"user","content":"temperature 0"}]"# + t + seed + "}"
+                let bytes = Array(text.utf8)
+                let full = policy.decide(method: "POST", path: "/v1/chat/completions", body: CanonicalJSON.parse(bytes), cacheControl: [], ttlHeader: nil)
+                if policy.certainlySampled(path: "/v1/chat/completions", body: bytes) {
+                    guard case .bypass = full else { return XCTFail("the shortcut bypassed a cacheable request: \(text)") }
+                }
+                if case .bypass = full {} else { XCTAssertFalse(policy.certainlySampled(path: "/v1/chat/completions", body: bytes), text) }
+            }
+        }
+        XCTAssertFalse(policy.certainlySampled(path: "/v1/embeddings", body: Array(#"{"input":"x"}"#.utf8)), "embeddings are always cacheable")
+        XCTAssertTrue(policy.certainlySampled(path: "/v1/chat/completions", body: Array(#"{"model":"m","messages":[]}"#.utf8)))
+    }
+
     func testPricesDefaultsFamiliesAndOverrides() {
         let table = PriceTable(overrides: ["gpt-4o-mini": .init(inputPerMTok: 1, outputPerMTok: 2), "my-model": .init(inputPerMTok: 3, outputPerMTok: 4)])
         XCTAssertEqual(table.price(of: "gpt-4o")?.inputPerMTok, 2.50)

@@ -35,6 +35,21 @@ public struct CachePolicy: Sendable, Equatable {
     ]
     static let alwaysDeterministic: Set<String> = ["/v1/embeddings", "/v1/moderations"]
 
+    /// True when a request is certainly not cacheable in `deterministic` mode because it samples
+    /// (`temperature` absent or not 0, and no `seed`), decided from the raw body without a full
+    /// parse: most traffic samples, and it should not pay for a canonical form it will not use.
+    /// False means "parse it and `decide`".
+    public func certainlySampled(path: String, body: [UInt8]) -> Bool {
+        guard mode == .deterministic, !Self.alwaysDeterministic.contains(path), let members = JSONTopLevel.members(body) else { return false }
+        var zeroTemperature = false
+        for m in members {
+            let raw = body[m.value]
+            if m.key == "seed", raw.elementsEqual("null".utf8) == false { return false }
+            if m.key == "temperature" { zeroTemperature = JSONTopLevel.isZeroNumber(raw) }
+        }
+        return !zeroTemperature
+    }
+
     /// - Parameters:
     ///   - cacheControl: the request's `Cache-Control` values.
     ///   - ttlHeader: the request's `x-sidecar-cache-ttl`.

@@ -149,9 +149,16 @@ final class ProxyExchange: UpstreamResponseDelegate {
         var bytes: [UInt8] = []
         bytes.reserveCapacity(bodyBytes)
         for part in body { bytes += part.readableBytesView }
+        let policy = CachePolicy(mode: c.settings.mode, defaultTTL: c.settings.ttlSeconds)
+        if policy.certainlySampled(path: Self.barePath(c.path), body: bytes) {
+            cacheState = nil
+            metrics.cacheResult("bypass")
+            c.cache.count(model: ModelSniffer.model(in: bytes) ?? "-") { $0.bypasses += 1 }
+            return lease(fresh: false)
+        }
         let parsed = CanonicalJSON.parse(bytes)
         if case .string(let m)? = parsed?["model"] { c.model = m }
-        let decision = CachePolicy(mode: c.settings.mode, defaultTTL: c.settings.ttlSeconds)
+        let decision = policy
             .decide(method: c.method, path: Self.barePath(c.path), body: parsed, cacheControl: c.cacheControl, ttlHeader: c.ttlHeader)
         let ttl: Int
         let lookup: Bool
