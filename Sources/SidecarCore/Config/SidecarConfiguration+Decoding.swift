@@ -98,14 +98,28 @@ extension SidecarConfiguration {
 struct RawConfiguration: Decodable {
     /// Keys whose values are integers (the rest are strings or tables), for type error messages.
     static let integerKeys: Set<String> = ["max_body_bytes", "threads", "max_connections", "queue_size", "ttl_seconds",
-                                            "max_bytes", "memory_bytes", "max_entry_bytes"]
-    static let tableKeys: Set<String> = ["server", "upstreams", "log", "cache", "prices"]
+                                            "max_bytes", "memory_bytes", "max_entry_bytes", "weight", "max_concurrency"]
+    static let tableKeys: Set<String> = ["server", "upstreams", "log", "cache", "prices", "models", "deployments"]
 
     var server: RawServer?
     var upstreams: [String: RawUpstream]?
     var log: RawLog?
     var cache: RawCache?
     var prices: [String: RawPrice]?
+    var models: [RawModel]?
+
+    struct RawModel: Decodable {
+        var name: String?
+        var fallbacks: [String]?
+        var deployments: [RawDeployment]?
+    }
+
+    struct RawDeployment: Decodable {
+        var upstream: String?
+        var model: String?
+        var weight: Int?
+        var max_concurrency: Int?
+    }
 
     struct RawCache: Decodable {
         var mode: String?
@@ -250,7 +264,44 @@ private struct Validator {
             log.format = f
         }
         if let access = raw.log?.access { log.access = access }
-        return SidecarConfiguration(server: server, upstreams: upstreams, log: log, cache: try cache(raw.cache), prices: try prices(raw.prices))
+        var configuration = SidecarConfiguration(server: server, upstreams: upstreams, log: log, cache: try cache(raw.cache), prices: try prices(raw.prices))
+        configuration.models = try models(raw.models ?? [], upstreams: Set(upstreams.map(\.name)))
+        return configuration
+    }
+
+    func models(_ raw: [RawConfiguration.RawModel], upstreams: Set<String>) throws(ConfigurationError) -> [SidecarConfiguration.ModelGroup] {
+        var groups: [SidecarConfiguration.ModelGroup] = []
+        for (i, rm) in raw.enumerated() {
+            let base = ["models"]
+            guard let name = rm.name, !name.isEmpty else { throw fail(base + ["name"], "model group \(i + 1) needs a name (what the app sends as \"model\")") }
+            guard !groups.contains(where: { $0.name == name }) else { throw fail(base + ["name"], "\"\(name)\" is defined twice") }
+            let rds = rm.deployments ?? []
+            guard !rds.isEmpty else { throw fail(base + ["deployments"], "model group \"\(name)\" needs at least one [[models.deployments]]") }
+            var deployments: [SidecarConfiguration.ModelGroup.Deployment] = []
+            for rd in rds {
+                let dbase = base + ["deployments"]
+                guard let upstream = rd.upstream else { throw fail(dbase + ["upstream"], "every deployment of \"\(name)\" needs an upstream") }
+                guard upstreams.contains(upstream) else {
+                    throw fail(dbase + ["upstream"], "\"\(upstream)\" (in model group \"\(name)\") is not an [upstreams.NAME]; they are: \(upstreams.sorted().joined(separator: ", "))")
+                }
+                var d = SidecarConfiguration.ModelGroup.Deployment(upstream: upstream, model: rd.model ?? name)
+                d.weight = try positive(rd.weight, dbase + ["weight"], default: 1, max: 1_000_000)
+                if let c = rd.max_concurrency { d.maxConcurrency = try positive(c, dbase + ["max_concurrency"], default: 1, max: 1_000_000) }
+                guard !deployments.contains(where: { $0.upstream == d.upstream && $0.model == d.model }) else {
+                    throw fail(dbase, "model group \"\(name)\" lists \(upstream)/\(d.model) twice")
+                }
+                deployments.append(d)
+            }
+            groups.append(.init(name: name, fallbacks: rm.fallbacks ?? [], deployments: deployments))
+        }
+        let names = Set(groups.map(\.name))
+        for g in groups {
+            for f in g.fallbacks {
+                guard names.contains(f) else { throw fail(["models", "fallbacks"], "\"\(f)\" (a fallback of \"\(g.name)\") is not a model group") }
+                guard f != g.name else { throw fail(["models", "fallbacks"], "\"\(g.name)\" cannot fall back to itself") }
+            }
+        }
+        return groups
     }
 
     func cache(_ rc: RawConfiguration.RawCache?) throws(ConfigurationError) -> SidecarConfiguration.Cache {

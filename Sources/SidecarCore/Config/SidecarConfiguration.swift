@@ -13,6 +13,42 @@ public struct SidecarConfiguration: Sendable, Equatable {
     public var cache: Cache
     /// `[prices."MODEL"]`: overrides and additions to `PriceTable.defaults`.
     public var prices: [String: PriceTable.Price]
+    /// `[[models]]`: model groups, in file order (docs/routing.md).
+    public var models: [ModelGroup] = []
+
+    public func modelGroup(named name: String) -> ModelGroup? { models.first { $0.name == name } }
+
+    /// `[[models]]`: one model name the app sends, served by several deployments.
+    public struct ModelGroup: Sendable, Equatable {
+        public var name: String
+        /// Other groups to try, in order, when none of this group's deployments can take a request.
+        public var fallbacks: [String] = []
+        public var deployments: [Deployment]
+
+        /// `[[models.deployments]]`
+        public struct Deployment: Sendable, Equatable {
+            /// A `[upstreams.NAME]`.
+            public var upstream: String
+            /// The name sent upstream (the body's `model` is rewritten to it).
+            public var model: String
+            /// Share of the load under saturation. Default 1.
+            public var weight: Int = 1
+            /// In-flight cap; nil: only the upstream's pool bounds it.
+            public var maxConcurrency: Int?
+            public init(upstream: String, model: String, weight: Int = 1, maxConcurrency: Int? = nil) {
+                self.upstream = upstream
+                self.model = model
+                self.weight = weight
+                self.maxConcurrency = maxConcurrency
+            }
+        }
+
+        public init(name: String, fallbacks: [String] = [], deployments: [Deployment]) {
+            self.name = name
+            self.fallbacks = fallbacks
+            self.deployments = deployments
+        }
+    }
 
     public init(server: Server, upstreams: [Upstream], log: Log = Log(), cache: Cache = Cache(), prices: [String: PriceTable.Price] = [:]) {
         self.server = server

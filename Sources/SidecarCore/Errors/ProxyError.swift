@@ -20,6 +20,7 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
         case badRequest, payloadTooLarge, notFound, methodNotAllowed, forbidden
         case upstreamConnect, upstreamTLS, upstreamClosed, upstreamProtocol, upstreamTimeout(Timeout)
         case poolExhausted, shuttingDown, internalError
+        case modelNotFound, deploymentsBusy
     }
 
     private let code: Code
@@ -63,6 +64,17 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
     public static func poolExhausted(_ why: String) -> ProxyError { .init(.poolExhausted, why) }
     public static let shuttingDown = ProxyError(.shuttingDown, "the sidecar is shutting down")
     public static func internalError(_ why: String) -> ProxyError { .init(.internalError, why) }
+    /// A model that no `[[models]]` group names, with no default upstream to send it to.
+    public static func modelNotFound(_ model: String?) -> ProxyError {
+        guard let model else {
+            return .init(.modelNotFound, "the request names no model, and there is no server.default_upstream to send it to")
+        }
+        return .init(.modelNotFound, "The model `\(model.prefix(200))` does not exist: no [[models]] group is named so, and there is no server.default_upstream")
+    }
+    /// Every deployment of a group (and of its fallbacks) is at `max_concurrency` or ejected.
+    public static func deploymentsBusy(_ group: String) -> ProxyError {
+        .init(.deploymentsBusy, "every deployment of model group \(group) (and of its fallbacks) is at max_concurrency or ejected; retry shortly")
+    }
 
     // MARK: the one mapping
 
@@ -72,6 +84,8 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
         case .upstreamConnect, .upstreamTLS, .upstreamClosed, .upstreamProtocol: return .upstream
         case .upstreamTimeout(let t): return t == .poolQueue ? .internal : .upstream
         case .poolExhausted, .shuttingDown, .internalError: return .internal
+        case .modelNotFound: return .client
+        case .deploymentsBusy: return .internal
         }
     }
 
@@ -87,6 +101,8 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
         case .upstreamTimeout(let t): return t == .poolQueue ? 503 : 504
         case .poolExhausted, .shuttingDown: return 503
         case .internalError: return 500
+        case .modelNotFound: return 404
+        case .deploymentsBusy: return 429
         }
     }
 
@@ -122,13 +138,15 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
         case .poolExhausted: return "pool_exhausted"
         case .shuttingDown: return "shutting_down"
         case .internalError: return "internal_error"
+        case .modelNotFound: return "model_not_found"
+        case .deploymentsBusy: return "deployments_busy"
         }
     }
 
     /// Seconds the client should wait before trying again, for the statuses where that helps.
     public var retryAfterSeconds: Int? {
         switch code {
-        case .poolExhausted, .shuttingDown: return 1
+        case .poolExhausted, .shuttingDown, .deploymentsBusy: return 1
         case .upstreamTimeout(.poolQueue): return 1
         default: return nil
         }

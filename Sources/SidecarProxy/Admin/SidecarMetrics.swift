@@ -23,7 +23,22 @@ final class SidecarMetrics: Sendable {
     let cacheDatabaseErrors: Metrics.Meter
     let cacheFlights: Metrics.Meter
     /// Refreshes the gauges that are read rather than counted (the cache's), before a scrape.
-    let beforeRender = NIOLockedValueBox<(@Sendable () -> Void)?>(nil)
+    let beforeRender = NIOLockedValueBox<[@Sendable () -> Void]>([])
+    private let deploymentGauges = NIOLockedValueBox<[String: (inFlight: Metrics.Meter, ejected: Metrics.Meter)]>([:])
+
+    /// A deployment's in-flight requests and whether it is ejected (1) or not (0), by `UPSTREAM/MODEL`.
+    func deployment(_ name: String, inFlight: Int, ejected: Bool) {
+        let g = deploymentGauges.withLockedValue { all in
+            if let g = all[name] { return g }
+            let d = [("deployment", name)]
+            let g = (Metrics.Meter(label: "llm_sidecar_deployment_in_flight", dimensions: d, factory: factory),
+                     Metrics.Meter(label: "llm_sidecar_deployment_ejected", dimensions: d, factory: factory))
+            all[name] = g
+            return g
+        }
+        g.inFlight.set(inFlight)
+        g.ejected.set(ejected ? 1 : 0)
+    }
 
     init() {
         var factory = PrometheusMetricsFactory(registry: registry)
@@ -72,7 +87,7 @@ final class SidecarMetrics: Sendable {
 
     /// The Prometheus text exposition.
     func render() -> [UInt8] {
-        beforeRender.withLockedValue { $0 }?()
+        for refresh in beforeRender.withLockedValue({ $0 }) { refresh() }
         return registry.emitToBuffer()
     }
 }

@@ -22,6 +22,8 @@ public struct CacheStatsReport: Sendable {
     public var prices: PriceTable
     /// What only a running daemon knows.
     public var live: [String: any Sendable]?
+    /// The daemon's model groups: per deployment, in-flight requests and health.
+    public var routing: [String: any Sendable]?
 
     public var totals: Counters { models.values.reduce(into: Counters()) { $0 += $1 } }
 
@@ -57,7 +59,7 @@ public struct CacheStatsReport: Sendable {
         }
         var cache: [String: Any] = ["database": database, "entries": entries, "bytes": bytes]
         for (k, v) in live ?? [:] { cache[k] = v }
-        let object: [String: Any] = [
+        var object: [String: Any] = [
             "cache": cache,
             "totals": fields(totals, dollars: totalDollarsSaved),
             "models": models,
@@ -68,6 +70,7 @@ public struct CacheStatsReport: Sendable {
                 return f
             },
         ]
+        if let routing { object["routing"] = routing }
         let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes])) ?? Data("{}".utf8)
         return String(decoding: data, as: UTF8.self) + "\n"
     }
@@ -117,7 +120,7 @@ public struct CacheStatsReport: Sendable {
         let (entries, bytes) = try store.sizes()
         return CacheStatsReport(
             database: path, entries: entries, bytes: bytes, models: try store.counterTotals(), days: try store.dailyTotals(days: days),
-            entriesByModel: try store.entriesByModel(), prices: prices, live: nil)
+            entriesByModel: try store.entriesByModel(), prices: prices, live: nil, routing: nil)
     }
 }
 

@@ -2,6 +2,7 @@ import NIOCore
 import NIOHTTP1
 import SidecarCore
 import SidecarTLS
+import Foundation
 
 /// One client request on its way through the proxy, in named phases:
 ///
@@ -55,8 +56,19 @@ final class ProxyExchange: UpstreamResponseDelegate {
     }
 
     private let downstream: DownstreamHandler
-    private let group: UpstreamGroup
-    private let pool: UpstreamPool
+    /// Where the request goes: the default upstream, or (routed) the chosen deployment's. nil
+    /// until routing decides when there is no default upstream.
+    private var group: UpstreamGroup?
+    private var pool: UpstreamPool?
+    private let clientHead: HTTPRequestHead
+    /// `[[models]]` groups of the snapshot this request started with.
+    private let routes: [String: ModelRoute]
+    /// The group this request's model names, once the body is read.
+    private var route: ModelRoute?
+    /// The deployment slot taken for this request: given back exactly once (`releaseSlot`).
+    private var slot: (route: ModelRoute, index: Int)?
+    private var responseStatus = 0
+    private var retryAfter: TimeAmount?
     private let maxBodyBytes: Int
     private let metrics: SidecarMetrics
     private var upstreamHead: HTTPRequestHead
@@ -91,18 +103,16 @@ final class ProxyExchange: UpstreamResponseDelegate {
     /// The leader's client went away while followers still wait: the call goes on without it.
     private var detached = false
 
-    init(downstream: DownstreamHandler, head: HTTPRequestHead, group: UpstreamGroup, pool: UpstreamPool, maxBodyBytes: Int,
+    init(downstream: DownstreamHandler, head: HTTPRequestHead, group: UpstreamGroup?, routes: [String: ModelRoute], maxBodyBytes: Int,
          metrics: SidecarMetrics, cache: ResponseCache?, cacheSettings: SidecarConfiguration.Cache) {
         self.metrics = metrics
         self.downstream = downstream
-        self.group = group
-        self.pool = pool
+        self.clientHead = head
+        self.routes = routes
         self.maxBodyBytes = maxBodyBytes
-        let prefix = group.configuration.url.pathPrefix
-        self.upstreamHead = HTTPRequestHead(
-            version: .http1_1, method: head.method, uri: prefix.isEmpty ? head.uri : prefix + head.uri,
-            headers: HeaderPolicy.upstreamRequestHeaders(from: head.headers, host: group.hostHeader, authorization: group.authorization))
+        self.upstreamHead = head
         self.phase = .done
+        if let group { target(group) }
         if let cache, cacheSettings.mode != .off, head.method == .POST, CachePolicy.cacheablePaths.contains(Self.barePath(head.uri)) {
             cacheState = CacheState(
                 cache: cache, settings: cacheSettings, method: head.method.rawValue, path: head.uri,
@@ -111,7 +121,19 @@ final class ProxyExchange: UpstreamResponseDelegate {
             phase = .collecting
         } else {
             metrics.cacheResult("bypass")
+            // Routing needs the body's model before it can choose where to send the request.
+            if !routes.isEmpty, head.method == .POST { phase = .collecting }
         }
+    }
+
+    /// Sends this request to `group`: its host, key and path prefix.
+    private func target(_ group: UpstreamGroup) {
+        self.group = group
+        self.pool = group.pool(on: downstream.eventLoop)
+        let prefix = group.configuration.url.pathPrefix
+        upstreamHead = HTTPRequestHead(
+            version: .http1_1, method: clientHead.method, uri: prefix.isEmpty ? clientHead.uri : prefix + clientHead.uri,
+            headers: HeaderPolicy.upstreamRequestHeaders(from: clientHead.headers, host: group.hostHeader, authorization: group.authorization))
     }
 
     static func barePath(_ uri: String) -> String {
@@ -139,16 +161,27 @@ final class ProxyExchange: UpstreamResponseDelegate {
     /// Asks the pool for a connection (the grant may arrive before this returns), or, for a
     /// cache candidate, waits for the whole body first.
     func start() {
+        if listModelsIfNeeded() { return }
         if case .collecting = phase { return }
         lease(fresh: false)
     }
 
     /// The whole body is here: look it up, follow an identical request, or go upstream.
     private func decide() {
-        guard var c = cacheState else { return lease(fresh: false) }
         var bytes: [UInt8] = []
         bytes.reserveCapacity(bodyBytes)
         for part in body { bytes += part.readableBytesView }
+        if !routes.isEmpty {
+            let model = Self.topLevelString("model", in: bytes)
+            if let model, let r = routes[model] {
+                route = r
+                downstream.access.model = model
+            } else if group == nil {
+                cacheState = nil
+                return fail(.modelNotFound(model))
+            }
+        }
+        guard var c = cacheState else { return lease(fresh: false) }
         let policy = CachePolicy(mode: c.settings.mode, defaultTTL: c.settings.ttlSeconds)
         if policy.certainlySampled(path: Self.barePath(c.path), body: bytes) {
             cacheState = nil
@@ -271,6 +304,66 @@ final class ProxyExchange: UpstreamResponseDelegate {
         headers.add(name: "content-length", value: String(answer.body.readableBytes))
     }
 
+    // MARK: routing
+
+    /// The value of a top-level string member without escapes (model names have none).
+    static func topLevelString(_ key: String, in bytes: [UInt8]) -> String? {
+        guard let m = JSONTopLevel.members(bytes)?.first(where: { $0.key == key }) else { return nil }
+        let raw = bytes[m.value]
+        guard raw.count >= 2, raw.first == UInt8(ascii: "\""), raw.last == UInt8(ascii: "\""), !raw.contains(UInt8(ascii: "\\")) else { return nil }
+        return String(decoding: raw.dropFirst().dropLast(), as: UTF8.self)
+    }
+
+    /// Takes a deployment of the request's group, else of its fallbacks in order, and aims the
+    /// request at it: its upstream, and the body's `model` rewritten to the deployment's, every
+    /// other byte unchanged. False (and answered 429) when all are full or ejected.
+    private func bindDeployment() -> Bool {
+        guard let route else { return true }
+        let candidates = [route] + route.group.fallbacks.compactMap { routes[$0] }
+        for r in candidates {
+            guard let i = r.acquire() else { continue }
+            slot = (r, i)
+            target(r.upstreams[i])
+            downstream.access.upstream = r.name(i)
+            rewriteModel(to: r.group.deployments[i].model)
+            return true
+        }
+        fail(.deploymentsBusy(route.group.name))
+        return false
+    }
+
+    private func rewriteModel(to model: String) {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(bodyBytes)
+        for part in body { bytes += part.readableBytesView }
+        guard let m = JSONTopLevel.members(bytes)?.first(where: { $0.key == "model" }) else { return }
+        var value = ""
+        JSONString.append(model, to: &value)
+        guard !bytes[m.value].elementsEqual(value.utf8) else { return }
+        bytes.replaceSubrange(m.value, with: Array(value.utf8))
+        body = [ByteBuffer(bytes: bytes)]
+        bodyBytes = bytes.count
+        upstreamHead.headers.remove(name: "transfer-encoding")
+        upstreamHead.headers.replaceOrAdd(name: "content-length", value: String(bytes.count))
+    }
+
+    /// Gives the deployment slot back, once, saying how the request went.
+    private func releaseSlot(_ outcome: DeploymentSelector.Outcome) {
+        guard let s = slot else { return }
+        slot = nil
+        s.route.release(s.index, outcome)
+    }
+
+    /// What an upstream answer says about its deployment.
+    private var outcome: DeploymentSelector.Outcome {
+        switch responseStatus {
+        case 429: return .rateLimited(retryAfter: retryAfter)
+        case 500...599: return .failure
+        case 200..<500: return .success(latency: sentAt.map { .nanoseconds((NIODeadline.now() - $0).nanoseconds) } ?? .zero)
+        default: return .neutral
+        }
+    }
+
     // MARK: following an identical request
 
     private func follow(_ flight: Flight, cache: ResponseCache, model: String) {
@@ -332,12 +425,17 @@ final class ProxyExchange: UpstreamResponseDelegate {
     }
 
     private func lease(fresh: Bool) {
+        if route != nil, slot == nil, !bindDeployment() { return }
+        guard let pool else { return fail(.modelNotFound(nil)) }
         var granted = false
         let waiter = pool.lease(fresh: fresh) { [self] result in
             granted = true
             switch result {
             case .success(let lease): self.send(on: lease)
-            case .failure(let error): self.fail(error)
+            case .failure(let error):
+                // Connect, TLS and pool-queue failures: the deployment could not take the request.
+                self.releaseSlot(error.source == .upstream ? .failure : .neutral)
+                self.fail(error)
             }
         }
         if !granted { phase = .waitingForConnection(waiter) }
@@ -408,12 +506,15 @@ final class ProxyExchange: UpstreamResponseDelegate {
         body.removeAll()
         let now = NIODeadline.now()
         headAt = now
-        if let sentAt { group.metrics.firstByte.recordNanoseconds((now - sentAt).nanoseconds) }
-        group.metrics.response(status: Int(head.status.code))
+        if let sentAt { group?.metrics.firstByte.recordNanoseconds((now - sentAt).nanoseconds) }
+        group?.metrics.response(status: Int(head.status.code))
         let contentType = head.headers.first(name: "content-type")
         isStream = contentType?.hasPrefix("text/event-stream") ?? false
+        responseStatus = Int(head.status.code)
+        if responseStatus == 429 { retryAfter = head.headers.first(name: "retry-after").flatMap(Int.init).map { .seconds(Int64($0)) } }
         var headers = HeaderPolicy.downstreamResponseHeaders(from: head.headers)
         headers.add(name: "x-sidecar-cache", value: cacheLabel)
+        if let s = slot { headers.add(name: "x-sidecar-deployment", value: s.route.name(s.index)) }
         if var c = cacheState, let flight = c.flight {
             c.status = Int(head.status.code)
             c.contentType = contentType
@@ -425,21 +526,71 @@ final class ProxyExchange: UpstreamResponseDelegate {
         downstream.access.cache = cacheLabel
         if detached { return }
         if !downstream.keepAlive { headers.add(name: "connection", value: "close") }
+        if modelsToMerge != nil, responseStatus == 200 {
+            heldHead = HTTPResponseHead(version: .http1_1, status: head.status, headers: headers)  // sent with the merged list
+            return
+        }
+        modelsToMerge = nil
         downstream.writeResponseHead(HTTPResponseHead(version: .http1_1, status: head.status, headers: headers))
+    }
+
+    // MARK: GET /v1/models with [[models]] groups
+
+    /// The group names to add to the default upstream's `GET /v1/models` answer; nil otherwise.
+    private var modelsToMerge: [String]?
+    private var heldHead: HTTPResponseHead?
+    private var heldBody: [UInt8] = []
+
+    /// `GET /v1/models` lists the configured groups, merged into the default upstream's list
+    /// (answered locally when there is no default upstream).
+    func listModelsIfNeeded() -> Bool {
+        guard clientHead.method == .GET, Self.barePath(clientHead.uri) == "/v1/models", !routes.isEmpty else { return false }
+        let names = routes.keys.sorted()
+        if group != nil {
+            modelsToMerge = names
+            return false
+        }
+        phase = .done
+        responseStarted = true
+        let body = ByteBuffer(bytes: Self.mergeModels(names, into: nil))
+        var headers = HTTPHeaders()
+        headers.add(name: "content-type", value: "application/json")
+        headers.add(name: "content-length", value: String(body.readableBytes))
+        if !downstream.keepAlive { headers.add(name: "connection", value: "close") }
+        downstream.writeResponseHead(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))
+        downstream.writeResponseBody(body)
+        downstream.finishResponse(trailers: nil)
+        return true
+    }
+
+    /// An OpenAI model list with `names` added (those not already listed), after `upstream`'s.
+    static func mergeModels(_ names: [String], into upstream: [UInt8]?) -> [UInt8] {
+        var object = upstream.flatMap { try? JSONSerialization.jsonObject(with: Data($0)) as? [String: Any] } ?? ["object": "list"]
+        var data = object["data"] as? [[String: Any]] ?? []
+        let present = Set(data.compactMap { $0["id"] as? String })
+        for name in names where !present.contains(name) {
+            data.append(["id": name, "object": "model", "created": 0, "owned_by": "llm-sidecar"])
+        }
+        object["data"] = data
+        return Array((try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data())
     }
 
     func upstreamResponseBody(_ body: ByteBuffer) {
         if isStream, firstBodyAt == nil, let sentAt {
             let now = NIODeadline.now()
             firstBodyAt = now
-            group.metrics.streamFirstToken.recordNanoseconds((now - sentAt).nanoseconds)
+            group?.metrics.streamFirstToken.recordNanoseconds((now - sentAt).nanoseconds)
         }
         cacheState?.flight?.publish(.body(body))
+        if heldHead != nil {
+            heldBody += body.readableBytesView
+            return
+        }
         if !detached { downstream.writeResponseBody(body) }
     }
 
     func upstreamReadComplete() {
-        if !detached { downstream.flush() }
+        if !detached, heldHead == nil { downstream.flush() }
     }
 
     func upstreamResponseEnd(_ trailers: HTTPHeaders?) {
@@ -447,7 +598,8 @@ final class ProxyExchange: UpstreamResponseDelegate {
         phase = .done
         let keepAlive = lease.connection.lastResponseKeepAlive
         // A connection whose request was not sent to its end cannot carry another request.
-        pool.release(lease.connection, reusable: keepAlive.reusable && requestEnded, keepAlive: keepAlive.timeout)
+        pool?.release(lease.connection, reusable: keepAlive.reusable && requestEnded, keepAlive: keepAlive.timeout)
+        releaseSlot(outcome)
         recordCompletion()
         if let c = cacheState, let flight = c.flight, let key = c.key {
             flight.publish(.end)
@@ -457,35 +609,43 @@ final class ProxyExchange: UpstreamResponseDelegate {
                 flight: c.registered ? flight : nil))
             cacheState = nil
         }
+        if var head = heldHead, let names = modelsToMerge {
+            let merged = ByteBuffer(bytes: Self.mergeModels(names, into: heldBody))
+            head.headers.remove(name: "transfer-encoding")
+            head.headers.replaceOrAdd(name: "content-length", value: String(merged.readableBytes))
+            downstream.writeResponseHead(head)
+            downstream.writeResponseBody(merged)
+        }
         if !detached { downstream.finishResponse(trailers: trailers) }
     }
 
     private func recordCompletion() {
         let now = NIODeadline.now()
         let total = (now - started).nanoseconds
-        group.metrics.duration.recordNanoseconds(total)
+        group?.metrics.duration.recordNanoseconds(total)
         if let sentAt {
             metrics.overhead.recordNanoseconds(max(0, total - (now - sentAt).nanoseconds))
             downstream.access.upstreamNanos = (now - sentAt).nanoseconds
         }
-        if isStream, let headAt { group.metrics.streamDuration.recordNanoseconds((now - headAt).nanoseconds) }
+        if isStream, let headAt { group?.metrics.streamDuration.recordNanoseconds((now - headAt).nanoseconds) }
     }
 
     func upstreamFailed(_ error: ProxyError, beforeResponse: Bool) {
 
         guard case .forwarding(let lease) = phase else { return }
-        pool.release(lease.connection, reusable: false, keepAlive: nil)
+        pool?.release(lease.connection, reusable: false, keepAlive: nil)
         // The server may close a keep-alive connection just as we reuse it. Nothing reached the
         // provider's application then, so one replay on a fresh connection is safe; no other
         // failure is replayed here (a POST that reached the provider may already be billed).
         if beforeResponse, lease.reused, !replayed, replayable, Self.isStaleClose(error) {
             replayed = true
-            group.metrics.staleConnectionRetries.increment()
+            group?.metrics.staleConnectionRetries.increment()
             phase = .done
             self.lease(fresh: true)
             return
         }
         phase = .done
+        releaseSlot(beforeResponse ? .failure : outcome)
         answer(error)
     }
 
@@ -549,16 +709,17 @@ final class ProxyExchange: UpstreamResponseDelegate {
     private func abandonUpstream() {
         switch phase {
         case .waitingForConnection(let waiter):
-            pool.cancel(waiter)
+            pool?.cancel(waiter)
         case .forwarding(let lease):
             lease.connection.delegate = nil
-            pool.release(lease.connection, reusable: false, keepAlive: nil)
+            pool?.release(lease.connection, reusable: false, keepAlive: nil)
         case .done, .collecting, .lookingUp:
             break
         case .following(let flight, let id):
             flight.leave(id)
         }
         phase = .done
+        releaseSlot(.neutral)
     }
 
     // MARK: the single exit for failures
@@ -580,7 +741,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
         }
         if detached { return }
         metrics.error(error.codeString)
-        if !responseStarted { group.metrics.response(status: error.status) }
+        if !responseStarted { group?.metrics.response(status: error.status) }
         if responseStarted {
             downstream.abortResponse()
         } else {

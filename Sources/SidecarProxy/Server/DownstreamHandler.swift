@@ -191,18 +191,19 @@ final class DownstreamHandler: ChannelDuplexHandler {
         if let length = head.headers.first(name: "content-length").flatMap({ Int($0) }), length > runtime.maxBodyBytes {
             return respondWithError(.payloadTooLarge(limit: runtime.maxBodyBytes), closeAfter: true)
         }
-        guard let context, let group = runtime.defaultUpstream else {
+        guard let context, runtime.defaultUpstream != nil || !runtime.routes.isEmpty else {
             return respondWithError(.notFound(path: path), closeAfter: false)
         }
+        let group = runtime.defaultUpstream
         if head.headers[canonicalForm: "expect"].contains(where: { HeaderPolicy.equalsIgnoringASCIICase($0, "100-continue") }) {
             // The client waits for this before sending its body (curl does, for bodies over 1 KiB).
             context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))), promise: nil)
         }
         let exchange = ProxyExchange(
-            downstream: self, head: head, group: group, pool: group.pool(on: context.eventLoop), maxBodyBytes: runtime.maxBodyBytes,
+            downstream: self, head: head, group: group, routes: runtime.routes, maxBodyBytes: runtime.maxBodyBytes,
             metrics: state.metrics, cache: state.cache, cacheSettings: runtime.configuration.cache)
         self.exchange = exchange
-        access.upstream = group.configuration.name
+        access.upstream = group?.configuration.name
         state.requestStarted()
         exchange.start()
     }
@@ -237,15 +238,24 @@ final class DownstreamHandler: ChannelDuplexHandler {
                            body: ByteBuffer(string: json), headOnly: headOnly)
         case "/stats":
             let configuration = runtime.configuration
+            var groups: [String: any Sendable] = [:]
+            for (name, route) in runtime.routes {
+                groups[name] = route.snapshot.map { d -> [String: any Sendable] in ["deployment": d.name, "in_flight": d.inFlight, "health": d.health] }
+            }
+            let routing = groups
             guard let cache = state.cache, let context else {
-                respondLocally(status: .ok, contentType: "application/json",
-                               body: ByteBuffer(string: #"{"cache":{"mode":"off"}}"# + "\n"), headOnly: headOnly)
+                var report = CacheStatsReport(database: "", entries: 0, bytes: 0, models: [:], days: [], prices: configuration.priceTable,
+                                              live: ["mode": "off"])
+                report.routing = routing
+                respondLocally(status: .ok, contentType: "application/json", body: ByteBuffer(string: report.json()), headOnly: headOnly)
                 return
             }
             // The database part is read on the database thread; the answer is written when it is back.
             context.eventLoop.makeFutureWithTask {
-                await cache.report(prices: configuration.priceTable, mode: configuration.cache.mode.rawValue,
-                                   scope: configuration.cache.scope.rawValue).json()
+                var report = await cache.report(prices: configuration.priceTable, mode: configuration.cache.mode.rawValue,
+                                                scope: configuration.cache.scope.rawValue)
+                report.routing = routing
+                return report.json()
             }.assumeIsolated().whenSuccess { [self] json in
                 self.respondLocally(status: .ok, contentType: "application/json", body: ByteBuffer(string: json), headOnly: headOnly)
             }

@@ -11,6 +11,8 @@ final class ProxyRuntime: Sendable {
     let configuration: SidecarConfiguration
     let groups: [String: UpstreamGroup]
     let defaultUpstream: UpstreamGroup?
+    /// `[[models]]` groups by name; empty when none is configured.
+    let routes: [String: ModelRoute]
     let maxBodyBytes: Int
     let clientIdleTimeout: TimeAmount
     /// `Bearer TOKEN` that lets a non-loopback client use the admin endpoints; nil: loopback only.
@@ -21,6 +23,12 @@ final class ProxyRuntime: Sendable {
         self.adminAuthorization = adminToken.map { "Bearer \($0)" }
         self.groups = groups
         self.defaultUpstream = configuration.server.defaultUpstream.flatMap { groups[$0] }
+        var routes: [String: ModelRoute] = [:]
+        for m in configuration.models {
+            // Validation guarantees every deployment names an upstream.
+            routes[m.name] = ModelRoute(group: m, upstreams: m.deployments.compactMap { groups[$0.upstream] })
+        }
+        self.routes = routes
         self.maxBodyBytes = configuration.server.maxBodyBytes
         self.clientIdleTimeout = configuration.server.clientIdleTimeout
     }

@@ -56,7 +56,7 @@ public final class SidecarServer: Sendable {
             let opened = await ResponseCache.open(settings: settings, logger: logger, clock: cacheClock ?? ResponseCache.wallClock)
             opened.startHousekeeping(on: loops[0])
             cache = opened
-            metrics.beforeRender.withLockedValue { $0 = { [weak opened] in
+            metrics.beforeRender.withLockedValue { $0.append { [weak opened] in
                 guard let opened else { return }
                 let hot = opened.hotTier
                 let health = opened.database.health
@@ -69,6 +69,12 @@ public final class SidecarServer: Sendable {
         }
         let state = ServerState(
             runtime: ProxyRuntime(configuration: configuration, groups: groups, adminToken: adminToken), metrics: metrics, logger: logger, cache: cache)
+        metrics.beforeRender.withLockedValue { $0.append { [weak state] in
+            guard let state else { return }
+            for route in state.runtime.routes.values {
+                for d in route.snapshot { metrics.deployment(d.name, inFlight: d.inFlight, ejected: d.health == "ejected") }
+            }
+        } }
         let box = ChildRegistry()
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)

@@ -1,0 +1,155 @@
+import Foundation
+import NIOCore
+import NIOPosix
+import SidecarCore
+import SidecarProxy
+import SidecarTestSupport
+import XCTest
+
+/// `[[models]]` groups end to end: several FakeUpstreams behind one model name.
+final class RoutingTests: XCTestCase {
+    var upstreams: [FakeUpstream] = []
+    var harness: ProxyHarness!
+
+    override func tearDown() async throws {
+        await harness?.stop()
+        for u in upstreams { await u.stop() }
+    }
+
+    /// Starts `count` upstreams named a, b, c… and a sidecar whose default upstream is "a" (or none).
+    private func start(_ count: Int, defaultUpstream: Bool = true, models: [SidecarConfiguration.ModelGroup]) async throws {
+        for _ in 0..<count { upstreams.append(try await FakeUpstream.start()) }
+        let urls = upstreams.map(\.url)
+        harness = try await ProxyHarness(upstreamURL: urls[0], configure: { c in
+            c.cache.mode = .off
+            var all: [SidecarConfiguration.Upstream] = []
+            for (i, url) in urls.enumerated() {
+                guard case .success(let u) = UpstreamURL.parse(url) else { continue }
+                all.append(.init(name: String(UnicodeScalar(UInt8(97 + i))), url: u))
+            }
+            c = SidecarConfiguration(server: c.server, upstreams: all, log: c.log, cache: c.cache)
+            c.server.defaultUpstream = defaultUpstream ? "a" : nil
+            c.models = models
+        })
+    }
+
+    private func post(_ body: String, headers: [(String, String)] = []) async throws -> TestResponse {
+        try await harness.request("POST", "/v1/chat/completions", headers: headers, body: body)
+    }
+
+    func testModelRewriteIsByteExactAndTheAnswerNamesItsDeployment() async throws {
+        try await start(2, models: [.init(name: "team-model", deployments: [.init(upstream: "b", model: "gpt-4o-mini-2024-07-18")])])
+        let body = #"{ "messages" : [ {"role":"user","content":"\"model\": keep me"} ],"model" :  "team-model" , "temperature": 1.0e0 }"#
+        let r = try await post(body)
+        XCTAssertEqual(r.status, 200)
+        XCTAssertEqual(r.header("x-sidecar-deployment"), "b/gpt-4o-mini-2024-07-18")
+        XCTAssertEqual(upstreams[0].counters.requests, 0)
+        let sent = try XCTUnwrap(upstreams[1].requests.first)
+        XCTAssertEqual(String(decoding: sent.body, as: UTF8.self),
+                       #"{ "messages" : [ {"role":"user","content":"\"model\": keep me"} ],"model" :  "gpt-4o-mini-2024-07-18" , "temperature": 1.0e0 }"#,
+                       "only the model's value changes")
+        XCTAssertEqual(sent.header("content-length"), String(sent.body.count))
+
+        // A model no group names goes to the default upstream unchanged.
+        let other = #"{"model":"gpt-4o","messages":[]}"#
+        let r2 = try await post(other)
+        XCTAssertEqual(r2.status, 200)
+        XCTAssertNil(r2.header("x-sidecar-deployment"))
+        XCTAssertEqual(upstreams[0].requests.first.map { String(decoding: $0.body, as: UTF8.self) }, other)
+
+        // GET /v1/models: the default upstream's list plus the groups.
+        let models = try await harness.request("GET", "/v1/models")
+        let ids = ((try JSONSerialization.jsonObject(with: Data(models.body.utf8)) as? [String: Any])?["data"] as? [[String: Any]])?.compactMap { $0["id"] as? String }
+        XCTAssertEqual(ids, ["gpt-4o-mini", "team-model"])
+    }
+
+    func testUnknownModelWithoutADefaultUpstreamIs404ModelNotFound() async throws {
+        try await start(1, defaultUpstream: false, models: [.init(name: "m", deployments: [.init(upstream: "a", model: "m")])])
+        let r = try await post(#"{"model":"nope","messages":[]}"#)
+        XCTAssertEqual(r.status, 404)
+        let e = openAIError(r.body)
+        XCTAssertEqual(e?.code, "model_not_found")
+        XCTAssertEqual(e?.type, "invalid_request_error")
+        XCTAssertTrue(e?.message.contains("`nope`") ?? false, r.body)
+        XCTAssertEqual(upstreams[0].counters.requests, 0)
+        try await expectEqual(try await post(#"{"model":"m","messages":[]}"#).status, 200)
+        let list = try await harness.request("GET", "/v1/models")
+        XCTAssertEqual(list.status, 200)
+        XCTAssertTrue(list.body.contains(#""id":"m""#), list.body)
+    }
+
+    func testWeightedLeastConnectionsSharesSlowRequestsByWeight() async throws {
+        try await start(2, models: [.init(name: "g", deployments: [
+            .init(upstream: "a", model: "g-a", weight: 3), .init(upstream: "b", model: "g-b", weight: 1),
+        ])])
+        let harness = self.harness!
+        let results = try await withThrowingTaskGroup(of: TestResponse.self) { group in
+            for _ in 0..<40 {
+                group.addTask {
+                    try await harness.request("POST", "/v1/chat/completions", headers: [("x-fake-delay-ms", "400")],
+                                              body: #"{"model":"g","messages":[]}"#)
+                }
+            }
+            return try await group.reduce(into: []) { $0.append($1) }
+        }
+        XCTAssertTrue(results.allSatisfy { $0.status == 200 })
+        let a = upstreams[0].counters.requests, b = upstreams[1].counters.requests
+        XCTAssertEqual(a + b, 40)
+        XCTAssertTrue((26...34).contains(a), "3:1 weights under saturation: a=\(a) b=\(b)")
+    }
+
+    func testMaxConcurrencyOverflowsToTheFallbackGroupThen429() async throws {
+        try await start(2, models: [
+            .init(name: "main", fallbacks: ["backup"], deployments: [.init(upstream: "a", model: "main", maxConcurrency: 1)]),
+            .init(name: "backup", deployments: [.init(upstream: "b", model: "backup-model", maxConcurrency: 1)]),
+        ])
+        let harness = self.harness!
+        let slow = { @Sendable in
+            try await harness.request("POST", "/v1/chat/completions", headers: [("x-fake-delay-ms", "500")], body: #"{"model":"main","messages":[]}"#)
+        }
+        async let first = slow()
+        try await Task.sleep(nanoseconds: 100_000_000)
+        async let second = slow()
+        try await Task.sleep(nanoseconds: 100_000_000)
+        let third = try await post(#"{"model":"main","messages":[]}"#)
+        XCTAssertEqual(third.status, 429, "both deployments are at max_concurrency")
+        XCTAssertEqual(third.header("retry-after"), "1")
+        XCTAssertEqual(openAIError(third.body)?.code, "deployments_busy")
+        let (r1, r2) = try await (first, second)
+        XCTAssertEqual(r1.header("x-sidecar-deployment"), "a/main")
+        XCTAssertEqual(r2.header("x-sidecar-deployment"), "b/backup-model", "the fallback group took the overflow")
+        XCTAssertEqual(upstreams[1].requests.first.map { String(decoding: $0.body, as: UTF8.self) }, #"{"model":"backup-model","messages":[]}"#)
+        // Slots came back exactly once: both deployments take requests again.
+        try await expectEqual(try await post(#"{"model":"main","messages":[]}"#).header("x-sidecar-deployment"), "a/main")
+    }
+
+    func testADeadDeploymentIsEjectedAfterThreeFailures() async throws {
+        // A port nobody listens on: connection refused.
+        let probe = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: 0).get()
+        let deadPort = probe.localAddress!.port!
+        try await probe.close()
+        try await start(1, models: [.init(name: "g", deployments: [.init(upstream: "a", model: "g"), .init(upstream: "dead", model: "g")])])
+        await harness.stop()
+        let url = upstreams[0].url
+        harness = try await ProxyHarness(upstreamURL: url, configure: { c in
+            c.cache.mode = .off
+            guard case .success(let dead) = UpstreamURL.parse("http://127.0.0.1:\(deadPort)") else { return }
+            c.upstreams.append(.init(name: "dead", url: dead))
+            c.upstreams[0] = .init(name: "a", url: c.upstreams[0].url)
+            c.server.defaultUpstream = "a"
+            c.models = [.init(name: "g", deployments: [.init(upstream: "a", model: "g"), .init(upstream: "dead", model: "g")])]
+        })
+        var failures = 0
+        for _ in 0..<30 {
+            let r = try await post(#"{"model":"g","messages":[]}"#)
+            if r.status == 502 { failures += 1 } else { XCTAssertEqual(r.status, 200) }
+        }
+        XCTAssertLessThanOrEqual(failures, 3, "after three failures the dead deployment is ejected, not tried per request")
+        XCTAssertEqual(upstreams[0].counters.requests, 30 - failures)
+        let stats = try await harness.request("GET", "/stats").body
+        XCTAssertTrue(stats.contains(#""deployment" : "dead/g""#) && stats.contains(#""health" : "ejected""#), stats)
+        let metrics = try await harness.request("GET", "/metrics").body
+        XCTAssertTrue(metrics.contains(#"llm_sidecar_deployment_ejected{deployment="dead/g"} 1"#), metrics)
+        XCTAssertTrue(metrics.contains(#"llm_sidecar_deployment_in_flight{deployment="a/g"} 0"#), "every slot was given back")
+    }
+}
