@@ -13,7 +13,7 @@ import SidecarTLS
 ///
 /// | header | effect |
 /// |---|---|
-/// | `x-fake-status: N` | answer with status N |
+/// | `x-fake-status: N` | answer with status N (`forcedStatus` overrides it for every request) |
 /// | `x-fake-delay-ms: N` | wait N ms before the response head |
 /// | `x-fake-body-delay-ms: N` | send the head, wait N ms, then the body |
 /// | `x-fake-close: 1` | answer with `Connection: close` and close |
@@ -53,6 +53,9 @@ public final class FakeUpstream: Sendable {
     /// When true, a request arriving on a connection that already served one is dropped by closing
     /// the connection without an answer: the race where a server closes an idle keep-alive connection.
     public let closeReusedConnections: NIOLockedValueBox<Bool>
+    /// When set, every request is answered with this status (and `Retry-After`, if given),
+    /// whatever its headers say: a deployment that is down or rate-limited as a whole.
+    public let forcedStatus: NIOLockedValueBox<(status: Int, retryAfter: String?)?>
     let state: NIOLockedValueBox<(Counters, [RecordedRequest])>
     private let channel: Channel
     private let group: EventLoopGroup
@@ -78,12 +81,14 @@ public final class FakeUpstream: Sendable {
     "system_fingerprint":"fp_0123456789"}
     """
 
-    private init(channel: Channel, group: EventLoopGroup, ownsGroup: Bool, tls: Bool, closeReused: NIOLockedValueBox<Bool>, state: NIOLockedValueBox<(Counters, [RecordedRequest])>) {
+    private init(channel: Channel, group: EventLoopGroup, ownsGroup: Bool, tls: Bool, closeReused: NIOLockedValueBox<Bool>,
+                 forced: NIOLockedValueBox<(status: Int, retryAfter: String?)?>, state: NIOLockedValueBox<(Counters, [RecordedRequest])>) {
         self.channel = channel
         self.group = group
         self.ownsGroup = ownsGroup
         self.tls = tls
         self.closeReusedConnections = closeReused
+        self.forcedStatus = forced
         self.state = state
     }
 
@@ -95,6 +100,7 @@ public final class FakeUpstream: Sendable {
         let context = try tls.map { try SSLContext(configuration: $0) }
         let state = NIOLockedValueBox<(Counters, [RecordedRequest])>((Counters(), []))
         let closeReused = NIOLockedValueBox(false)
+        let forced = NIOLockedValueBox<(status: Int, retryAfter: String?)?>(nil)
         let connectionNumbers = NIOLockedValueBox(0)
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -110,14 +116,14 @@ public final class FakeUpstream: Sendable {
                     let sync = channel.pipeline.syncOperations
                     if let context { try sync.addHandler(TLSHandler(server: context)) }
                     try sync.configureHTTPServerPipeline(withErrorHandling: true)
-                    try sync.addHandler(FakeUpstreamHandler(connection: number, state: state, closeReused: closeReused))
+                    try sync.addHandler(FakeUpstreamHandler(connection: number, state: state, closeReused: closeReused, forced: forced))
                     return channel.eventLoop.makeSucceededVoidFuture()
                 } catch {
                     return channel.eventLoop.makeFailedFuture(error)
                 }
             }
             .bind(host: "127.0.0.1", port: 0).get()
-        return FakeUpstream(channel: channel, group: group, ownsGroup: ownsGroup, tls: tls != nil, closeReused: closeReused, state: state)
+        return FakeUpstream(channel: channel, group: group, ownsGroup: ownsGroup, tls: tls != nil, closeReused: closeReused, forced: forced, state: state)
     }
 
     public func stop() async {
@@ -133,16 +139,19 @@ final class FakeUpstreamHandler: ChannelInboundHandler {
     private let connection: Int
     private let state: NIOLockedValueBox<(FakeUpstream.Counters, [FakeUpstream.RecordedRequest])>
     private let closeReused: NIOLockedValueBox<Bool>
+    private let forced: NIOLockedValueBox<(status: Int, retryAfter: String?)?>
     private var head: HTTPRequestHead?
     private var body: [UInt8] = []
     private var served = 0
     private var streaming = false
     private var closed = false
 
-    init(connection: Int, state: NIOLockedValueBox<(FakeUpstream.Counters, [FakeUpstream.RecordedRequest])>, closeReused: NIOLockedValueBox<Bool>) {
+    init(connection: Int, state: NIOLockedValueBox<(FakeUpstream.Counters, [FakeUpstream.RecordedRequest])>, closeReused: NIOLockedValueBox<Bool>,
+         forced: NIOLockedValueBox<(status: Int, retryAfter: String?)?>) {
         self.connection = connection
         self.state = state
         self.closeReused = closeReused
+        self.forced = forced
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -204,9 +213,11 @@ final class FakeUpstreamHandler: ChannelInboundHandler {
 
     private func answer(head: HTTPRequestHead, body: [UInt8], context: ChannelHandlerContext) {
         let h = head.headers
-        let status = h.first(name: "x-fake-status").flatMap(Int.init) ?? 200
+        let forcedNow = forced.withLockedValue { $0 }
+        let status = forcedNow?.status ?? h.first(name: "x-fake-status").flatMap(Int.init) ?? 200
         let close = h.first(name: "x-fake-close") != nil
         var headers = HTTPHeaders()
+        if let retryAfter = forcedNow?.retryAfter { headers.add(name: "retry-after", value: retryAfter) }
         headers.add(name: "x-fake-connection", value: String(connection))
         headers.add(name: "x-fake-served", value: String(served))
         if close { headers.add(name: "connection", value: "close") }

@@ -139,17 +139,103 @@ final class RoutingTests: XCTestCase {
             c.server.defaultUpstream = "a"
             c.models = [.init(name: "g", deployments: [.init(upstream: "a", model: "g"), .init(upstream: "dead", model: "g")])]
         })
-        var failures = 0
         for _ in 0..<30 {
             let r = try await post(#"{"model":"g","messages":[]}"#)
-            if r.status == 502 { failures += 1 } else { XCTAssertEqual(r.status, 200) }
+            XCTAssertEqual(r.status, 200, "a refused connection is retried on the other deployment")
         }
-        XCTAssertLessThanOrEqual(failures, 3, "after three failures the dead deployment is ejected, not tried per request")
-        XCTAssertEqual(upstreams[0].counters.requests, 30 - failures)
+        XCTAssertEqual(upstreams[0].counters.requests, 30)
         let stats = try await harness.request("GET", "/stats").body
         XCTAssertTrue(stats.contains(#""deployment" : "dead/g""#) && stats.contains(#""health" : "ejected""#), stats)
         let metrics = try await harness.request("GET", "/metrics").body
         XCTAssertTrue(metrics.contains(#"llm_sidecar_deployment_ejected{deployment="dead/g"} 1"#), metrics)
         XCTAssertTrue(metrics.contains(#"llm_sidecar_deployment_in_flight{deployment="a/g"} 0"#), "every slot was given back")
+        let connectRetries = metrics.split(separator: "\n").first { $0.hasPrefix(#"llm_sidecar_routing_retries_total{reason="connect"}"#) }
+        XCTAssertEqual(connectRetries.map { $0.split(separator: " ").last.map(String.init) }, "3",
+                       "the dead deployment cost three failed attempts in all, then it was ejected")
+    }
+
+    private func twoDeployments(fallbackOnly: Bool = false, maxAttempts: Int = 3) async throws {
+        var main = SidecarConfiguration.ModelGroup(name: "g", deployments: [.init(upstream: "a", model: "g-a")])
+        main.maxAttempts = maxAttempts
+        if fallbackOnly {
+            main.fallbacks = ["backup"]
+            try await start(2, models: [main, .init(name: "backup", deployments: [.init(upstream: "b", model: "g-b")])])
+        } else {
+            main.deployments.append(.init(upstream: "b", model: "g-b"))
+            try await start(2, models: [main])
+        }
+    }
+
+    func testA500IsRetriedElsewhereAndTheFailingDeploymentIsEjected() async throws {
+        try await twoDeployments()
+        upstreams[0].forcedStatus.withLockedValue { $0 = (500, nil) }
+        var attempts: [String] = []
+        for _ in 0..<20 {
+            let r = try await post(#"{"model":"g","messages":[]}"#)
+            XCTAssertEqual(r.status, 200, "the client never sees the 500")
+            XCTAssertEqual(r.header("x-sidecar-deployment"), "b/g-b")
+            attempts.append(r.header("x-sidecar-attempts") ?? "?")
+        }
+        XCTAssertEqual(upstreams[0].counters.requests, 3, "three 500s eject it; later requests do not touch it")
+        XCTAssertEqual(attempts.filter { $0 == "2" }.count, 3)
+        XCTAssertEqual(upstreams[1].counters.requests, 20)
+    }
+
+    func testA429WithRetryAfterMovesTrafficAwayForThatLong() async throws {
+        try await twoDeployments()
+        upstreams[0].forcedStatus.withLockedValue { $0 = (429, "2") }
+        // Deployment a is tried first at some point (ties are random); once it says 429 it rests 2 s.
+        var sawA = 0
+        let start = Date()
+        while sawA == 0, Date().timeIntervalSince(start) < 1 {
+            let r = try await post(#"{"model":"g","messages":[]}"#)
+            XCTAssertEqual(r.status, 200)
+            sawA = upstreams[0].counters.requests
+        }
+        XCTAssertEqual(sawA, 1)
+        let rested = Date()
+        upstreams[0].forcedStatus.withLockedValue { $0 = nil }
+        while Date().timeIntervalSince(rested) < 1.7 {
+            _ = try await post(#"{"model":"g","messages":[]}"#)
+        }
+        XCTAssertEqual(upstreams[0].counters.requests, 1, "no request reached the rate-limited deployment within its Retry-After")
+        // Ejection lasts at least the Retry-After, and at least the base ejection (5 s) the first time.
+        try await Task.sleep(nanoseconds: 3_500_000_000)
+        for _ in 0..<10 { _ = try await post(#"{"model":"g","messages":[]}"#) }
+        XCTAssertGreaterThan(upstreams[0].counters.requests, 1, "afterwards a probe goes through and it takes traffic again")
+    }
+
+    func testTheFallbackGroupAnswersWhenTheWholeGroupIsDown() async throws {
+        try await twoDeployments(fallbackOnly: true)
+        upstreams[0].forcedStatus.withLockedValue { $0 = (503, nil) }
+        let r = try await post(#"{"model":"g","messages":[]}"#)
+        XCTAssertEqual(r.status, 200)
+        XCTAssertEqual(r.header("x-sidecar-deployment"), "b/g-b")
+        XCTAssertEqual(r.header("x-sidecar-attempts"), "2")
+        XCTAssertEqual(upstreams[1].requests.first.map { String(decoding: $0.body, as: UTF8.self) }, #"{"model":"g-b","messages":[]}"#)
+    }
+
+    func testRequestErrorsAreNotRetriedAndAttemptsAreBounded() async throws {
+        try await twoDeployments(maxAttempts: 2)
+        upstreams[0].forcedStatus.withLockedValue { $0 = (400, nil) }
+        upstreams[1].forcedStatus.withLockedValue { $0 = (400, nil) }
+        let bad = try await post(#"{"model":"g","messages":[]}"#)
+        XCTAssertEqual(bad.status, 400)
+        XCTAssertEqual(bad.header("x-sidecar-attempts"), "1", "a 400 says the request is wrong: never retried")
+        XCTAssertEqual(upstreams[0].counters.requests + upstreams[1].counters.requests, 1)
+        upstreams[0].forcedStatus.withLockedValue { $0 = (503, nil) }
+        upstreams[1].forcedStatus.withLockedValue { $0 = (502, nil) }
+        let down = try await post(#"{"model":"g","messages":[]}"#)
+        XCTAssertTrue([502, 503].contains(down.status), "the last upstream's own answer")
+        XCTAssertTrue(down.body.contains("fake upstream error"), down.body)
+        XCTAssertEqual(down.header("x-sidecar-attempts"), "2")
+    }
+
+    func testAFailureAfterTheFirstStreamedByteIsNotRetried() async throws {
+        try await twoDeployments()
+        let r = try await post(#"{"model":"g","stream":true,"messages":[]}"#, headers: [("x-fake-cut-after", "2")])
+        XCTAssertEqual(r.status, 200)
+        XCTAssertFalse(r.complete, "the client sees its stream end abnormally")
+        XCTAssertEqual(upstreams[0].counters.requests + upstreams[1].counters.requests, 1, "never retried once bytes reached the client")
     }
 }

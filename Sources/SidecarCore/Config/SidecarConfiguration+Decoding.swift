@@ -98,7 +98,7 @@ extension SidecarConfiguration {
 struct RawConfiguration: Decodable {
     /// Keys whose values are integers (the rest are strings or tables), for type error messages.
     static let integerKeys: Set<String> = ["max_body_bytes", "threads", "max_connections", "queue_size", "ttl_seconds",
-                                            "max_bytes", "memory_bytes", "max_entry_bytes", "weight", "max_concurrency"]
+                                            "max_bytes", "memory_bytes", "max_entry_bytes", "weight", "max_concurrency", "max_attempts"]
     static let tableKeys: Set<String> = ["server", "upstreams", "log", "cache", "prices", "models", "deployments"]
 
     var server: RawServer?
@@ -112,6 +112,9 @@ struct RawConfiguration: Decodable {
         var name: String?
         var fallbacks: [String]?
         var deployments: [RawDeployment]?
+        var retry_on: [Int]?
+        var max_attempts: Int?
+        var retry_deadline: String?
     }
 
     struct RawDeployment: Decodable {
@@ -292,7 +295,19 @@ private struct Validator {
                 }
                 deployments.append(d)
             }
-            groups.append(.init(name: name, fallbacks: rm.fallbacks ?? [], deployments: deployments))
+            var group = SidecarConfiguration.ModelGroup(name: name, fallbacks: rm.fallbacks ?? [], deployments: deployments)
+            if let codes = rm.retry_on {
+                for code in codes {
+                    guard (100...599).contains(code) else { throw fail(base + ["retry_on"], "\(code) is not an HTTP status") }
+                    guard !SidecarConfiguration.ModelGroup.neverRetried.contains(code) else {
+                        throw fail(base + ["retry_on"], "\(code) says the request itself is wrong; it is never retried")
+                    }
+                }
+                group.retryOn = Set(codes)
+            }
+            group.maxAttempts = try positive(rm.max_attempts, base + ["max_attempts"], default: group.maxAttempts, max: 10)
+            group.retryDeadline = try duration(rm.retry_deadline, base + ["retry_deadline"], default: group.retryDeadline)
+            groups.append(group)
         }
         let names = Set(groups.map(\.name))
         for g in groups {

@@ -24,6 +24,17 @@ public struct SidecarConfiguration: Sendable, Equatable {
         /// Other groups to try, in order, when none of this group's deployments can take a request.
         public var fallbacks: [String] = []
         public var deployments: [Deployment]
+        /// Upstream statuses that are tried again on another deployment (before anything reached
+        /// the client). Default 429, 500, 502, 503, 504, 529.
+        public var retryOn: Set<Int> = Self.defaultRetryOn
+        /// Attempts per request, the first included. Default 3.
+        public var maxAttempts: Int = 3
+        /// No new attempt starts after this long from the request's start. Default 60 s.
+        public var retryDeadline: TimeAmount = .seconds(60)
+
+        public static let defaultRetryOn: Set<Int> = [429, 500, 502, 503, 504, 529]
+        /// Statuses that say the request itself is wrong: retrying elsewhere cannot help.
+        public static let neverRetried: Set<Int> = [400, 401, 403, 404, 413, 422]
 
         /// `[[models.deployments]]`
         public struct Deployment: Sendable, Equatable {

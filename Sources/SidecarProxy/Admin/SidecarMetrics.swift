@@ -65,6 +65,19 @@ final class SidecarMetrics: Sendable {
 
     func cacheResult(_ label: String) { cacheResults[label]?.increment() }
 
+    private let retries = NIOLockedValueBox<[String: Metrics.Counter]>([:])
+
+    /// An attempt moved to another deployment; `reason` is "connect", "connection" or "status_NNN".
+    func retry(_ reason: String) {
+        let counter = retries.withLockedValue { all in
+            if let c = all[reason] { return c }
+            let c = Metrics.Counter(label: "llm_sidecar_routing_retries_total", dimensions: [("reason", reason)], factory: factory)
+            all[reason] = c
+            return c
+        }
+        counter.increment()
+    }
+
     func upstream(_ name: String) -> UpstreamMetrics {
         upstreams.withLockedValue { all in
             if let m = all[name] { return m }

@@ -29,6 +29,8 @@ final class ProxyExchange: UpstreamResponseDelegate {
         case following(Flight, Int)
         case waitingForConnection(ConnectionPoolStateMachine.WaiterID)
         case forwarding(UpstreamPool.Lease)
+        /// Waiting out the backoff before the next attempt on another deployment.
+        case backingOff(Scheduled<Void>)
         case done
     }
 
@@ -319,32 +321,85 @@ final class ProxyExchange: UpstreamResponseDelegate {
     /// other byte unchanged. False (and answered 429) when all are full or ejected.
     private func bindDeployment() -> Bool {
         guard let route else { return true }
-        let candidates = [route] + route.group.fallbacks.compactMap { routes[$0] }
-        for r in candidates {
-            guard let i = r.acquire() else { continue }
-            slot = (r, i)
-            target(r.upstreams[i])
-            downstream.access.upstream = r.name(i)
-            rewriteModel(to: r.group.deployments[i].model)
+        if let (r, i) = nextDeployment() {
+            install(r, i)
             return true
         }
         fail(.deploymentsBusy(route.group.name))
         return false
     }
 
+    /// Deployments this request has tried, by group.
+    private var tried: [(group: ObjectIdentifier, index: Int)] = []
+    /// Attempts made on deployments (routed requests).
+    private var attempt = 0
+    private var random = SystemRandomNumberGenerator()
+    /// Pause before trying another deployment: full jitter, 50 ms doubling to 2 s.
+    static let retryBackoff = Backoff(base: .milliseconds(50), cap: .seconds(2))
+
+    /// A slot on a deployment not tried yet: the group's, then its fallbacks' in order.
+    private func nextDeployment() -> (ModelRoute, Int)? {
+        guard let route else { return nil }
+        for r in [route] + route.group.fallbacks.compactMap({ routes[$0] }) {
+            let id = ObjectIdentifier(r)
+            let excluded = Set(tried.filter { $0.group == id }.map(\.index))
+            if let i = r.acquire(excluding: excluded) { return (r, i) }
+        }
+        return nil
+    }
+
+    private func install(_ r: ModelRoute, _ i: Int) {
+        slot = (r, i)
+        tried.append((ObjectIdentifier(r), i))
+        attempt += 1
+        target(r.upstreams[i])
+        downstream.access.upstream = r.name(i)
+        rewriteModel(to: r.group.deployments[i].model)
+    }
+
+    /// Whether another attempt may start: routed, nothing sent to the client yet, the body kept,
+    /// attempts and the group's deadline left.
+    private var mayRetry: Bool {
+        guard let route, !detached, requestEnded, !body.isEmpty || bodyBytes == 0 else { return false }
+        return attempt < route.group.maxAttempts && NIODeadline.now() - started < route.group.retryDeadline
+    }
+
+    /// Starts the next attempt on another deployment, after a backoff, if one may go and a
+    /// deployment can take it. The current attempt's slot must already be given back.
+    private func retryElsewhere(reason: String, next: (ModelRoute, Int)? = nil) -> Bool {
+        guard mayRetry, let (r, i) = next ?? nextDeployment() else { return false }
+        install(r, i)
+        metrics.retry(reason)
+        let delay = Self.retryBackoff.delay(attempt: attempt - 2, random: &random)
+        let timer = downstream.eventLoop.assumeIsolated().scheduleTask(in: delay) { [self] in
+            guard case .backingOff = self.phase else { return }
+            self.phase = .done
+            self.lease(fresh: false)
+        }
+        phase = .backingOff(timer)
+        return true
+    }
+
+    private var bodyRewritten = false
+
     private func rewriteModel(to model: String) {
         var bytes: [UInt8] = []
         bytes.reserveCapacity(bodyBytes)
         for part in body { bytes += part.readableBytesView }
-        guard let m = JSONTopLevel.members(bytes)?.first(where: { $0.key == "model" }) else { return }
-        var value = ""
-        JSONString.append(model, to: &value)
-        guard !bytes[m.value].elementsEqual(value.utf8) else { return }
-        bytes.replaceSubrange(m.value, with: Array(value.utf8))
-        body = [ByteBuffer(bytes: bytes)]
-        bodyBytes = bytes.count
-        upstreamHead.headers.remove(name: "transfer-encoding")
-        upstreamHead.headers.replaceOrAdd(name: "content-length", value: String(bytes.count))
+        if let m = JSONTopLevel.members(bytes)?.first(where: { $0.key == "model" }) {
+            var value = ""
+            JSONString.append(model, to: &value)
+            if !bytes[m.value].elementsEqual(value.utf8) {
+                bytes.replaceSubrange(m.value, with: Array(value.utf8))
+                body = [ByteBuffer(bytes: bytes)]
+                bodyBytes = bytes.count
+                bodyRewritten = true
+            }
+        }
+        if bodyRewritten {
+            upstreamHead.headers.remove(name: "transfer-encoding")
+            upstreamHead.headers.replaceOrAdd(name: "content-length", value: String(bodyBytes))
+        }
     }
 
     /// Gives the deployment slot back, once, saying how the request went.
@@ -352,6 +407,18 @@ final class ProxyExchange: UpstreamResponseDelegate {
         guard let s = slot else { return }
         slot = nil
         s.route.release(s.index, outcome)
+    }
+
+    /// `Retry-After` in seconds: a number, or an HTTP date (RFC 9110 §10.2.3).
+    static func retryAfterSeconds(_ value: String) -> Int64? {
+        let v = value.trimmingCharacters(in: .whitespaces)
+        if let n = Int64(v) { return max(0, n) }
+        let f = DateFormatter()
+        f.locale = Locale(identifier: "en_US_POSIX")
+        f.timeZone = TimeZone(identifier: "GMT")
+        f.dateFormat = "EEE, dd MMM yyyy HH:mm:ss zzz"
+        guard let date = f.date(from: v) else { return nil }
+        return max(0, Int64(date.timeIntervalSinceNow.rounded(.up)))
     }
 
     /// What an upstream answer says about its deployment.
@@ -433,8 +500,11 @@ final class ProxyExchange: UpstreamResponseDelegate {
             switch result {
             case .success(let lease): self.send(on: lease)
             case .failure(let error):
-                // Connect, TLS and pool-queue failures: the deployment could not take the request.
+                // Connect, TLS and pool-queue failures: the deployment could not take the request,
+                // and the provider never saw it: safe to try another.
                 self.releaseSlot(error.source == .upstream ? .failure : .neutral)
+                self.phase = .done
+                if self.retryElsewhere(reason: "connect") { return }
                 self.fail(error)
             }
         }
@@ -450,7 +520,8 @@ final class ProxyExchange: UpstreamResponseDelegate {
         downstream.access.attempts += 1
         connection.send(head: upstreamHead)
         for part in body { connection.sendBody(part) }
-        if bodyBytes > Self.maxReplayBytes {
+        if bodyBytes > Self.maxReplayBytes, route == nil {
+            // Routed requests keep their (already collected) body for attempts elsewhere.
             replayable = false
             body.removeAll()
         }
@@ -502,6 +573,20 @@ final class ProxyExchange: UpstreamResponseDelegate {
     // MARK: the response
 
     func upstreamResponseHead(_ head: HTTPResponseHead) {
+        let status = Int(head.status.code)
+        if let s = slot, s.route.group.retryOn.contains(status), mayRetry, let next = nextDeployment(), case .forwarding(let lease) = phase {
+            // A status the group retries, and another deployment is free: this answer is dropped
+            // (its connection closed unread) and never reaches the client.
+            lease.connection.delegate = nil
+            pool?.release(lease.connection, reusable: false, keepAlive: nil)
+            responseStatus = status
+            retryAfter = status == 429 ? head.headers.first(name: "retry-after").flatMap(Self.retryAfterSeconds).map { .seconds($0) } : nil
+            releaseSlot(outcome)
+            group?.metrics.response(status: status)
+            phase = .done
+            _ = retryElsewhere(reason: "status_\(status)", next: next)
+            return
+        }
         responseStarted = true
         body.removeAll()
         let now = NIODeadline.now()
@@ -511,10 +596,13 @@ final class ProxyExchange: UpstreamResponseDelegate {
         let contentType = head.headers.first(name: "content-type")
         isStream = contentType?.hasPrefix("text/event-stream") ?? false
         responseStatus = Int(head.status.code)
-        if responseStatus == 429 { retryAfter = head.headers.first(name: "retry-after").flatMap(Int.init).map { .seconds(Int64($0)) } }
+        if responseStatus == 429 { retryAfter = head.headers.first(name: "retry-after").flatMap(Self.retryAfterSeconds).map { .seconds($0) } }
         var headers = HeaderPolicy.downstreamResponseHeaders(from: head.headers)
         headers.add(name: "x-sidecar-cache", value: cacheLabel)
-        if let s = slot { headers.add(name: "x-sidecar-deployment", value: s.route.name(s.index)) }
+        if let s = slot {
+            headers.add(name: "x-sidecar-deployment", value: s.route.name(s.index))
+            headers.add(name: "x-sidecar-attempts", value: String(attempt))
+        }
         if var c = cacheState, let flight = c.flight {
             c.status = Int(head.status.code)
             c.contentType = contentType
@@ -646,7 +734,15 @@ final class ProxyExchange: UpstreamResponseDelegate {
         }
         phase = .done
         releaseSlot(beforeResponse ? .failure : outcome)
+        // Closed, refused or broken before any response byte: nothing billable came back. (Our own
+        // first-byte timeout is not retried: the provider may be generating the answer.)
+        if beforeResponse, Self.isRetryableFailure(error), retryElsewhere(reason: "connection") { return }
         answer(error)
+    }
+
+    private static func isRetryableFailure(_ error: ProxyError) -> Bool {
+        ["upstream_connection_closed", "upstream_connect_failed", "upstream_tls_failed", "upstream_connect_timeout",
+         "upstream_tls_timeout"].contains(error.codeString)
     }
 
     private static func isStaleClose(_ error: ProxyError) -> Bool {
@@ -713,6 +809,8 @@ final class ProxyExchange: UpstreamResponseDelegate {
         case .forwarding(let lease):
             lease.connection.delegate = nil
             pool?.release(lease.connection, reusable: false, keepAlive: nil)
+        case .backingOff(let timer):
+            timer.cancel()
         case .done, .collecting, .lookingUp:
             break
         case .following(let flight, let id):
@@ -746,7 +844,8 @@ final class ProxyExchange: UpstreamResponseDelegate {
             downstream.abortResponse()
         } else {
             // 413: the rest of a too-large body is not worth reading; close instead.
-            downstream.respondWithError(error, closeAfter: error.status == 413)
+            downstream.respondWithError(error, closeAfter: error.status == 413,
+                                        extraHeaders: attempt > 0 ? [("x-sidecar-attempts", String(attempt))] : [])
         }
     }
 }

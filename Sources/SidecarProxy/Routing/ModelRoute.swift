@@ -20,8 +20,8 @@ final class ModelRoute: Sendable {
 
     /// A deployment for one request (weighted least-connections over the healthy ones), or nil
     /// when every deployment is at its cap or ejected.
-    func acquire(now: NIODeadline = .now()) -> Int? {
-        state.withLockedValue { s in s.selector.select(now: now, random: &s.random) }
+    func acquire(excluding: Set<Int> = [], now: NIODeadline = .now()) -> Int? {
+        state.withLockedValue { s in s.selector.select(now: now, excluding: excluding, random: &s.random) }
     }
 
     func release(_ i: Int, _ outcome: DeploymentSelector.Outcome, now: NIODeadline = .now()) {

@@ -304,12 +304,12 @@ final class DownstreamHandler: ChannelDuplexHandler {
     }
 
     /// Answers the current request with `error`'s OpenAI-shaped body.
-    func respondWithError(_ error: ProxyError, closeAfter: Bool) {
+    func respondWithError(_ error: ProxyError, closeAfter: Bool, extraHeaders: [(String, String)] = []) {
         if exchange == nil { state.metrics.error(error.codeString) }  // the exchange counts its own
         if exchange != nil { state.requestFinished() }
         exchange = nil
         if closeAfter { closeAfterResponse = true }
-        let (head, body) = ErrorResponses.head(for: error, keepAlive: keepAlive && !closeAfterResponse)
+        let (head, body) = ErrorResponses.head(for: error, keepAlive: keepAlive && !closeAfterResponse, extra: extraHeaders)
         writeLocal(head: head, body: body)
     }
 
