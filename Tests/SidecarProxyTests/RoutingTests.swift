@@ -98,29 +98,55 @@ final class RoutingTests: XCTestCase {
         XCTAssertTrue((26...34).contains(a), "3:1 weights under saturation: a=\(a) b=\(b)")
     }
 
-    func testMaxConcurrencyOverflowsToTheFallbackGroupThen429() async throws {
-        try await start(2, models: [
-            .init(name: "main", fallbacks: ["backup"], deployments: [.init(upstream: "a", model: "main", maxConcurrency: 1)]),
-            .init(name: "backup", deployments: [.init(upstream: "b", model: "backup-model", maxConcurrency: 1)]),
-        ])
+    func testMaxConcurrencyOverflowsToTheFallbackGroupThenQueuesThen429() async throws {
+        var main = SidecarConfiguration.ModelGroup(name: "main", fallbacks: ["backup"], deployments: [.init(upstream: "a", model: "main", maxConcurrency: 1)])
+        main.queueTimeout = .milliseconds(500)
+        try await start(2, models: [main, .init(name: "backup", deployments: [.init(upstream: "b", model: "backup-model", maxConcurrency: 1)])])
         let harness = self.harness!
-        let slow = { @Sendable in
-            try await harness.request("POST", "/v1/chat/completions", headers: [("x-fake-delay-ms", "500")], body: #"{"model":"main","messages":[]}"#)
+        let slow = { @Sendable (ms: Int) in
+            try await harness.request("POST", "/v1/chat/completions", headers: [("x-fake-delay-ms", String(ms))], body: #"{"model":"main","messages":[]}"#)
         }
-        async let first = slow()
+        async let first = slow(1_000)
         try await Task.sleep(nanoseconds: 100_000_000)
-        async let second = slow()
+        async let second = slow(1_000)
         try await Task.sleep(nanoseconds: 100_000_000)
+        let started = Date()
         let third = try await post(#"{"model":"main","messages":[]}"#)
-        XCTAssertEqual(third.status, 429, "both deployments are at max_concurrency")
+        XCTAssertEqual(third.status, 429, "both deployments stayed at max_concurrency for the whole queue_timeout")
+        XCTAssertGreaterThanOrEqual(Date().timeIntervalSince(started), 0.49, "it waited in the queue first")
         XCTAssertEqual(third.header("retry-after"), "1")
         XCTAssertEqual(openAIError(third.body)?.code, "deployments_busy")
-        let (r1, r2) = try await (first, second)
+        // A queued request is served as soon as a slot frees (the first ends at about 1.0 s; this
+        // one queues at about 0.7 s and would give up at 1.2 s).
+        async let fourth = slow(0)
+        let (r1, r2, r4) = try await (first, second, fourth)
         XCTAssertEqual(r1.header("x-sidecar-deployment"), "a/main")
         XCTAssertEqual(r2.header("x-sidecar-deployment"), "b/backup-model", "the fallback group took the overflow")
+        XCTAssertEqual(r4.status, 200, "queued, then served when the first finished")
         XCTAssertEqual(upstreams[1].requests.first.map { String(decoding: $0.body, as: UTF8.self) }, #"{"model":"backup-model","messages":[]}"#)
-        // Slots came back exactly once: both deployments take requests again.
+        // Slots came back exactly once: both deployments take requests again, nothing is in flight.
         try await expectEqual(try await post(#"{"model":"main","messages":[]}"#).header("x-sidecar-deployment"), "a/main")
+        let metrics = try await harness.request("GET", "/metrics").body
+        XCTAssertTrue(metrics.contains(#"llm_sidecar_deployment_in_flight{deployment="a/main"} 0"#), metrics)
+        XCTAssertTrue(metrics.contains(#"llm_sidecar_deployment_in_flight{deployment="b/backup-model"} 0"#), metrics)
+    }
+
+    func testAClientThatLeavesGivesItsSlotBackExactlyOnce() async throws {
+        try await start(1, models: [.init(name: "g", deployments: [.init(upstream: "a", model: "g", maxConcurrency: 1)])])
+        let harness = self.harness!
+        // One request holds the only slot; a second waits in the queue; both clients hang up.
+        let holder = try await harness.connection()
+        let waiter = try await harness.connection()
+        async let h = try? holder.request("POST", "/v1/chat/completions", headers: [("x-fake-delay-ms", "300"), ("content-type", "application/json")],
+                                          body: #"{"model":"g","messages":[]}"#, timeout: .milliseconds(100))
+        try await Task.sleep(nanoseconds: 30_000_000)
+        async let w = try? waiter.request("POST", "/v1/chat/completions", headers: [("content-type", "application/json")],
+                                          body: #"{"model":"g","messages":[]}"#, timeout: .milliseconds(100))
+        _ = await (h, w)
+        try await Task.sleep(nanoseconds: 400_000_000)
+        let metrics = try await harness.request("GET", "/metrics").body
+        XCTAssertTrue(metrics.contains(#"llm_sidecar_deployment_in_flight{deployment="a/g"} 0"#), metrics)
+        try await expectEqual(try await post(#"{"model":"g","messages":[]}"#).status, 200)
     }
 
     func testADeadDeploymentIsEjectedAfterThreeFailures() async throws {

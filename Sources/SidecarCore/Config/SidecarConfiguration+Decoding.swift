@@ -115,6 +115,8 @@ struct RawConfiguration: Decodable {
         var retry_on: [Int]?
         var max_attempts: Int?
         var retry_deadline: String?
+        var queue_size: Int?
+        var queue_timeout: String?
     }
 
     struct RawDeployment: Decodable {
@@ -307,6 +309,11 @@ private struct Validator {
             }
             group.maxAttempts = try positive(rm.max_attempts, base + ["max_attempts"], default: group.maxAttempts, max: 10)
             group.retryDeadline = try duration(rm.retry_deadline, base + ["retry_deadline"], default: group.retryDeadline)
+            if let q = rm.queue_size {
+                guard q >= 0 else { throw fail(base + ["queue_size"], "must be 0 or more") }
+                group.queueSize = q
+            }
+            group.queueTimeout = try duration(rm.queue_timeout, base + ["queue_timeout"], default: group.queueTimeout)
             groups.append(group)
         }
         let names = Set(groups.map(\.name))

@@ -31,6 +31,10 @@ public struct SidecarConfiguration: Sendable, Equatable {
         public var maxAttempts: Int = 3
         /// No new attempt starts after this long from the request's start. Default 60 s.
         public var retryDeadline: TimeAmount = .seconds(60)
+        /// Requests that may wait when every deployment is at `max_concurrency`. Default 1024.
+        public var queueSize: Int = 1024
+        /// How long such a request waits before 429 with `Retry-After`. Default 30 s.
+        public var queueTimeout: TimeAmount = .seconds(30)
 
         public static let defaultRetryOn: Set<Int> = [429, 500, 502, 503, 504, 529]
         /// Statuses that say the request itself is wrong: retrying elsewhere cannot help.

@@ -31,6 +31,8 @@ final class ProxyExchange: UpstreamResponseDelegate {
         case forwarding(UpstreamPool.Lease)
         /// Waiting out the backoff before the next attempt on another deployment.
         case backingOff(Scheduled<Void>)
+        /// Every deployment of the group is at `max_concurrency`: queued for the first free one.
+        case waitingForDeployment(ModelRoute, id: Int, timer: Scheduled<Void>)
         case done
     }
 
@@ -325,8 +327,36 @@ final class ProxyExchange: UpstreamResponseDelegate {
             install(r, i)
             return true
         }
-        fail(.deploymentsBusy(route.group.name))
-        return false
+        // Full everywhere: wait in the group's queue for the first deployment with room.
+        let bound = NIOLoopBound(self, eventLoop: downstream.eventLoop)
+        switch route.acquireOrWait(loop: downstream.eventLoop, grant: { i in bound.value.deploymentGranted(route, i) }) {
+        case .acquired(let i):
+            install(route, i)
+            return true
+        case .queued(let id):
+            let timer = downstream.eventLoop.assumeIsolated().scheduleTask(in: route.group.queueTimeout) { [self] in
+                guard case .waitingForDeployment(let r, let id, _) = self.phase, r.cancel(waiter: id) else { return }
+                self.phase = .done
+                self.fail(.deploymentsBusy(r.group.name))
+            }
+            phase = .waitingForDeployment(route, id: id, timer: timer)
+            return false
+        case .refused:
+            fail(.deploymentsBusy(route.group.name))
+            return false
+        }
+    }
+
+    /// A queued request got a deployment (on this loop).
+    private func deploymentGranted(_ r: ModelRoute, _ i: Int) {
+        guard case .waitingForDeployment(_, _, let timer) = phase else {
+            r.release(i, .neutral)  // we left meanwhile: give it to the next one
+            return
+        }
+        timer.cancel()
+        phase = .done
+        install(r, i)
+        lease(fresh: false)
     }
 
     /// Deployments this request has tried, by group.
@@ -811,6 +841,9 @@ final class ProxyExchange: UpstreamResponseDelegate {
             pool?.release(lease.connection, reusable: false, keepAlive: nil)
         case .backingOff(let timer):
             timer.cancel()
+        case .waitingForDeployment(let r, let id, let timer):
+            timer.cancel()
+            _ = r.cancel(waiter: id)  // if already granted, the grant sees we left and gives it back
         case .done, .collecting, .lookingUp:
             break
         case .following(let flight, let id):

@@ -1,21 +1,38 @@
+import DequeModule
 import NIOConcurrencyHelpers
 import NIOCore
 import SidecarCore
 
 /// One model group's routing state, shared by every event loop: the pure `DeploymentSelector`
-/// (in-flight counts, latency, ejection) behind one short lock, and each deployment's upstream.
-/// Every `acquire` is matched by exactly one `release` (ProxyExchange keeps the slot and gives it
-/// back once, whatever way the request ends).
+/// (in-flight counts, latency, ejection) and a bounded wait queue, behind one short lock, and
+/// each deployment's upstream. Every slot handed out (by `acquire` or to a waiter) is given back
+/// by exactly one `release` (ProxyExchange keeps the slot and returns it once, however the
+/// request ends).
 final class ModelRoute: Sendable {
     let group: SidecarConfiguration.ModelGroup
     let upstreams: [UpstreamGroup]
-    private let state: NIOLockedValueBox<(selector: DeploymentSelector, random: SystemRandomNumberGenerator)>
+
+    /// A request waiting for a deployment to have room; `grant` runs on the request's loop.
+    private struct Waiter {
+        var id: Int
+        var loop: EventLoop
+        var grant: @Sendable (Int) -> Void
+    }
+
+    private struct State {
+        var selector: DeploymentSelector
+        var random = SystemRandomNumberGenerator()
+        var waiters: Deque<Waiter> = []
+        var nextWaiter = 0
+    }
+
+    private let state: NIOLockedValueBox<State>
 
     init(group: SidecarConfiguration.ModelGroup, upstreams: [UpstreamGroup]) {
         self.group = group
         self.upstreams = upstreams
         let selector = DeploymentSelector(deployments: group.deployments.map { .init(weight: $0.weight, maxConcurrency: $0.maxConcurrency) })
-        state = NIOLockedValueBox((selector, SystemRandomNumberGenerator()))
+        state = NIOLockedValueBox(State(selector: selector))
     }
 
     /// A deployment for one request (weighted least-connections over the healthy ones), or nil
@@ -24,14 +41,57 @@ final class ModelRoute: Sendable {
         state.withLockedValue { s in s.selector.select(now: now, excluding: excluding, random: &s.random) }
     }
 
+    enum Admission {
+        case acquired(Int)
+        /// Waiting: `grant` will be called with a deployment once one has room.
+        case queued(id: Int)
+        /// Every deployment is ejected (or the queue is full): waiting would not help.
+        case refused
+    }
+
+    /// A deployment now, or a place in the queue when the group is only full (some healthy
+    /// deployment is at its `max_concurrency`), bounded by `queue_size`.
+    func acquireOrWait(loop: EventLoop, now: NIODeadline = .now(), grant: @escaping @Sendable (Int) -> Void) -> Admission {
+        state.withLockedValue { s in
+            if let i = s.selector.select(now: now, random: &s.random) { return .acquired(i) }
+            let full = group.deployments.indices.contains { i in
+                guard case .healthy = s.selector.health(i), let cap = group.deployments[i].maxConcurrency else { return false }
+                return s.selector.inFlight(i) >= cap
+            }
+            guard full, s.waiters.count < group.queueSize else { return .refused }
+            let id = s.nextWaiter
+            s.nextWaiter += 1
+            s.waiters.append(Waiter(id: id, loop: loop, grant: grant))
+            return .queued(id: id)
+        }
+    }
+
+    /// Leaves the queue; false when the waiter was already granted a deployment (the grant is
+    /// then on its way and must be used or released).
+    func cancel(waiter id: Int) -> Bool {
+        state.withLockedValue { s in
+            guard let k = s.waiters.firstIndex(where: { $0.id == id }) else { return false }
+            s.waiters.remove(at: k)
+            return true
+        }
+    }
+
     func release(_ i: Int, _ outcome: DeploymentSelector.Outcome, now: NIODeadline = .now()) {
-        state.withLockedValue { s in s.selector.finished(i, outcome, now: now) }
+        let grants = state.withLockedValue { s -> [(Waiter, Int)] in
+            s.selector.finished(i, outcome, now: now)
+            var out: [(Waiter, Int)] = []
+            while !s.waiters.isEmpty, let j = s.selector.select(now: now, random: &s.random) {
+                out.append((s.waiters.removeFirst(), j))
+            }
+            return out
+        }
+        for (w, j) in grants { w.loop.execute { w.grant(j) } }
     }
 
     /// `UPSTREAM/MODEL`, as `x-sidecar-deployment` says.
     func name(_ i: Int) -> String { "\(group.deployments[i].upstream)/\(group.deployments[i].model)" }
 
-    /// Per deployment: name, requests in flight, health (for `/stats`).
+    /// Per deployment: name, requests in flight, health (for `/stats`), and the queue's length.
     var snapshot: [(name: String, inFlight: Int, health: String)] {
         state.withLockedValue { s in
             group.deployments.indices.map { i in
@@ -45,4 +105,6 @@ final class ModelRoute: Sendable {
             }
         }
     }
+
+    var waiting: Int { state.withLockedValue { $0.waiters.count } }
 }
