@@ -56,6 +56,8 @@ public final class FakeUpstream: Sendable {
     /// When set, every request is answered with this status (and `Retry-After`, if given),
     /// whatever its headers say: a deployment that is down or rate-limited as a whole.
     public let forcedStatus: NIOLockedValueBox<(status: Int, retryAfter: String?)?>
+    /// Milliseconds added before every response head: a slow deployment.
+    public let extraDelayMs: NIOLockedValueBox<Int64>
     let state: NIOLockedValueBox<(Counters, [RecordedRequest])>
     private let channel: Channel
     private let group: EventLoopGroup
@@ -82,13 +84,15 @@ public final class FakeUpstream: Sendable {
     """
 
     private init(channel: Channel, group: EventLoopGroup, ownsGroup: Bool, tls: Bool, closeReused: NIOLockedValueBox<Bool>,
-                 forced: NIOLockedValueBox<(status: Int, retryAfter: String?)?>, state: NIOLockedValueBox<(Counters, [RecordedRequest])>) {
+                 forced: NIOLockedValueBox<(status: Int, retryAfter: String?)?>, extraDelay: NIOLockedValueBox<Int64>,
+                 state: NIOLockedValueBox<(Counters, [RecordedRequest])>) {
         self.channel = channel
         self.group = group
         self.ownsGroup = ownsGroup
         self.tls = tls
         self.closeReusedConnections = closeReused
         self.forcedStatus = forced
+        self.extraDelayMs = extraDelay
         self.state = state
     }
 
@@ -101,6 +105,7 @@ public final class FakeUpstream: Sendable {
         let state = NIOLockedValueBox<(Counters, [RecordedRequest])>((Counters(), []))
         let closeReused = NIOLockedValueBox(false)
         let forced = NIOLockedValueBox<(status: Int, retryAfter: String?)?>(nil)
+        let extraDelay = NIOLockedValueBox<Int64>(0)
         let connectionNumbers = NIOLockedValueBox(0)
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -116,14 +121,14 @@ public final class FakeUpstream: Sendable {
                     let sync = channel.pipeline.syncOperations
                     if let context { try sync.addHandler(TLSHandler(server: context)) }
                     try sync.configureHTTPServerPipeline(withErrorHandling: true)
-                    try sync.addHandler(FakeUpstreamHandler(connection: number, state: state, closeReused: closeReused, forced: forced))
+                    try sync.addHandler(FakeUpstreamHandler(connection: number, state: state, closeReused: closeReused, forced: forced, extraDelay: extraDelay))
                     return channel.eventLoop.makeSucceededVoidFuture()
                 } catch {
                     return channel.eventLoop.makeFailedFuture(error)
                 }
             }
             .bind(host: "127.0.0.1", port: 0).get()
-        return FakeUpstream(channel: channel, group: group, ownsGroup: ownsGroup, tls: tls != nil, closeReused: closeReused, forced: forced, state: state)
+        return FakeUpstream(channel: channel, group: group, ownsGroup: ownsGroup, tls: tls != nil, closeReused: closeReused, forced: forced, extraDelay: extraDelay, state: state)
     }
 
     public func stop() async {
@@ -140,6 +145,7 @@ final class FakeUpstreamHandler: ChannelInboundHandler {
     private let state: NIOLockedValueBox<(FakeUpstream.Counters, [FakeUpstream.RecordedRequest])>
     private let closeReused: NIOLockedValueBox<Bool>
     private let forced: NIOLockedValueBox<(status: Int, retryAfter: String?)?>
+    private let extraDelay: NIOLockedValueBox<Int64>
     private var head: HTTPRequestHead?
     private var body: [UInt8] = []
     private var served = 0
@@ -147,11 +153,12 @@ final class FakeUpstreamHandler: ChannelInboundHandler {
     private var closed = false
 
     init(connection: Int, state: NIOLockedValueBox<(FakeUpstream.Counters, [FakeUpstream.RecordedRequest])>, closeReused: NIOLockedValueBox<Bool>,
-         forced: NIOLockedValueBox<(status: Int, retryAfter: String?)?>) {
+         forced: NIOLockedValueBox<(status: Int, retryAfter: String?)?>, extraDelay: NIOLockedValueBox<Int64>) {
         self.connection = connection
         self.state = state
         self.closeReused = closeReused
         self.forced = forced
+        self.extraDelay = extraDelay
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -200,7 +207,7 @@ final class FakeUpstreamHandler: ChannelInboundHandler {
             context.close(promise: nil)
             return
         }
-        let delay = h.first(name: "x-fake-delay-ms").flatMap(Int64.init) ?? 0
+        let delay = (h.first(name: "x-fake-delay-ms").flatMap(Int64.init) ?? 0) + extraDelay.withLockedValue { $0 }
         let loop = context.eventLoop.assumeIsolated()
         if delay > 0 {
             loop.scheduleTask(in: .milliseconds(delay)) { [self] in

@@ -257,6 +257,24 @@ final class RoutingTests: XCTestCase {
         XCTAssertEqual(down.header("x-sidecar-attempts"), "2")
     }
 
+    func testASlowFirstTokenMovesTheStreamElsewhere() async throws {
+        var g = SidecarConfiguration.ModelGroup(name: "g", deployments: [.init(upstream: "a", model: "g-a", weight: 10), .init(upstream: "b", model: "g-b")])
+        g.firstTokenTimeout = .milliseconds(200)
+        try await start(2, models: [g])
+        upstreams[0].extraDelayMs.withLockedValue { $0 = 2_000 }
+        let started = Date()
+        let r = try await post(#"{"model":"g","stream":true,"messages":[]}"#)
+        XCTAssertEqual(r.status, 200)
+        XCTAssertTrue(r.complete && r.body.hasSuffix("data: [DONE]\n\n"))
+        XCTAssertEqual(r.header("x-sidecar-deployment"), "b/g-b")
+        XCTAssertEqual(r.header("x-sidecar-attempts"), "2")
+        XCTAssertLessThan(Date().timeIntervalSince(started), 1.5, "it did not wait for the slow deployment")
+        XCTAssertEqual(upstreams[0].counters.requests, 1)
+        // Not a stream: no first-token timeout, the slow answer is awaited.
+        let plain = try await post(#"{"model":"g","messages":[]}"#)
+        XCTAssertEqual(plain.status, 200)
+    }
+
     func testAFailureAfterTheFirstStreamedByteIsNotRetried() async throws {
         try await twoDeployments()
         let r = try await post(#"{"model":"g","stream":true,"messages":[]}"#, headers: [("x-fake-cut-after", "2")])

@@ -117,6 +117,7 @@ struct RawConfiguration: Decodable {
         var retry_deadline: String?
         var queue_size: Int?
         var queue_timeout: String?
+        var first_token_timeout: String?
     }
 
     struct RawDeployment: Decodable {
@@ -314,6 +315,7 @@ private struct Validator {
                 group.queueSize = q
             }
             group.queueTimeout = try duration(rm.queue_timeout, base + ["queue_timeout"], default: group.queueTimeout)
+            if let t = rm.first_token_timeout { group.firstTokenTimeout = try duration(t, base + ["first_token_timeout"], default: .seconds(0)) }
             groups.append(group)
         }
         let names = Set(groups.map(\.name))

@@ -35,6 +35,9 @@ public struct SidecarConfiguration: Sendable, Equatable {
         public var queueSize: Int = 1024
         /// How long such a request waits before 429 with `Retry-After`. Default 30 s.
         public var queueTimeout: TimeAmount = .seconds(30)
+        /// A streaming request whose first event has not arrived this long after it was sent moves
+        /// to another deployment (the slow attempt is cancelled). Default: off.
+        public var firstTokenTimeout: TimeAmount?
 
         public static let defaultRetryOn: Set<Int> = [429, 500, 502, 503, 504, 529]
         /// Statuses that say the request itself is wrong: retrying elsewhere cannot help.

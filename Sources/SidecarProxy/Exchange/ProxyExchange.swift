@@ -179,6 +179,9 @@ final class ProxyExchange: UpstreamResponseDelegate {
             let model = Self.topLevelString("model", in: bytes)
             if let model, let r = routes[model] {
                 route = r
+                if r.group.firstTokenTimeout != nil, let m = JSONTopLevel.members(bytes)?.first(where: { $0.key == "stream" }) {
+                    wantsStream = bytes[m.value].elementsEqual("true".utf8)
+                }
                 downstream.access.model = model
             } else if group == nil {
                 cacheState = nil
@@ -412,6 +415,41 @@ final class ProxyExchange: UpstreamResponseDelegate {
 
     private var bodyRewritten = false
 
+    // MARK: first-token timeout (streams)
+
+    private var wantsStream = false
+    private var firstTokenTimer: Scheduled<Void>?
+    /// The response head of a stream whose first event has not arrived yet: nothing reaches the
+    /// client (or a flight's followers) before it, so the attempt can still move elsewhere.
+    private var deferredHead: HTTPResponseHead?
+
+    private func armFirstTokenTimer() {
+        firstTokenTimer?.cancel()
+        firstTokenTimer = nil
+        guard wantsStream, let timeout = slot?.route.group.firstTokenTimeout else { return }
+        firstTokenTimer = downstream.eventLoop.assumeIsolated().scheduleTask(in: timeout) { [self] in
+            self.firstTokenTimer = nil
+            guard case .forwarding(let lease) = self.phase, !self.responseStarted, self.mayRetry, let next = self.nextDeployment() else {
+                return  // nowhere else to go: keep waiting on this one
+            }
+            lease.connection.delegate = nil
+            self.pool?.release(lease.connection, reusable: false, keepAlive: nil)
+            self.deferredHead = nil
+            self.releaseSlot(.failure)
+            self.phase = .done
+            _ = self.retryElsewhere(reason: "first_token", next: next)
+        }
+    }
+
+    /// The first event (or the end) arrived: the deferred head goes out now.
+    private func releaseDeferredHead() {
+        firstTokenTimer?.cancel()
+        firstTokenTimer = nil
+        guard let head = deferredHead else { return }
+        deferredHead = nil
+        processResponseHead(head)
+    }
+
     private func rewriteModel(to model: String) {
         var bytes: [UInt8] = []
         bytes.reserveCapacity(bodyBytes)
@@ -548,6 +586,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
         connection.delegate = self
         sentAt = .now()
         downstream.access.attempts += 1
+        armFirstTokenTimer()
         connection.send(head: upstreamHead)
         for part in body { connection.sendBody(part) }
         if bodyBytes > Self.maxReplayBytes, route == nil {
@@ -617,6 +656,14 @@ final class ProxyExchange: UpstreamResponseDelegate {
             _ = retryElsewhere(reason: "status_\(status)", next: next)
             return
         }
+        if firstTokenTimer != nil {
+            deferredHead = head
+            return
+        }
+        processResponseHead(head)
+    }
+
+    private func processResponseHead(_ head: HTTPResponseHead) {
         responseStarted = true
         body.removeAll()
         let now = NIODeadline.now()
@@ -694,6 +741,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
     }
 
     func upstreamResponseBody(_ body: ByteBuffer) {
+        if deferredHead != nil || firstTokenTimer != nil { releaseDeferredHead() }
         if isStream, firstBodyAt == nil, let sentAt {
             let now = NIODeadline.now()
             firstBodyAt = now
@@ -713,6 +761,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
 
     func upstreamResponseEnd(_ trailers: HTTPHeaders?) {
         guard case .forwarding(let lease) = phase else { return }
+        releaseDeferredHead()
         phase = .done
         let keepAlive = lease.connection.lastResponseKeepAlive
         // A connection whose request was not sent to its end cannot carry another request.
@@ -749,6 +798,9 @@ final class ProxyExchange: UpstreamResponseDelegate {
     }
 
     func upstreamFailed(_ error: ProxyError, beforeResponse: Bool) {
+        firstTokenTimer?.cancel()
+        firstTokenTimer = nil
+        deferredHead = nil
 
         guard case .forwarding(let lease) = phase else { return }
         pool?.release(lease.connection, reusable: false, keepAlive: nil)
@@ -833,6 +885,8 @@ final class ProxyExchange: UpstreamResponseDelegate {
 
     /// Stops waiting for a connection, or closes the leased one (never pooled half-read).
     private func abandonUpstream() {
+        firstTokenTimer?.cancel()
+        firstTokenTimer = nil
         switch phase {
         case .waitingForConnection(let waiter):
             pool?.cancel(waiter)
