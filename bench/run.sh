@@ -12,6 +12,10 @@
 #   sidecar-hit  : wrk -> llm-sidecar, one temperature-0 request repeated: every request a hit
 #   sidecar-miss : wrk -> llm-sidecar, a new temperature-0 request each time: key, lookup, store
 #
+# Routing scenario (same run):
+#   sidecar-routed : wrk -> llm-sidecar, model "bench-group": two deployments (two upstream pools
+#                    to the same nginx), weighted least-connections and the body's model rewritten
+#
 # Both proxies are pinned to the same CPU and get one worker/thread each, so they compete on equal
 # terms. Each scenario runs ROUNDS times, interleaved, and the median is reported; ratios to nginx
 # are what to read (the machines are shared and noisy).
@@ -117,7 +121,13 @@ cat > "$OUT/sidecar.toml" <<CONF
 [server]
 listen = "127.0.0.1:$SIDECAR_PORT"
 threads = 1
+default_upstream = "bench"
 [upstreams.bench]
+url = "https://127.0.0.1:$UP_PORT"
+api_key_env = "BENCH_UPSTREAM_KEY"
+ca_file = "$OUT/ca.pem"
+max_connections = 64
+[upstreams.bench2]
 url = "https://127.0.0.1:$UP_PORT"
 api_key_env = "BENCH_UPSTREAM_KEY"
 ca_file = "$OUT/ca.pem"
@@ -128,10 +138,24 @@ path = "$OUT/cache.sqlite3"
 [log]
 level = "warning"
 access = false   # like the nginx peer's access_log off
+[[models]]
+name = "bench-group"
+  [[models.deployments]]
+  upstream = "bench"
+  model = "gpt-4o-mini"
+  [[models.deployments]]
+  upstream = "bench2"
+  model = "gpt-4o-mini"
 CONF
 cat > "$OUT/sampled.lua" <<'LUA'
 wrk.method = "POST"
 wrk.body = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello."}]}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer sk-bench-client"
+LUA
+cat > "$OUT/routed.lua" <<'LUA'
+wrk.method = "POST"
+wrk.body = '{"model":"bench-group","messages":[{"role":"user","content":"Say hello."}]}'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer sk-bench-client"
 LUA
@@ -198,14 +222,14 @@ median() { sort -g | awk '{a[NR]=$1} END { print a[int((NR+1)/2)] }'; }
 
 declare -A RPS P50 P99
 total_sidecar=0
-targets=(direct nginx sidecar nginx-cache sidecar-hit sidecar-miss)
+targets=(direct nginx sidecar nginx-cache sidecar-hit sidecar-miss sidecar-routed)
 url_of() { case $1 in
   direct) echo "https://127.0.0.1:$UP_PORT";;
   nginx) echo "http://127.0.0.1:$NGINX_PORT";;
-  sidecar|sidecar-hit|sidecar-miss) echo "http://127.0.0.1:$SIDECAR_PORT";;
+  sidecar|sidecar-hit|sidecar-miss|sidecar-routed) echo "http://127.0.0.1:$SIDECAR_PORT";;
   nginx-cache) echo "http://127.0.0.1:$NGINX_CACHE_PORT";;
 esac; }
-script_of() { case $1 in nginx-cache|sidecar-hit) echo hit;; sidecar-miss) echo miss;; *) echo sampled;; esac; }
+script_of() { case $1 in nginx-cache|sidecar-hit) echo hit;; sidecar-miss) echo miss;; sidecar-routed) echo routed;; *) echo sampled;; esac; }
 
 # Warm up every path (TLS pools, caches) before measuring.
 for t in "${targets[@]}"; do DURATION=1 wrk_run "$(url_of "$t")" 64 "$(script_of "$t")" >/dev/null; done
@@ -290,4 +314,5 @@ printf "  RSS after %s requests: sidecar %s MB, nginx worker %s MB   (target <= 
 printf "  ready to serve after start: %s ms   (target <= 100 ms)\n" "$READY_MS"
 printf "  cache hits at 64 connections, sidecar / nginx proxy_cache = %s   (target >= 1.00)\n" "$(awk -v a="${RPS[sidecar-hit.64]}" -v b="${RPS[nginx-cache.64]}" 'BEGIN { printf "%.2f", a/b }')"
 printf "  a cache lookup on a miss adds %s us p50 at 1 connection (sidecar-miss - sidecar)   (target <= 20 us)\n" "$(awk -v a="${P50[sidecar-miss.1]}" -v b="${P50[sidecar.1]}" 'BEGIN { printf "%.0f", a-b }')"
+printf "  two deployments at 64 connections, routed / single upstream = %s   (target >= 0.95)\n" "$(awk -v a="${RPS[sidecar-routed.64]}" -v b="${RPS[sidecar.64]}" 'BEGIN { printf "%.2f", a/b }')"
 printf "  sidecar cache: %s\n" "$(BENCH_UPSTREAM_KEY=x "$BIN" stats --database "$OUT/cache.sqlite3" | grep -E "entries|hit ratio" | tr -s ' ' | paste -sd';')"

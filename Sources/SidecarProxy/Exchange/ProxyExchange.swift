@@ -65,6 +65,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
     private var group: UpstreamGroup?
     private var pool: UpstreamPool?
     private let clientHead: HTTPRequestHead
+    private let defaultGroup: UpstreamGroup?
     /// `[[models]]` groups of the snapshot this request started with.
     private let routes: [String: ModelRoute]
     /// The group this request's model names, once the body is read.
@@ -116,7 +117,9 @@ final class ProxyExchange: UpstreamResponseDelegate {
         self.maxBodyBytes = maxBodyBytes
         self.upstreamHead = head
         self.phase = .done
-        if let group { target(group) }
+        self.defaultGroup = group
+        // A routed request is aimed once its body names the model (`decide`); others now.
+        if let group, routes.isEmpty || head.method != .POST { target(group) }
         if let cache, cacheSettings.mode != .off, head.method == .POST, CachePolicy.cacheablePaths.contains(Self.barePath(head.uri)) {
             cacheState = CacheState(
                 cache: cache, settings: cacheSettings, method: head.method.rawValue, path: head.uri,
@@ -183,7 +186,9 @@ final class ProxyExchange: UpstreamResponseDelegate {
                     wantsStream = bytes[m.value].elementsEqual("true".utf8)
                 }
                 downstream.access.model = model
-            } else if group == nil {
+            } else if let defaultGroup {
+                target(defaultGroup)
+            } else {
                 cacheState = nil
                 return fail(.modelNotFound(model))
             }
@@ -711,7 +716,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
     func listModelsIfNeeded() -> Bool {
         guard clientHead.method == .GET, Self.barePath(clientHead.uri) == "/v1/models", !routes.isEmpty else { return false }
         let names = routes.keys.sorted()
-        if group != nil {
+        if defaultGroup != nil {
             modelsToMerge = names
             return false
         }
