@@ -621,9 +621,12 @@ final class ProxyExchange: UpstreamResponseDelegate {
             if bodyBytes > Self.maxKeyedBodyBytes, let c = cacheState {
                 // Too large to hold for a key: forward it as it streams, uncached, with backpressure.
                 cacheState = nil
+                metrics.cacheResult("bypass")
                 c.cache.count(model: "-") { $0.bypasses += 1 }
-                phase = .done
-                lease(fresh: false)
+                if routes.isEmpty {
+                    phase = .done
+                    lease(fresh: false)
+                }  // else routing still needs the whole body to read its model
             }
             return
         }
