@@ -40,14 +40,16 @@ public struct CachePolicy: Sendable, Equatable {
     /// parse: most traffic samples, and it should not pay for a canonical form it will not use.
     /// False means "parse it and `decide`".
     public func certainlySampled(path: String, body: [UInt8]) -> Bool {
-        guard mode == .deterministic, !Self.alwaysDeterministic.contains(path), let members = JSONTopLevel.members(body) else { return false }
+        guard mode == .deterministic, !Self.alwaysDeterministic.contains(path) else { return false }
         var zeroTemperature = false
-        for m in members {
-            let raw = body[m.value]
-            if m.key == "seed", raw.elementsEqual("null".utf8) == false { return false }
-            if m.key == "temperature" { zeroTemperature = JSONTopLevel.isZeroNumber(raw) }
+        var seeded = false
+        let object = JSONTopLevel.walk(body) { key, value in
+            let k = body[key]
+            if k.elementsEqual("seed".utf8) { seeded = !body[value].elementsEqual("null".utf8) }
+            if k.elementsEqual("temperature".utf8) { zeroTemperature = JSONTopLevel.isZeroNumber(body[value]) }
+            return true
         }
-        return !zeroTemperature
+        return object && !seeded && !zeroTemperature
     }
 
     /// - Parameters:

@@ -9,6 +9,30 @@ public enum JSONTopLevel {
     /// Each member's key (only keys without escapes, which covers every API parameter) and the
     /// range of its raw value in `bytes`; nil when `bytes` is not a JSON object at the top level.
     public static func members(_ bytes: [UInt8]) -> [(key: String, value: Range<Int>)]? {
+        var out: [(key: String, value: Range<Int>)] = []
+        let ok = walk(bytes) { key, value in
+            if !bytes[key].contains(UInt8(ascii: "\\")) { out.append((String(decoding: bytes[key], as: UTF8.self), value)) }
+            return true
+        }
+        return ok ? out : nil
+    }
+
+    /// The raw value range of the top-level member `key` (the last one, if repeated), without
+    /// building any string; nil when absent or when `bytes` is not a JSON object.
+    public static func value(of key: StaticString, in bytes: [UInt8]) -> Range<Int>? {
+        var found: Range<Int>?
+        let ok = key.withUTF8Buffer { k in
+            walk(bytes) { keyRange, value in
+                if keyRange.count == k.count, bytes[keyRange].elementsEqual(k) { found = value }
+                return true
+            }
+        }
+        return ok ? found : nil
+    }
+
+    /// Calls `visit` with each top-level member's key range (between the quotes, raw) and value
+    /// range; false when `bytes` is not a JSON object at the top level.
+    static func walk(_ bytes: [UInt8], _ visit: (Range<Int>, Range<Int>) -> Bool) -> Bool {
         var i = 0
         let n = bytes.count
         func ws() { while i < n, bytes[i] == 0x20 || bytes[i] == 0x09 || bytes[i] == 0x0A || bytes[i] == 0x0D { i += 1 } }
@@ -51,32 +75,31 @@ public enum JSONTopLevel {
             }
         }
         ws()
-        guard i < n, bytes[i] == UInt8(ascii: "{") else { return nil }
+        guard i < n, bytes[i] == UInt8(ascii: "{") else { return false }
         i += 1
-        var out: [(key: String, value: Range<Int>)] = []
         ws()
-        if i < n, bytes[i] == UInt8(ascii: "}") { i += 1; ws(); return i == n ? out : nil }
+        if i < n, bytes[i] == UInt8(ascii: "}") { i += 1; ws(); return i == n }
         while true {
             ws()
-            guard i < n, bytes[i] == UInt8(ascii: "\"") else { return nil }
+            guard i < n, bytes[i] == UInt8(ascii: "\"") else { return false }
             let keyStart = i + 1
-            guard skipString() else { return nil }
-            let key = bytes[keyStart..<(i - 1)]
+            guard skipString() else { return false }
+            let key = keyStart..<(i - 1)
             ws()
-            guard i < n, bytes[i] == UInt8(ascii: ":") else { return nil }
+            guard i < n, bytes[i] == UInt8(ascii: ":") else { return false }
             i += 1
             ws()
             let valueStart = i
-            guard skipValue() else { return nil }
-            if !key.contains(UInt8(ascii: "\\")) { out.append((String(decoding: key, as: UTF8.self), valueStart..<i)) }
+            guard skipValue() else { return false }
+            guard visit(key, valueStart..<i) else { return false }
             ws()
-            guard i < n else { return nil }
+            guard i < n else { return false }
             if bytes[i] == UInt8(ascii: ",") { i += 1; continue }
             if bytes[i] == UInt8(ascii: "}") { i += 1; break }
-            return nil
+            return false
         }
         ws()
-        return i == n ? out : nil
+        return i == n
     }
 
     /// Whether a raw JSON number is zero (`0`, `0.0`, `-0`, `0e5`, `0.00E-3`).

@@ -182,8 +182,8 @@ final class ProxyExchange: UpstreamResponseDelegate {
             let model = Self.topLevelString("model", in: bytes)
             if let model, let r = routes[model] {
                 route = r
-                if r.group.firstTokenTimeout != nil, let m = JSONTopLevel.members(bytes)?.first(where: { $0.key == "stream" }) {
-                    wantsStream = bytes[m.value].elementsEqual("true".utf8)
+                if r.group.firstTokenTimeout != nil, let v = JSONTopLevel.value(of: "stream", in: bytes) {
+                    wantsStream = bytes[v].elementsEqual("true".utf8)
                 }
                 downstream.access.model = model
             } else if let defaultGroup {
@@ -319,9 +319,9 @@ final class ProxyExchange: UpstreamResponseDelegate {
     // MARK: routing
 
     /// The value of a top-level string member without escapes (model names have none).
-    static func topLevelString(_ key: String, in bytes: [UInt8]) -> String? {
-        guard let m = JSONTopLevel.members(bytes)?.first(where: { $0.key == key }) else { return nil }
-        let raw = bytes[m.value]
+    static func topLevelString(_ key: StaticString, in bytes: [UInt8]) -> String? {
+        guard let range = JSONTopLevel.value(of: key, in: bytes) else { return nil }
+        let raw = bytes[range]
         guard raw.count >= 2, raw.first == UInt8(ascii: "\""), raw.last == UInt8(ascii: "\""), !raw.contains(UInt8(ascii: "\\")) else { return nil }
         return String(decoding: raw.dropFirst().dropLast(), as: UTF8.self)
     }
@@ -378,12 +378,18 @@ final class ProxyExchange: UpstreamResponseDelegate {
     /// A slot on a deployment not tried yet: the group's, then its fallbacks' in order.
     private func nextDeployment() -> (ModelRoute, Int)? {
         guard let route else { return nil }
-        for r in [route] + route.group.fallbacks.compactMap({ routes[$0] }) {
-            let id = ObjectIdentifier(r)
-            let excluded = Set(tried.filter { $0.group == id }.map(\.index))
-            if let i = r.acquire(excluding: excluded) { return (r, i) }
+        if let i = route.acquire(excluding: excluded(route)) { return (route, i) }
+        for name in route.group.fallbacks {
+            guard let r = routes[name] else { continue }
+            if let i = r.acquire(excluding: excluded(r)) { return (r, i) }
         }
         return nil
+    }
+
+    private func excluded(_ r: ModelRoute) -> Set<Int> {
+        if tried.isEmpty { return [] }
+        let id = ObjectIdentifier(r)
+        return Set(tried.lazy.filter { $0.group == id }.map(\.index))
     }
 
     private func install(_ r: ModelRoute, _ i: Int) {
@@ -459,11 +465,11 @@ final class ProxyExchange: UpstreamResponseDelegate {
         var bytes: [UInt8] = []
         bytes.reserveCapacity(bodyBytes)
         for part in body { bytes += part.readableBytesView }
-        if let m = JSONTopLevel.members(bytes)?.first(where: { $0.key == "model" }) {
+        if let range = JSONTopLevel.value(of: "model", in: bytes) {
             var value = ""
             JSONString.append(model, to: &value)
-            if !bytes[m.value].elementsEqual(value.utf8) {
-                bytes.replaceSubrange(m.value, with: Array(value.utf8))
+            if !bytes[range].elementsEqual(value.utf8) {
+                bytes.replaceSubrange(range, with: Array(value.utf8))
                 body = [ByteBuffer(bytes: bytes)]
                 bodyBytes = bytes.count
                 bodyRewritten = true
