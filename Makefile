@@ -43,13 +43,16 @@ build: deps
 run: build
 	$(BIN) serve --config $(CONFIG)
 
-# The tests parse /metrics with Prometheus' own Python parser, from a venv of our own.
+# The tests parse /metrics with Prometheus' own Python parser and call the sidecar with the
+# official `openai` client, from a venv of our own (the stamp names what is installed).
 VENV := .build/venv
-$(VENV)/bin/python:
+VENV_STAMP := $(VENV)/.installed-prometheus-client-0.26.0-openai-1.109.1
+$(VENV_STAMP):
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q prometheus-client==0.26.0
+	$(VENV)/bin/pip install -q prometheus-client==0.26.0 openai==1.109.1
+	touch $@
 
-test: test-deps $(VENV)/bin/python
+test: test-deps $(VENV_STAMP)
 	$(SWIFT) build --build-tests
 	LLM_SIDECAR_TEST_PYTHON=$(CURDIR)/$(VENV)/bin/python $(SWIFT) test --skip-build --disable-swift-testing
 

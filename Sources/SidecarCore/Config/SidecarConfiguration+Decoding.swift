@@ -98,8 +98,9 @@ extension SidecarConfiguration {
 struct RawConfiguration: Decodable {
     /// Keys whose values are integers (the rest are strings or tables), for type error messages.
     static let integerKeys: Set<String> = ["max_body_bytes", "threads", "max_connections", "queue_size", "ttl_seconds",
-                                            "max_bytes", "memory_bytes", "max_entry_bytes", "weight", "max_concurrency", "max_attempts"]
-    static let tableKeys: Set<String> = ["server", "upstreams", "log", "cache", "prices", "models", "deployments"]
+                                            "max_bytes", "memory_bytes", "max_entry_bytes", "weight", "max_concurrency", "max_attempts",
+                                            "client_rpm", "client_burst"]
+    static let tableKeys: Set<String> = ["server", "upstreams", "log", "cache", "prices", "models", "deployments", "limits"]
 
     var server: RawServer?
     var upstreams: [String: RawUpstream]?
@@ -107,6 +108,12 @@ struct RawConfiguration: Decodable {
     var cache: RawCache?
     var prices: [String: RawPrice]?
     var models: [RawModel]?
+    var limits: RawLimits?
+
+    struct RawLimits: Decodable {
+        var client_rpm: Int?
+        var client_burst: Int?
+    }
 
     struct RawModel: Decodable {
         var name: String?
@@ -272,6 +279,11 @@ private struct Validator {
         if let access = raw.log?.access { log.access = access }
         var configuration = SidecarConfiguration(server: server, upstreams: upstreams, log: log, cache: try cache(raw.cache), prices: try prices(raw.prices))
         configuration.models = try models(raw.models ?? [], upstreams: Set(upstreams.map(\.name)))
+        if let rpm = raw.limits?.client_rpm { configuration.limits.clientRPM = try positive(rpm, ["limits", "client_rpm"], default: 1, max: 100_000_000) }
+        if let burst = raw.limits?.client_burst {
+            guard configuration.limits.clientRPM != nil else { throw fail(["limits", "client_burst"], "needs client_rpm") }
+            configuration.limits.clientBurst = try positive(burst, ["limits", "client_burst"], default: 1, max: 100_000_000)
+        }
         return configuration
     }
 

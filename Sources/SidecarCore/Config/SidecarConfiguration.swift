@@ -15,6 +15,17 @@ public struct SidecarConfiguration: Sendable, Equatable {
     public var prices: [String: PriceTable.Price]
     /// `[[models]]`: model groups, in file order (docs/routing.md).
     public var models: [ModelGroup] = []
+    /// `[limits]`
+    public var limits = Limits()
+
+    /// `[limits]`: per client credential (docs/limits.md).
+    public struct Limits: Sendable, Equatable {
+        /// Requests per minute per client credential; nil: no limit.
+        public var clientRPM: Int?
+        /// Requests a client may make at once after being idle. Default: `client_rpm`.
+        public var clientBurst: Int?
+        public init() {}
+    }
 
     public func modelGroup(named name: String) -> ModelGroup? { models.first { $0.name == name } }
 

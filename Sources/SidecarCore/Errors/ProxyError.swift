@@ -20,7 +20,7 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
         case badRequest, payloadTooLarge, notFound, methodNotAllowed, forbidden
         case upstreamConnect, upstreamTLS, upstreamClosed, upstreamProtocol, upstreamTimeout(Timeout)
         case poolExhausted, shuttingDown, internalError
-        case modelNotFound, deploymentsBusy
+        case modelNotFound, deploymentsBusy, rateLimited
     }
 
     private let code: Code
@@ -71,6 +71,10 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
         }
         return .init(.modelNotFound, "The model `\(model.prefix(200))` does not exist: no [[models]] group is named so, and there is no server.default_upstream")
     }
+    /// The client's credential is over `limits.client_rpm`; worded like OpenAI's own.
+    public static func rateLimited(limit: Int, retryAfter: String) -> ProxyError {
+        .init(.rateLimited, "Rate limit reached for requests per minute (RPM) on this sidecar: Limit \(limit). Please try again in \(retryAfter).")
+    }
     /// Every deployment of a group (and of its fallbacks) is at `max_concurrency` or ejected.
     public static func deploymentsBusy(_ group: String) -> ProxyError {
         .init(.deploymentsBusy, "every deployment of model group \(group) (and of its fallbacks) is at max_concurrency or ejected; retry shortly")
@@ -85,6 +89,7 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
         case .upstreamTimeout(let t): return t == .poolQueue ? .internal : .upstream
         case .poolExhausted, .shuttingDown, .internalError: return .internal
         case .modelNotFound: return .client
+        case .rateLimited: return .client
         case .deploymentsBusy: return .internal
         }
     }
@@ -102,12 +107,13 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
         case .poolExhausted, .shuttingDown: return 503
         case .internalError: return 500
         case .modelNotFound: return 404
-        case .deploymentsBusy: return 429
+        case .deploymentsBusy, .rateLimited: return 429
         }
     }
 
     /// OpenAI's `error.type`.
     public var type: String {
+        if case .rateLimited = code { return "requests" }  // what OpenAI's own RPM errors say
         switch source {
         case .client: return "invalid_request_error"
         case .upstream: return "upstream_error"
@@ -140,6 +146,7 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
         case .internalError: return "internal_error"
         case .modelNotFound: return "model_not_found"
         case .deploymentsBusy: return "deployments_busy"
+        case .rateLimited: return "rate_limit_exceeded"
         }
     }
 

@@ -194,6 +194,19 @@ final class DownstreamHandler: ChannelDuplexHandler {
         guard let context, runtime.defaultUpstream != nil || !runtime.routes.isEmpty else {
             return respondWithError(.notFound(path: path), closeAfter: false)
         }
+        if let limits = runtime.clientLimits {
+            let verdict = limits.request(client: scope(of: head.headers))
+            if !verdict.allowed {
+                // OpenAI's own headers, so SDKs back off the way they do with OpenAI.
+                let wait = ClientRateLimiter.openAIDuration(verdict.retryAfter)
+                return respondWithError(.rateLimited(limit: limits.perMinute, retryAfter: wait), closeAfter: false, extraHeaders: [
+                    ("retry-after", String((verdict.retryAfter.nanoseconds + 999_999_999) / 1_000_000_000)),
+                    ("x-ratelimit-limit-requests", String(limits.perMinute)),
+                    ("x-ratelimit-remaining-requests", "0"),
+                    ("x-ratelimit-reset-requests", ClientRateLimiter.openAIDuration(verdict.reset)),
+                ])
+            }
+        }
         let group = runtime.defaultUpstream
         if head.headers[canonicalForm: "expect"].contains(where: { HeaderPolicy.equalsIgnoringASCIICase($0, "100-continue") }) {
             // The client waits for this before sending its body (curl does, for bodies over 1 KiB).

@@ -13,12 +13,14 @@ final class ProxyRuntime: Sendable {
     let defaultUpstream: UpstreamGroup?
     /// `[[models]]` groups by name; empty when none is configured.
     let routes: [String: ModelRoute]
+    /// `[limits] client_rpm`, shared by all loops; nil when there is no limit.
+    let clientLimits: ClientLimits?
     let maxBodyBytes: Int
     let clientIdleTimeout: TimeAmount
     /// `Bearer TOKEN` that lets a non-loopback client use the admin endpoints; nil: loopback only.
     let adminAuthorization: String?
 
-    init(configuration: SidecarConfiguration, groups: [String: UpstreamGroup], adminToken: String?) {
+    init(configuration: SidecarConfiguration, groups: [String: UpstreamGroup], adminToken: String?, previous: ProxyRuntime? = nil) {
         self.configuration = configuration
         self.adminAuthorization = adminToken.map { "Bearer \($0)" }
         self.groups = groups
@@ -29,6 +31,16 @@ final class ProxyRuntime: Sendable {
             routes[m.name] = ModelRoute(group: m, upstreams: m.deployments.compactMap { groups[$0.upstream] })
         }
         self.routes = routes
+        if let rpm = configuration.limits.clientRPM {
+            // A reload that leaves the limits alone keeps the buckets (a reload is no way around a limit).
+            if let old = previous?.clientLimits, previous?.configuration.limits == configuration.limits {
+                clientLimits = old
+            } else {
+                clientLimits = ClientLimits(perMinute: rpm, burst: configuration.limits.clientBurst ?? rpm)
+            }
+        } else {
+            clientLimits = nil
+        }
         self.maxBodyBytes = configuration.server.maxBodyBytes
         self.clientIdleTimeout = configuration.server.clientIdleTimeout
     }
@@ -76,4 +88,19 @@ final class ServerState: Sendable {
 
     var isDraining: Bool { draining.load(ordering: .relaxed) }
     func startDraining() { draining.store(true, ordering: .relaxed) }
+}
+
+/// The per-client request limiter behind one short lock.
+final class ClientLimits: Sendable {
+    let perMinute: Int
+    private let limiter: NIOLockedValueBox<ClientRateLimiter>
+
+    init(perMinute: Int, burst: Int) {
+        self.perMinute = perMinute
+        limiter = NIOLockedValueBox(ClientRateLimiter(perMinute: perMinute, burst: burst))
+    }
+
+    func request(client: String, now: NIODeadline = .now()) -> ClientRateLimiter.Verdict {
+        limiter.withLockedValue { $0.request(client: client, now: now) }
+    }
 }

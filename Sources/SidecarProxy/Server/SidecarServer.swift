@@ -191,7 +191,7 @@ extension SidecarServer {
         } else if configuration.cache.mode != .off {
             logger.notice("the cache was off at start: restart to turn it on")
         }
-        _ = state.swap(ProxyRuntime(configuration: configuration, groups: groups, adminToken: adminToken))
+        _ = state.swap(ProxyRuntime(configuration: configuration, groups: groups, adminToken: adminToken, previous: old))
         let retired = old.groups.values.filter { !kept.contains(ObjectIdentifier($0)) }
         let drainTimeout = configuration.server.drainTimeout
         if !retired.isEmpty {
