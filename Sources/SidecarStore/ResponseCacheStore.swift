@@ -102,7 +102,76 @@ public final class ResponseCacheStore {
         """
         DROP INDEX responses_model;
         """,
+        // 4: what upstream calls cost, per day, model group, deployment and client credential (hashed).
+        """
+        CREATE TABLE spend (
+            day TEXT NOT NULL,
+            model TEXT NOT NULL,
+            deployment TEXT NOT NULL,
+            client TEXT NOT NULL,
+            requests INTEGER NOT NULL DEFAULT 0,
+            prompt_tokens INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            cached_tokens INTEGER NOT NULL DEFAULT 0,
+            usd REAL NOT NULL DEFAULT 0,
+            PRIMARY KEY (day, model, deployment, client)
+        ) WITHOUT ROWID;
+        """,
     ]
+
+    /// Who spent: the row key of the `spend` table (without the day).
+    public struct SpendKey: Hashable, Sendable {
+        public var model: String, deployment: String, client: String
+        public init(model: String, deployment: String, client: String) {
+            self.model = model
+            self.deployment = deployment
+            self.client = client
+        }
+    }
+
+    public struct Spend: Sendable, Equatable {
+        public var requests: Int64 = 0, promptTokens: Int64 = 0, completionTokens: Int64 = 0, cachedTokens: Int64 = 0
+        public var usd: Double = 0
+        public init() {}
+        public static func += (a: inout Spend, b: Spend) {
+            a.requests += b.requests; a.promptTokens += b.promptTokens; a.completionTokens += b.completionTokens
+            a.cachedTokens += b.cachedTokens; a.usd += b.usd
+        }
+    }
+
+    /// Adds a batch of spend for `day`, in one transaction.
+    public func addSpend(_ deltas: [SpendKey: Spend], day: String) throws {
+        guard !deltas.isEmpty else { return }
+        let s = try connection.prepare("""
+            INSERT INTO spend (day, model, deployment, client, requests, prompt_tokens, completion_tokens, cached_tokens, usd)
+            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+            ON CONFLICT (day, model, deployment, client) DO UPDATE SET requests = requests + ?5,
+                prompt_tokens = prompt_tokens + ?6, completion_tokens = completion_tokens + ?7,
+                cached_tokens = cached_tokens + ?8, usd = usd + ?9
+            """)
+        try connection.transaction {
+            for (k, d) in deltas {
+                try s.run([.text(day), .text(k.model), .text(k.deployment), .text(k.client), .integer(d.requests),
+                           .integer(d.promptTokens), .integer(d.completionTokens), .integer(d.cachedTokens), .real(d.usd)])
+            }
+        }
+    }
+
+    /// Spend rows from `fromDay` on (inclusive, "YYYY-MM-DD"), summed over the days.
+    public func spend(since fromDay: String) throws -> [SpendKey: Spend] {
+        let s = try connection.prepare("""
+            SELECT model, deployment, client, sum(requests), sum(prompt_tokens), sum(completion_tokens), sum(cached_tokens), sum(usd)
+            FROM spend WHERE day >= ?1 GROUP BY model, deployment, client
+            """)
+        try s.bind([.text(fromDay)])
+        var out: [SpendKey: Spend] = [:]
+        while try s.step() {
+            var d = Spend()
+            d.requests = s.int(3); d.promptTokens = s.int(4); d.completionTokens = s.int(5); d.cachedTokens = s.int(6); d.usd = s.double(7)
+            out[SpendKey(model: s.text(0) ?? "", deployment: s.text(1) ?? "", client: s.text(2) ?? "")] = d
+        }
+        return out
+    }
 
     public let connection: SQLiteConnection
     private let insert: Statement

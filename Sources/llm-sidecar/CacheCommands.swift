@@ -145,3 +145,93 @@ struct Cache: ParsableCommand {
         }
     }
 }
+
+struct SpendCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "spend",
+        abstract: "What upstream calls cost today and this month (UTC), by model and by client credential (hashed).")
+
+    @OptionGroup var databaseOption: DatabaseOption
+
+    @Flag(name: .long, help: "JSON instead of a table.")
+    var json = false
+
+    func run() throws {
+        try reportingErrors {
+            let (store, path, _) = try databaseOption.open()
+            let now = Int64(Date().timeIntervalSince1970)
+            let today = SpendReport.day(now)
+            let month = String(today.prefix(8)) + "01"
+            let report = SpendReport(database: path, today: today, todayRows: try store.spend(since: today), monthRows: try store.spend(since: month))
+            print(json ? report.json() : report.table(), terminator: "")
+        }
+    }
+}
+
+/// The `spend` report: totals, by model and by client, for today and this month.
+struct SpendReport {
+    typealias Rows = [ResponseCacheStore.SpendKey: ResponseCacheStore.Spend]
+    var database: String
+    var today: String
+    var todayRows: Rows
+    var monthRows: Rows
+
+    static func day(_ unix: Int64) -> String {
+        var t = time_t(unix)
+        var parts = tm()
+        gmtime_r(&t, &parts)
+        return String(format: "%04d-%02d-%02d", Int(parts.tm_year) + 1900, Int(parts.tm_mon) + 1, Int(parts.tm_mday))
+    }
+
+    static func group(_ rows: Rows, by key: (ResponseCacheStore.SpendKey) -> String) -> [String: ResponseCacheStore.Spend] {
+        rows.reduce(into: [:]) { $0[key($1.key), default: .init()] += $1.value }
+    }
+
+    private func period(_ rows: Rows) -> [String: Any] {
+        let total = rows.values.reduce(into: ResponseCacheStore.Spend()) { $0 += $1 }
+        func fields(_ s: ResponseCacheStore.Spend) -> [String: Any] {
+            ["requests": s.requests, "prompt_tokens": s.promptTokens, "completion_tokens": s.completionTokens,
+             "cached_tokens": s.cachedTokens, "usd": (s.usd * 1e8).rounded() / 1e8]
+        }
+        return [
+            "total": fields(total),
+            "by_model": Self.group(rows) { $0.model }.mapValues(fields),
+            "by_deployment": Self.group(rows) { $0.deployment }.mapValues(fields),
+            "by_client": Self.group(rows) { $0.client }.mapValues(fields),
+        ]
+    }
+
+    func json() -> String {
+        var t = period(todayRows)
+        t["day"] = today
+        var m = period(monthRows)
+        m["month"] = String(today.prefix(7))
+        let object: [String: Any] = ["database": database, "today": t, "month": m]
+        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes])) ?? Data()
+        return String(decoding: data, as: UTF8.self) + "\n"
+    }
+
+    func table() -> String {
+        var out = "llm-sidecar spend: \(database)\n"
+        for (title, rows) in [("today (\(today), UTC)", todayRows), ("this month (\(today.prefix(7)))", monthRows)] {
+            let total = rows.values.reduce(into: ResponseCacheStore.Spend()) { $0 += $1 }
+            out += "\n\(title): $\(String(format: "%.4f", total.usd)) for \(total.requests) requests, "
+                + "\(total.promptTokens) prompt + \(total.completionTokens) completion tokens\n"
+            for (label, key) in [("MODEL", { (k: ResponseCacheStore.SpendKey) in k.model }), ("CLIENT", { (k: ResponseCacheStore.SpendKey) in k.client })] {
+                let grouped = Self.group(rows, by: key).sorted { $0.value.usd > $1.value.usd }.prefix(10)
+                guard !grouped.isEmpty else { continue }
+                out += "  " + label.padding(toLength: 34, withPad: " ", startingAt: 0) + "REQUESTS".leftPadded(10) + "COST".leftPadded(12) + "\n"
+                for (name, s) in grouped {
+                    out += "  " + String(name.prefix(33)).padding(toLength: 34, withPad: " ", startingAt: 0)
+                        + "\(s.requests)".leftPadded(10) + String(format: "$%.4f", s.usd).leftPadded(12) + "\n"
+                }
+            }
+        }
+        out += "\nbudgets: none configured ([budgets] is not implemented yet)\n"
+        return out
+    }
+}
+
+extension String {
+    func leftPadded(_ width: Int) -> String { count >= width ? self : String(repeating: " ", count: width - count) + self }
+}

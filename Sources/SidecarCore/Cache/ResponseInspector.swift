@@ -4,10 +4,61 @@ public enum ResponseInspector {
     public struct Usage: Sendable, Equatable {
         public var promptTokens: Int64
         public var completionTokens: Int64
-        public init(promptTokens: Int64, completionTokens: Int64) {
+        /// Prompt tokens the provider served from its own prompt cache (billed at a discount).
+        public var cachedTokens: Int64
+        public init(promptTokens: Int64, completionTokens: Int64, cachedTokens: Int64 = 0) {
             self.promptTokens = promptTokens
             self.completionTokens = completionTokens
+            self.cachedTokens = cachedTokens
         }
+    }
+
+    /// The usage in the last bytes of an answer (the accounting keeps only a tail, not the whole
+    /// body): for SSE the last event that has one; for JSON the last top-level-looking `"usage"`
+    /// object, found by matching braces backwards from its key.
+    public static func usage(inTail tail: [UInt8], isStream: Bool) -> Usage? {
+        if isStream { return usage(body: tail, isStream: true) }
+        let key = Array(#""usage""#.utf8)
+        guard tail.count >= key.count else { return nil }
+        var i = tail.count - key.count
+        while i >= 0 {
+            if tail[i] == key[0], Array(tail[i..<(i + key.count)]) == key {
+                var j = i + key.count
+                while j < tail.count, tail[j] == 0x20 || tail[j] == 0x0A || tail[j] == 0x0D || tail[j] == 0x09 { j += 1 }
+                if j < tail.count, tail[j] == UInt8(ascii: ":") {
+                    j += 1
+                    while j < tail.count, tail[j] == 0x20 || tail[j] == 0x0A || tail[j] == 0x0D || tail[j] == 0x09 { j += 1 }
+                    if j < tail.count, tail[j] == UInt8(ascii: "{"), let end = matchingBrace(tail, from: j),
+                       let object = CanonicalJSON.parse(Array(tail[j...end])) {
+                        return usage(in: .object([(key: "usage", value: object)]))
+                    }
+                }
+            }
+            i -= 1
+        }
+        return nil
+    }
+
+    private static func matchingBrace(_ b: [UInt8], from start: Int) -> Int? {
+        var depth = 0
+        var i = start
+        var inString = false
+        while i < b.count {
+            let c = b[i]
+            if inString {
+                if c == UInt8(ascii: "\\") { i += 2; continue }
+                if c == UInt8(ascii: "\"") { inString = false }
+            } else if c == UInt8(ascii: "\"") {
+                inString = true
+            } else if c == UInt8(ascii: "{") {
+                depth += 1
+            } else if c == UInt8(ascii: "}") {
+                depth -= 1
+                if depth == 0 { return i }
+            }
+            i += 1
+        }
+        return nil
     }
 
     /// Whether an SSE body ended with a final event: `data: [DONE]` (chat and completions), or
@@ -40,7 +91,11 @@ public enum ResponseInspector {
             return nil
         }
         guard let prompt = int("prompt_tokens", "input_tokens") else { return nil }
-        return Usage(promptTokens: prompt, completionTokens: int("completion_tokens", "output_tokens") ?? 0)
+        var cached: Int64 = 0
+        for details in ["prompt_tokens_details", "input_tokens_details"] {
+            if case .number(let n)? = u[details]?["cached_tokens"], let v = Int64(n) { cached = v }
+        }
+        return Usage(promptTokens: prompt, completionTokens: int("completion_tokens", "output_tokens") ?? 0, cachedTokens: cached)
     }
 
     private static func jsonType(_ data: String) -> String? {

@@ -54,6 +54,7 @@ final class ResponseCache: Sendable {
     private let housekeeping = NIOLockedValueBox<(task: RepeatedTask?, ticks: Int, generation: Int64?, loop: EventLoop?)>((nil, 0, nil, nil))
 
     private struct Pending {
+        var spend: [ResponseCacheStore.SpendKey: ResponseCacheStore.Spend] = [:]
         var counters: [String: ResponseCacheStore.CounterDelta] = [:]
         var touches: [CacheKey: (count: Int64, at: Int64)] = [:]
     }
@@ -149,6 +150,14 @@ final class ResponseCache: Sendable {
     var flightsInProgress: Int { flights.withLockedValue { $0.count } }
 
     // MARK: counting and storing
+
+    /// One upstream call's cost, written with the next flush.
+    func recordSpend(_ key: ResponseCacheStore.SpendKey, _ spend: ResponseCacheStore.Spend) {
+        pending.withLockedValue { $0.spend[key, default: .init()] += spend }
+    }
+
+    /// Spend not written back yet (for `/stats`).
+    var pendingSpend: [ResponseCacheStore.SpendKey: ResponseCacheStore.Spend] { pending.withLockedValue { $0.spend } }
 
     func count(model: String, _ update: (inout ResponseCacheStore.CounterDelta) -> Void) {
         pending.withLockedValue { p in update(&p.counters[model, default: .init()]) }
@@ -299,6 +308,7 @@ final class ResponseCache: Sendable {
             self.drainWrites(access, maxBytes: maxBytes)
             let ok = access.use { store -> Bool in
                 try store.add(taken.counters.filter { !$0.value.isEmpty }, day: day)
+                try store.addSpend(taken.spend, day: day)
                 var touches: [[UInt8]: (count: Int64, at: Int64)] = [:]
                 for (k, t) in taken.touches { touches[k.bytes] = t }
                 try store.touch(touches)
@@ -318,6 +328,7 @@ final class ResponseCache: Sendable {
                 // Keep the counts for the next attempt rather than lose them.
                 self.pending.withLockedValue { p in
                     for (m, d) in taken.counters { p.counters[m, default: .init()] += d }
+                    for (k, d) in taken.spend { p.spend[k, default: .init()] += d }
                 }
             }
             // After any write the jobs before this one queued: "flushed" means written.

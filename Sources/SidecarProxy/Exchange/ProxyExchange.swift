@@ -1,6 +1,7 @@
 import NIOCore
 import NIOHTTP1
 import SidecarCore
+import SidecarStore
 import SidecarTLS
 import Foundation
 
@@ -103,14 +104,24 @@ final class ProxyExchange: UpstreamResponseDelegate {
     private var replayed = false
     private(set) var responseStarted = false
     private var cacheState: CacheState?
+    /// Where spend is recorded (the cache's database); nil without one.
+    private let accounting: ResponseCache?
+    private let prices: PriceTable
+    /// The request's model, for spend: the body's top-level `model`.
+    private var requestModel: String?
+    /// The last bytes of a 2xx answer: where its `usage` is (for spend accounting).
+    private var usageTail: [UInt8] = []
+    static let usageTailBytes = 16 << 10
     /// `x-sidecar-cache` of the answer.
     private var cacheLabel = "bypass"
     /// The leader's client went away while followers still wait: the call goes on without it.
     private var detached = false
 
     init(downstream: DownstreamHandler, head: HTTPRequestHead, group: UpstreamGroup?, routes: [String: ModelRoute], maxBodyBytes: Int,
-         metrics: SidecarMetrics, cache: ResponseCache?, cacheSettings: SidecarConfiguration.Cache) {
+         metrics: SidecarMetrics, cache: ResponseCache?, cacheSettings: SidecarConfiguration.Cache, prices: PriceTable = PriceTable()) {
         self.metrics = metrics
+        self.accounting = cache
+        self.prices = prices
         self.downstream = downstream
         self.clientHead = head
         self.routes = routes
@@ -616,7 +627,10 @@ final class ProxyExchange: UpstreamResponseDelegate {
 
     /// More of the client's body.
     func requestBody(_ buffer: ByteBuffer) {
-        if bodyBytes == 0, downstream.accessLogOn { downstream.access.model = ModelSniffer.model(in: buffer.readableBytesView) }
+        if bodyBytes == 0, downstream.accessLogOn || accounting != nil {
+            requestModel = ModelSniffer.model(in: buffer.readableBytesView)
+            if downstream.accessLogOn { downstream.access.model = requestModel }
+        }
         bodyBytes += buffer.readableBytes
         if bodyBytes > maxBodyBytes {
             fail(.payloadTooLarge(limit: maxBodyBytes))
@@ -761,6 +775,10 @@ final class ProxyExchange: UpstreamResponseDelegate {
             firstBodyAt = now
             group?.metrics.streamFirstToken.recordNanoseconds((now - sentAt).nanoseconds)
         }
+        if accounting != nil, (200..<300).contains(responseStatus) {
+            usageTail += body.readableBytesView.suffix(Self.usageTailBytes)
+            if usageTail.count > Self.usageTailBytes { usageTail.removeFirst(usageTail.count - Self.usageTailBytes) }
+        }
         cacheState?.flight?.publish(.body(body))
         if heldHead != nil {
             heldBody += body.readableBytesView
@@ -780,8 +798,11 @@ final class ProxyExchange: UpstreamResponseDelegate {
         let keepAlive = lease.connection.lastResponseKeepAlive
         // A connection whose request was not sent to its end cannot carry another request.
         pool?.release(lease.connection, reusable: keepAlive.reusable && requestEnded, keepAlive: keepAlive.timeout)
+        let deployment = slot.map { $0.route.name($0.index) } ?? group?.configuration.name ?? "-"
+        let billedModel = slot.map { $0.route.group.deployments[$0.index].model } ?? requestModel
         releaseSlot(outcome)
         recordCompletion()
+        recordSpend(deployment: deployment, billedModel: billedModel)
         if let c = cacheState, let flight = c.flight, let key = c.key {
             flight.publish(.end)
             c.cache.finish(.init(
@@ -798,6 +819,21 @@ final class ProxyExchange: UpstreamResponseDelegate {
             downstream.writeResponseBody(merged)
         }
         if !detached { downstream.finishResponse(trailers: trailers) }
+    }
+
+    /// The answer's usage and cost, for `llm-sidecar spend` (only answers from upstream: a cache
+    /// hit or a coalesced follower costs nothing).
+    private func recordSpend(deployment: String, billedModel: String?) {
+        guard let accounting, (200..<300).contains(responseStatus), !usageTail.isEmpty,
+              let usage = ResponseInspector.usage(inTail: usageTail, isStream: isStream) else { return }
+        usageTail = []
+        var spend = ResponseCacheStore.Spend()
+        spend.requests = 1
+        spend.promptTokens = usage.promptTokens
+        spend.completionTokens = usage.completionTokens
+        spend.cachedTokens = usage.cachedTokens
+        spend.usd = prices.cost(model: billedModel ?? "", promptTokens: usage.promptTokens, completionTokens: usage.completionTokens)
+        accounting.recordSpend(.init(model: requestModel ?? "-", deployment: deployment, client: downstream.scope(of: clientHead.headers)), spend)
     }
 
     private func recordCompletion() {

@@ -214,7 +214,7 @@ final class DownstreamHandler: ChannelDuplexHandler {
         }
         let exchange = ProxyExchange(
             downstream: self, head: head, group: group, routes: runtime.routes, maxBodyBytes: runtime.maxBodyBytes,
-            metrics: state.metrics, cache: state.cache, cacheSettings: runtime.configuration.cache)
+            metrics: state.metrics, cache: state.cache, cacheSettings: runtime.configuration.cache, prices: runtime.priceTable)
         self.exchange = exchange
         access.upstream = group?.configuration.name
         state.requestStarted()

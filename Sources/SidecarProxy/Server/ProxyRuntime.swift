@@ -13,6 +13,8 @@ final class ProxyRuntime: Sendable {
     let defaultUpstream: UpstreamGroup?
     /// `[[models]]` groups by name; empty when none is configured.
     let routes: [String: ModelRoute]
+    /// Built-in prices with the file's `[prices]` on top (for spend).
+    let priceTable: PriceTable
     /// `[limits] client_rpm`, shared by all loops; nil when there is no limit.
     let clientLimits: ClientLimits?
     let maxBodyBytes: Int
@@ -31,6 +33,7 @@ final class ProxyRuntime: Sendable {
             routes[m.name] = ModelRoute(group: m, upstreams: m.deployments.compactMap { groups[$0.upstream] })
         }
         self.routes = routes
+        self.priceTable = configuration.priceTable
         if let rpm = configuration.limits.clientRPM {
             // A reload that leaves the limits alone keeps the buckets (a reload is no way around a limit).
             if let old = previous?.clientLimits, previous?.configuration.limits == configuration.limits {
