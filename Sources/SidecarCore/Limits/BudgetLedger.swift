@@ -1,0 +1,101 @@
+/// Spend budgets with reservations: a request reserves its estimated maximum cost before it is
+/// sent and settles the real cost after, so concurrent requests can never overshoot a budget
+/// together (each sees the others' reservations). Days and months are UTC calendar periods,
+/// passed in (`"2026-11-23"`), so the ledger is pure.
+public struct BudgetLedger: Sendable {
+    public struct Limits: Sendable, Equatable {
+        public var dailyUSD: Double?
+        public var monthlyUSD: Double?
+        /// The same daily cap for each client credential.
+        public var clientDailyUSD: Double?
+        public var alertPercent: Int = 80
+        public init(dailyUSD: Double? = nil, monthlyUSD: Double? = nil, clientDailyUSD: Double? = nil, alertPercent: Int = 80) {
+            self.dailyUSD = dailyUSD
+            self.monthlyUSD = monthlyUSD
+            self.clientDailyUSD = clientDailyUSD
+            self.alertPercent = alertPercent
+        }
+        public var isEmpty: Bool { dailyUSD == nil && monthlyUSD == nil && clientDailyUSD == nil }
+    }
+
+    public struct Reservation: Sendable, Equatable {
+        public let id: Int
+        public let amount: Double
+        public let client: String
+        public let day: String
+        public let month: String
+    }
+
+    public enum Refusal: Sendable, Equatable {
+        case daily(limit: Double), monthly(limit: Double), clientDaily(limit: Double)
+    }
+
+    private var day = ""
+    private var month = ""
+    private var spentDay = 0.0, spentMonth = 0.0
+    private var reservedDay = 0.0, reservedMonth = 0.0
+    private var clientSpent: [String: Double] = [:]
+    private var clientReserved: [String: Double] = [:]
+    private var open: [Int: Reservation] = [:]
+    private var nextID = 0
+    private var alerted: Set<String> = []
+
+    public init() {}
+
+    /// Spend already recorded (at start: today's and this month's totals from the database).
+    public mutating func load(day: String, month: String, spentDay: Double, spentMonth: Double, clients: [String: Double]) {
+        roll(day: day, month: month)
+        self.spentDay = spentDay
+        self.spentMonth = spentMonth
+        clientSpent = clients
+    }
+
+    private mutating func roll(day: String, month: String) {
+        if month != self.month { self.month = month; spentMonth = 0; reservedMonth = 0; alerted = alerted.filter { !$0.hasPrefix("month") } }
+        if day != self.day { self.day = day; spentDay = 0; reservedDay = 0; clientSpent = [:]; clientReserved = [:]; alerted = alerted.filter { !$0.hasPrefix("day") } }
+    }
+
+    /// Reserves `amount` for one request of `client`, or says which budget it would overshoot.
+    public mutating func reserve(_ amount: Double, client: String, limits: Limits, day: String, month: String) -> Result<Reservation, RefusalError> {
+        roll(day: day, month: month)
+        if let limit = limits.dailyUSD, spentDay + reservedDay + amount > limit { return .failure(.init(refusal: .daily(limit: limit))) }
+        if let limit = limits.monthlyUSD, spentMonth + reservedMonth + amount > limit { return .failure(.init(refusal: .monthly(limit: limit))) }
+        if let limit = limits.clientDailyUSD, clientSpent[client, default: 0] + clientReserved[client, default: 0] + amount > limit {
+            return .failure(.init(refusal: .clientDaily(limit: limit)))
+        }
+        nextID += 1
+        let r = Reservation(id: nextID, amount: amount, client: client, day: day, month: month)
+        open[r.id] = r
+        reservedDay += amount
+        reservedMonth += amount
+        clientReserved[client, default: 0] += amount
+        return .success(r)
+    }
+
+    public struct RefusalError: Error, Sendable, Equatable { public var refusal: Refusal }
+
+    /// Replaces a reservation with the real cost (0 for a request that cost nothing), once.
+    /// Returns the budgets whose alert threshold this crossed ("day" or "month").
+    @discardableResult
+    public mutating func settle(_ r: Reservation, actual: Double, limits: Limits) -> [String] {
+        guard open.removeValue(forKey: r.id) != nil else { return [] }
+        if r.day == day { reservedDay -= r.amount; spentDay += actual; clientReserved[r.client, default: 0] -= r.amount; clientSpent[r.client, default: 0] += actual }
+        if r.month == month { reservedMonth -= r.amount; spentMonth += actual }
+        var crossed: [String] = []
+        let threshold = Double(limits.alertPercent) / 100
+        if let l = limits.dailyUSD, spentDay >= l * threshold, alerted.insert("day").inserted { crossed.append("day") }
+        if let l = limits.monthlyUSD, spentMonth >= l * threshold, alerted.insert("month").inserted { crossed.append("month") }
+        return crossed
+    }
+
+    /// (spent, reserved) today and this month, for `/stats` and metrics.
+    public var totals: (day: Double, month: Double, reservedDay: Double, reservedMonth: Double) { (spentDay, spentMonth, reservedDay, reservedMonth) }
+    public var openReservations: Int { open.count }
+
+    /// The most a request can cost: its prompt (estimated at 4 bytes per token from the body) plus
+    /// `max_tokens` (or `max_completion_tokens` / `max_output_tokens`; 4,096 when it sets none).
+    public static func estimate(bodyBytes: Int, maxTokens: Int?, price: PriceTable.Price?) -> Double {
+        guard let price else { return 0 }
+        return price.cost(promptTokens: Int64((bodyBytes + 3) / 4), completionTokens: Int64(maxTokens ?? 4_096))
+    }
+}
