@@ -158,11 +158,12 @@ struct SpendCommand: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            let (store, path, _) = try databaseOption.open()
+            let (store, path, configuration) = try databaseOption.open()
             let now = Int64(Date().timeIntervalSince1970)
             let today = SpendReport.day(now)
             let month = String(today.prefix(8)) + "01"
-            let report = SpendReport(database: path, today: today, todayRows: try store.spend(since: today), monthRows: try store.spend(since: month))
+            let report = SpendReport(database: path, today: today, todayRows: try store.spend(since: today), monthRows: try store.spend(since: month),
+                                     budgets: configuration?.budgets.limits ?? .init())
             print(json ? report.json() : report.table(), terminator: "")
         }
     }
@@ -175,6 +176,7 @@ struct SpendReport {
     var today: String
     var todayRows: Rows
     var monthRows: Rows
+    var budgets: BudgetLedger.Limits
 
     static func day(_ unix: Int64) -> String {
         var t = time_t(unix)
@@ -206,7 +208,13 @@ struct SpendReport {
         t["day"] = today
         var m = period(monthRows)
         m["month"] = String(today.prefix(7))
-        let object: [String: Any] = ["database": database, "today": t, "month": m]
+        var object: [String: Any] = ["database": database, "today": t, "month": m]
+        var budget: [String: Any] = [:]
+        let spentToday = todayRows.values.reduce(0) { $0 + $1.usd }, spentMonth = monthRows.values.reduce(0) { $0 + $1.usd }
+        if let d = budgets.dailyUSD { budget["daily_usd"] = d; budget["daily_left_usd"] = max(0, d - spentToday) }
+        if let m = budgets.monthlyUSD { budget["monthly_usd"] = m; budget["monthly_left_usd"] = max(0, m - spentMonth) }
+        if let c = budgets.clientDailyUSD { budget["client_daily_usd"] = c }
+        object["budgets"] = budget
         let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes])) ?? Data()
         return String(decoding: data, as: UTF8.self) + "\n"
     }
@@ -227,7 +235,15 @@ struct SpendReport {
                 }
             }
         }
-        out += "\nbudgets: none configured ([budgets] is not implemented yet)\n"
+        let spentToday = todayRows.values.reduce(0) { $0 + $1.usd }, spentMonth = monthRows.values.reduce(0) { $0 + $1.usd }
+        if budgets.isEmpty {
+            out += "\nbudgets: none configured\n"
+        } else {
+            out += "\nbudgets:\n"
+            if let d = budgets.dailyUSD { out += String(format: "  daily    $%.4f of $%.4f left\n", max(0, d - spentToday), d) }
+            if let m = budgets.monthlyUSD { out += String(format: "  monthly  $%.4f of $%.4f left\n", max(0, m - spentMonth), m) }
+            if let c = budgets.clientDailyUSD { out += String(format: "  per client, daily: $%.4f\n", c) }
+        }
         return out
     }
 }

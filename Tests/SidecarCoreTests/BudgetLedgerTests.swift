@@ -48,6 +48,17 @@ final class BudgetLedgerTests: XCTestCase {
         XCTAssertNotNil(try? ledger.reserve(0.2, client: "b", limits: perClient, day: "d", month: "m").get(), "another client has its own")
     }
 
+    func testBudgetsConfiguration() throws {
+        let base = "[upstreams.a]\nurl = \"http://x\"\n[budgets]\n"
+        let c = try SidecarConfiguration.load(toml: base + "daily_usd = 5\nmonthly_usd = 100.5\nalert_percent = 90\non_exhausted = \"downgrade:gpt-4.1-nano\"\n",
+                                              file: "c.toml", environment: [:], fileExists: { _ in true })
+        XCTAssertEqual(c.budgets.limits, BudgetLedger.Limits(dailyUSD: 5, monthlyUSD: 100.5, alertPercent: 90))
+        XCTAssertEqual(c.budgets.onExhausted, .downgrade("gpt-4.1-nano"))
+        XCTAssertThrowsError(try SidecarConfiguration.load(toml: base + "on_exhausted = \"shrug\"\n", file: "c.toml", environment: [:], fileExists: { _ in true })) {
+            XCTAssertEqual("\($0)", #"c.toml:4: budgets.on_exhausted: must be "reject" or "downgrade:MODEL""#)
+        }
+    }
+
     func testEstimate() {
         let price = PriceTable.Price(inputPerMTok: 1, outputPerMTok: 2)
         XCTAssertEqual(BudgetLedger.estimate(bodyBytes: 4_000, maxTokens: 1_000, price: price), (1_000 * 1 + 1_000 * 2) / 1e6, accuracy: 1e-12)

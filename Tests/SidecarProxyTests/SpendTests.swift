@@ -43,3 +43,46 @@ final class SpendTests: XCTestCase {
         XCTAssertTrue(table.stdout.contains("gpt-4o-mini"), table.stdout)
     }
 }
+
+extension SpendTests {
+    /// A tiny budget stops (or downgrades) at exactly the request that would overshoot it.
+    func testABudgetStopsOrDowngradesAtTheRightRequest() async throws {
+        let upstream = try await FakeUpstream.start()
+        defer { Task { await upstream.stop() } }
+        let body = #"{"model":"gpt-4o-mini","max_tokens":10,"messages":[{"role":"user","content":"hi"}]}"#
+        let price = PriceTable().price(of: "gpt-4o-mini")!
+        let actual = price.cost(promptTokens: 19, completionTokens: 28)  // what each answer's usage says
+        let estimate = BudgetLedger.estimate(bodyBytes: body.utf8.count, maxTokens: 10, price: price)
+        let budget = 0.0001
+        var expectedOK = 0
+        while Double(expectedOK) * actual + estimate <= budget { expectedOK += 1 }
+
+        for downgrade in [false, true] {
+            let harness = try await ProxyHarness(upstreamURL: upstream.url, configure: { c in
+                c.cache.mode = .off
+                c.budgets.limits.dailyUSD = budget
+                if downgrade {
+                    c.budgets.onExhausted = .downgrade("my-cheap-model")
+                    c.prices["my-cheap-model"] = .init(inputPerMTok: 0, outputPerMTok: 0)
+                }
+            })
+            var statuses: [Int] = []
+            var downgraded: [String?] = []
+            for _ in 0..<(expectedOK + 3) {
+                let r = try await harness.request(body: body)
+                statuses.append(r.status)
+                downgraded.append(r.header("x-sidecar-downgraded-from"))
+                if r.status == 429 { XCTAssertEqual(openAIError(r.body)?.code, "budget_exceeded") }
+            }
+            await harness.stop()
+            XCTAssertEqual(Array(statuses.prefix(expectedOK)), Array(repeating: 200, count: expectedOK), "downgrade: \(downgrade)")
+            if downgrade {
+                XCTAssertEqual(Array(statuses.suffix(3)), [200, 200, 200], "the cheaper model goes on")
+                XCTAssertEqual(Array(downgraded.suffix(3)), ["gpt-4o-mini", "gpt-4o-mini", "gpt-4o-mini"])
+                XCTAssertEqual(upstream.requests.last.map { String(decoding: $0.body, as: UTF8.self) }?.contains(#""model":"my-cheap-model""#), true)
+            } else {
+                XCTAssertEqual(Array(statuses.suffix(3)), [429, 429, 429], "stops at request \(expectedOK + 1)")
+            }
+        }
+    }
+}

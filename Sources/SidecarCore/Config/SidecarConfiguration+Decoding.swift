@@ -99,8 +99,8 @@ struct RawConfiguration: Decodable {
     /// Keys whose values are integers (the rest are strings or tables), for type error messages.
     static let integerKeys: Set<String> = ["max_body_bytes", "threads", "max_connections", "queue_size", "ttl_seconds",
                                             "max_bytes", "memory_bytes", "max_entry_bytes", "weight", "max_concurrency", "max_attempts",
-                                            "client_rpm", "client_burst"]
-    static let tableKeys: Set<String> = ["server", "upstreams", "log", "cache", "prices", "models", "deployments", "limits"]
+                                            "client_rpm", "client_burst", "alert_percent"]
+    static let tableKeys: Set<String> = ["server", "upstreams", "log", "cache", "prices", "models", "deployments", "limits", "budgets"]
 
     var server: RawServer?
     var upstreams: [String: RawUpstream]?
@@ -109,6 +109,15 @@ struct RawConfiguration: Decodable {
     var prices: [String: RawPrice]?
     var models: [RawModel]?
     var limits: RawLimits?
+    var budgets: RawBudgets?
+
+    struct RawBudgets: Decodable {
+        var daily_usd: Number?
+        var monthly_usd: Number?
+        var client_daily_usd: Number?
+        var alert_percent: Int?
+        var on_exhausted: String?
+    }
 
     struct RawLimits: Decodable {
         var client_rpm: Int?
@@ -157,7 +166,7 @@ struct RawConfiguration: Decodable {
             if let d = try? c.decode(Double.self) { value = d } else { value = Double(try c.decode(Int.self)) }
         }
     }
-    static let numberKeys: Set<String> = ["input_per_mtok", "output_per_mtok"]
+    static let numberKeys: Set<String> = ["input_per_mtok", "output_per_mtok", "daily_usd", "monthly_usd", "client_daily_usd"]
 
     struct RawServer: Decodable {
         var listen: String?
@@ -280,6 +289,29 @@ private struct Validator {
         var configuration = SidecarConfiguration(server: server, upstreams: upstreams, log: log, cache: try cache(raw.cache), prices: try prices(raw.prices))
         configuration.models = try models(raw.models ?? [], upstreams: Set(upstreams.map(\.name)))
         if let rpm = raw.limits?.client_rpm { configuration.limits.clientRPM = try positive(rpm, ["limits", "client_rpm"], default: 1, max: 100_000_000) }
+        if let rb = raw.budgets {
+            var b = SidecarConfiguration.Budgets()
+            for (key, value) in [("daily_usd", rb.daily_usd), ("monthly_usd", rb.monthly_usd), ("client_daily_usd", rb.client_daily_usd)] {
+                guard let v = value?.value else { continue }
+                guard v >= 0, v.isFinite else { throw fail(["budgets", key], "must be 0 or more US dollars") }
+                switch key {
+                case "daily_usd": b.limits.dailyUSD = v
+                case "monthly_usd": b.limits.monthlyUSD = v
+                default: b.limits.clientDailyUSD = v
+                }
+            }
+            if let a = rb.alert_percent { b.limits.alertPercent = try positive(a, ["budgets", "alert_percent"], default: 80, max: 100) }
+            if let o = rb.on_exhausted {
+                if o == "reject" {
+                    b.onExhausted = .reject
+                } else if o.hasPrefix("downgrade:"), o.count > 10 {
+                    b.onExhausted = .downgrade(String(o.dropFirst(10)))
+                } else {
+                    throw fail(["budgets", "on_exhausted"], "must be \"reject\" or \"downgrade:MODEL\"")
+                }
+            }
+            configuration.budgets = b
+        }
         if let burst = raw.limits?.client_burst {
             guard configuration.limits.clientRPM != nil else { throw fail(["limits", "client_burst"], "needs client_rpm") }
             configuration.limits.clientBurst = try positive(burst, ["limits", "client_burst"], default: 1, max: 100_000_000)

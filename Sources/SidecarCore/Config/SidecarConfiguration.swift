@@ -17,6 +17,22 @@ public struct SidecarConfiguration: Sendable, Equatable {
     public var models: [ModelGroup] = []
     /// `[limits]`
     public var limits = Limits()
+    /// `[budgets]`
+    public var budgets = Budgets()
+
+    /// `[budgets]`: spend caps in US dollars (docs/spend.md).
+    public struct Budgets: Sendable, Equatable {
+        public var limits = BudgetLedger.Limits()
+        /// What happens to a request that would overshoot a budget.
+        public enum OnExhausted: Sendable, Equatable {
+            /// 429 `budget_exceeded`.
+            case reject
+            /// Send it as this (cheaper) model or group instead, saying so in `x-sidecar-downgraded-from`.
+            case downgrade(String)
+        }
+        public var onExhausted: OnExhausted = .reject
+        public init() {}
+    }
 
     /// `[limits]`: per client credential (docs/limits.md).
     public struct Limits: Sendable, Equatable {

@@ -20,7 +20,7 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
         case badRequest, payloadTooLarge, notFound, methodNotAllowed, forbidden
         case upstreamConnect, upstreamTLS, upstreamClosed, upstreamProtocol, upstreamTimeout(Timeout)
         case poolExhausted, shuttingDown, internalError
-        case modelNotFound, deploymentsBusy, rateLimited
+        case modelNotFound, deploymentsBusy, rateLimited, budgetExceeded
     }
 
     private let code: Code
@@ -71,6 +71,16 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
         }
         return .init(.modelNotFound, "The model `\(model.prefix(200))` does not exist: no [[models]] group is named so, and there is no server.default_upstream")
     }
+    /// A request that would overshoot a `[budgets]` cap.
+    public static func budgetExceeded(_ refusal: BudgetLedger.Refusal) -> ProxyError {
+        let which: String
+        switch refusal {
+        case .daily(let l): which = "the daily budget ($\(l))"
+        case .monthly(let l): which = "the monthly budget ($\(l))"
+        case .clientDaily(let l): which = "this client's daily budget ($\(l))"
+        }
+        return .init(.budgetExceeded, "This request would exceed \(which) set on the sidecar ([budgets]); it was not sent")
+    }
     /// The client's credential is over `limits.client_rpm`; worded like OpenAI's own.
     public static func rateLimited(limit: Int, retryAfter: String) -> ProxyError {
         .init(.rateLimited, "Rate limit reached for requests per minute (RPM) on this sidecar: Limit \(limit). Please try again in \(retryAfter).")
@@ -89,7 +99,7 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
         case .upstreamTimeout(let t): return t == .poolQueue ? .internal : .upstream
         case .poolExhausted, .shuttingDown, .internalError: return .internal
         case .modelNotFound: return .client
-        case .rateLimited: return .client
+        case .rateLimited, .budgetExceeded: return .client
         case .deploymentsBusy: return .internal
         }
     }
@@ -107,13 +117,14 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
         case .poolExhausted, .shuttingDown: return 503
         case .internalError: return 500
         case .modelNotFound: return 404
-        case .deploymentsBusy, .rateLimited: return 429
+        case .deploymentsBusy, .rateLimited, .budgetExceeded: return 429
         }
     }
 
     /// OpenAI's `error.type`.
     public var type: String {
         if case .rateLimited = code { return "requests" }  // what OpenAI's own RPM errors say
+        if case .budgetExceeded = code { return "insufficient_quota" }  // what OpenAI says when the money is gone
         switch source {
         case .client: return "invalid_request_error"
         case .upstream: return "upstream_error"
@@ -147,6 +158,7 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
         case .modelNotFound: return "model_not_found"
         case .deploymentsBusy: return "deployments_busy"
         case .rateLimited: return "rate_limit_exceeded"
+        case .budgetExceeded: return "budget_exceeded"
         }
     }
 

@@ -58,10 +58,9 @@ public struct BudgetLedger: Sendable {
     /// Reserves `amount` for one request of `client`, or says which budget it would overshoot.
     public mutating func reserve(_ amount: Double, client: String, limits: Limits, day: String, month: String) -> Result<Reservation, RefusalError> {
         roll(day: day, month: month)
-        if let limit = limits.dailyUSD, spentDay + reservedDay + amount > limit { return .failure(.init(refusal: .daily(limit: limit))) }
-        if let limit = limits.monthlyUSD, spentMonth + reservedMonth + amount > limit { return .failure(.init(refusal: .monthly(limit: limit))) }
-        if let limit = limits.clientDailyUSD, clientSpent[client, default: 0] + clientReserved[client, default: 0] + amount > limit {
-            return .failure(.init(refusal: .clientDaily(limit: limit)))
+        // A request that costs nothing (an unpriced or free model) cannot overshoot anything.
+        if amount > 0 {
+            if let refusal = refusal(amount, client: client, limits: limits) { return .failure(.init(refusal: refusal)) }
         }
         nextID += 1
         let r = Reservation(id: nextID, amount: amount, client: client, day: day, month: month)
@@ -70,6 +69,15 @@ public struct BudgetLedger: Sendable {
         reservedMonth += amount
         clientReserved[client, default: 0] += amount
         return .success(r)
+    }
+
+    private func refusal(_ amount: Double, client: String, limits: Limits) -> Refusal? {
+        if let limit = limits.dailyUSD, spentDay + reservedDay + amount > limit { return .daily(limit: limit) }
+        if let limit = limits.monthlyUSD, spentMonth + reservedMonth + amount > limit { return .monthly(limit: limit) }
+        if let limit = limits.clientDailyUSD, clientSpent[client, default: 0] + clientReserved[client, default: 0] + amount > limit {
+            return .clientDaily(limit: limit)
+        }
+        return nil
     }
 
     public struct RefusalError: Error, Sendable, Equatable { public var refusal: Refusal }

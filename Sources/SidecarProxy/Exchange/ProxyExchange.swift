@@ -1,3 +1,4 @@
+import Logging
 import NIOCore
 import NIOHTTP1
 import SidecarCore
@@ -104,6 +105,13 @@ final class ProxyExchange: UpstreamResponseDelegate {
     private var replayed = false
     private(set) var responseStarted = false
     private var cacheState: CacheState?
+    /// `[budgets]`: the shared ledger (nil without budgets), the limits, and this request's reservation.
+    private let budget: BudgetBox?
+    private let budgets: SidecarConfiguration.Budgets
+    private let logger: Logger?
+    private var reservation: BudgetLedger.Reservation?
+    private var budgetChecked = false
+    private var downgradedFrom: String?
     /// Where spend is recorded (the cache's database); nil without one.
     private let accounting: ResponseCache?
     private let prices: PriceTable
@@ -118,8 +126,12 @@ final class ProxyExchange: UpstreamResponseDelegate {
     private var detached = false
 
     init(downstream: DownstreamHandler, head: HTTPRequestHead, group: UpstreamGroup?, routes: [String: ModelRoute], maxBodyBytes: Int,
-         metrics: SidecarMetrics, cache: ResponseCache?, cacheSettings: SidecarConfiguration.Cache, prices: PriceTable = PriceTable()) {
+         metrics: SidecarMetrics, cache: ResponseCache?, cacheSettings: SidecarConfiguration.Cache, prices: PriceTable = PriceTable(),
+         budget: BudgetBox? = nil, budgets: SidecarConfiguration.Budgets = .init(), logger: Logger? = nil) {
         self.metrics = metrics
+        self.budget = budgets.limits.isEmpty ? nil : budget
+        self.budgets = budgets
+        self.logger = logger
         self.accounting = cache
         self.prices = prices
         self.downstream = downstream
@@ -139,8 +151,9 @@ final class ProxyExchange: UpstreamResponseDelegate {
             phase = .collecting
         } else {
             metrics.cacheResult("bypass")
-            // Routing needs the body's model before it can choose where to send the request.
-            if !routes.isEmpty, head.method == .POST { phase = .collecting }
+            // Routing needs the body's model before it can choose where to send the request, and a
+            // budget needs it (and max_tokens) to reserve the most the request can cost.
+            if head.method == .POST, !routes.isEmpty || self.budget != nil { phase = .collecting }
         }
     }
 
@@ -582,6 +595,10 @@ final class ProxyExchange: UpstreamResponseDelegate {
     }
 
     private func lease(fresh: Bool) {
+        if !budgetChecked {
+            budgetChecked = true
+            guard reserveBudget() else { return }
+        }
         if route != nil, slot == nil, !bindDeployment() { return }
         guard let pool else { return fail(.modelNotFound(nil)) }
         var granted = false
@@ -627,7 +644,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
 
     /// More of the client's body.
     func requestBody(_ buffer: ByteBuffer) {
-        if bodyBytes == 0, downstream.accessLogOn || accounting != nil {
+        if bodyBytes == 0, downstream.accessLogOn || accounting != nil || budget != nil {
             requestModel = ModelSniffer.model(in: buffer.readableBytesView)
             if downstream.accessLogOn { downstream.access.model = requestModel }
         }
@@ -704,6 +721,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
         if responseStatus == 429 { retryAfter = head.headers.first(name: "retry-after").flatMap(Self.retryAfterSeconds).map { .seconds($0) } }
         var headers = HeaderPolicy.downstreamResponseHeaders(from: head.headers)
         headers.add(name: "x-sidecar-cache", value: cacheLabel)
+        if let from = downgradedFrom { headers.add(name: "x-sidecar-downgraded-from", value: from) }
         if let s = slot {
             headers.add(name: "x-sidecar-deployment", value: s.route.name(s.index))
             headers.add(name: "x-sidecar-attempts", value: String(attempt))
@@ -775,7 +793,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
             firstBodyAt = now
             group?.metrics.streamFirstToken.recordNanoseconds((now - sentAt).nanoseconds)
         }
-        if accounting != nil, (200..<300).contains(responseStatus) {
+        if accounting != nil || budget != nil, (200..<300).contains(responseStatus) {
             usageTail += body.readableBytesView.suffix(Self.usageTailBytes)
             if usageTail.count > Self.usageTailBytes { usageTail.removeFirst(usageTail.count - Self.usageTailBytes) }
         }
@@ -803,6 +821,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
         releaseSlot(outcome)
         recordCompletion()
         recordSpend(deployment: deployment, billedModel: billedModel)
+        settleBudget(actual: 0)  // no usage in the answer: nothing known to bill
         if let c = cacheState, let flight = c.flight, let key = c.key {
             flight.publish(.end)
             c.cache.finish(.init(
@@ -821,10 +840,79 @@ final class ProxyExchange: UpstreamResponseDelegate {
         if !detached { downstream.finishResponse(trailers: trailers) }
     }
 
+    // MARK: budgets
+
+    /// Reserves this request's most possible cost against `[budgets]` before anything is sent.
+    /// Over budget: 429 `budget_exceeded`, or (`on_exhausted = "downgrade:MODEL"`) the request
+    /// goes as MODEL instead, if that fits. False when the request was answered here.
+    private func reserveBudget() -> Bool {
+        guard let budget else { return true }
+        let bodyCopy = body.reduce(into: [UInt8]()) { $0 += $1.readableBytesView }
+        let maxTokens = ["max_tokens", "max_completion_tokens", "max_output_tokens"].lazy.compactMap { key -> Int? in
+            let range: Range<Int>?
+            switch key {
+            case "max_tokens": range = JSONTopLevel.value(of: "max_tokens", in: bodyCopy)
+            case "max_completion_tokens": range = JSONTopLevel.value(of: "max_completion_tokens", in: bodyCopy)
+            default: range = JSONTopLevel.value(of: "max_output_tokens", in: bodyCopy)
+            }
+            return range.flatMap { Int(String(decoding: bodyCopy[$0], as: UTF8.self)) }
+        }.first
+        let client = downstream.scope(of: clientHead.headers)
+        let now = accounting?.clock() ?? Int64(Date().timeIntervalSince1970)
+        func attempt(_ model: String?) -> Result<BudgetLedger.Reservation, BudgetLedger.RefusalError> {
+            let price = prices.price(of: billedModel(for: model) ?? "")
+            return budget.reserve(BudgetLedger.estimate(bodyBytes: bodyBytes, maxTokens: maxTokens, price: price), client: client,
+                                  limits: budgets.limits, now: now)
+        }
+        switch attempt(requestModel) {
+        case .success(let r):
+            reservation = r
+            return true
+        case .failure(let refusal):
+            if case .downgrade(let cheaper) = budgets.onExhausted, cheaper != requestModel, case .success(let r) = attempt(cheaper) {
+                reservation = r
+                downgrade(to: cheaper)
+                return true
+            }
+            cacheState = nil
+            fail(.budgetExceeded(refusal.refusal))
+            return false
+        }
+    }
+
+    /// The model a request for `model` is billed as: its group's first deployment's, else itself.
+    private func billedModel(for model: String?) -> String? {
+        guard let model else { return nil }
+        return routes[model]?.group.deployments.first?.model ?? model
+    }
+
+    /// Sends the request as `model` (a group, or a model for the default upstream) instead.
+    private func downgrade(to model: String) {
+        downgradedFrom = requestModel
+        logger?.notice("budget exhausted: request downgraded", metadata: ["from": "\(requestModel ?? "-")", "to": "\(model)"])
+        if let r = routes[model] {
+            route = r
+        } else {
+            route = nil
+            if let defaultGroup { target(defaultGroup) }
+            rewriteModel(to: model)
+        }
+        requestModel = model
+    }
+
+    /// Replaces the reservation with what the request really cost, once.
+    private func settleBudget(actual: Double) {
+        guard let r = reservation, let budget else { return }
+        reservation = nil
+        for period in budget.settle(r, actual: actual, limits: budgets.limits) {
+            logger?.warning("budget alert threshold crossed", metadata: ["period": "\(period)", "alert_percent": "\(budgets.limits.alertPercent)"])
+        }
+    }
+
     /// The answer's usage and cost, for `llm-sidecar spend` (only answers from upstream: a cache
     /// hit or a coalesced follower costs nothing).
     private func recordSpend(deployment: String, billedModel: String?) {
-        guard let accounting, (200..<300).contains(responseStatus), !usageTail.isEmpty,
+        guard accounting != nil || budget != nil, (200..<300).contains(responseStatus), !usageTail.isEmpty,
               let usage = ResponseInspector.usage(inTail: usageTail, isStream: isStream) else { return }
         usageTail = []
         var spend = ResponseCacheStore.Spend()
@@ -833,7 +921,8 @@ final class ProxyExchange: UpstreamResponseDelegate {
         spend.completionTokens = usage.completionTokens
         spend.cachedTokens = usage.cachedTokens
         spend.usd = prices.cost(model: billedModel ?? "", promptTokens: usage.promptTokens, completionTokens: usage.completionTokens)
-        accounting.recordSpend(.init(model: requestModel ?? "-", deployment: deployment, client: downstream.scope(of: clientHead.headers)), spend)
+        settleBudget(actual: spend.usd)
+        accounting?.recordSpend(.init(model: requestModel ?? "-", deployment: deployment, client: downstream.scope(of: clientHead.headers)), spend)
     }
 
     private func recordCompletion() {
@@ -955,6 +1044,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
         }
         phase = .done
         releaseSlot(.neutral)
+        settleBudget(actual: 0)
     }
 
     // MARK: the single exit for failures
@@ -965,6 +1055,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
     }
 
     private func answer(_ error: ProxyError) {
+        settleBudget(actual: 0)
         if let c = cacheState, let flight = c.flight {
             // Followers get the same end: the same error, or the same cut.
             flight.publish(responseStarted ? .aborted : .failed(error))

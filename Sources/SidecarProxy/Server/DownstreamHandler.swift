@@ -214,7 +214,8 @@ final class DownstreamHandler: ChannelDuplexHandler {
         }
         let exchange = ProxyExchange(
             downstream: self, head: head, group: group, routes: runtime.routes, maxBodyBytes: runtime.maxBodyBytes,
-            metrics: state.metrics, cache: state.cache, cacheSettings: runtime.configuration.cache, prices: runtime.priceTable)
+            metrics: state.metrics, cache: state.cache, cacheSettings: runtime.configuration.cache, prices: runtime.priceTable,
+            budget: state.budget, budgets: runtime.configuration.budgets, logger: state.logger)
         self.exchange = exchange
         access.upstream = group?.configuration.name
         state.requestStarted()

@@ -60,6 +60,8 @@ final class ServerState: Sendable {
     let logger: Logger
     /// The response cache; nil when the daemon started with `cache.mode = "off"`.
     let cache: ResponseCache?
+    /// What was spent and reserved today and this month, for `[budgets]`.
+    let budget = BudgetBox()
 
     init(runtime: ProxyRuntime, metrics: SidecarMetrics, logger: Logger, cache: ResponseCache?) {
         current = NIOLockedValueBox(runtime)
@@ -106,4 +108,25 @@ final class ClientLimits: Sendable {
     func request(client: String, now: NIODeadline = .now()) -> ClientRateLimiter.Verdict {
         limiter.withLockedValue { $0.request(client: client, now: now) }
     }
+}
+
+/// The budget ledger behind one short lock, for every loop, for the server's whole life (a
+/// reload changes the limits, never what was spent).
+final class BudgetBox: Sendable {
+    private let ledger = NIOLockedValueBox(BudgetLedger())
+
+    func reserve(_ amount: Double, client: String, limits: BudgetLedger.Limits, now: Int64) -> Result<BudgetLedger.Reservation, BudgetLedger.RefusalError> {
+        let day = ResponseCache.day(now)
+        return ledger.withLockedValue { $0.reserve(amount, client: client, limits: limits, day: day, month: String(day.prefix(7))) }
+    }
+
+    func settle(_ r: BudgetLedger.Reservation, actual: Double, limits: BudgetLedger.Limits) -> [String] {
+        ledger.withLockedValue { $0.settle(r, actual: actual, limits: limits) }
+    }
+
+    func load(day: String, spentDay: Double, spentMonth: Double, clients: [String: Double]) {
+        ledger.withLockedValue { $0.load(day: day, month: String(day.prefix(7)), spentDay: spentDay, spentMonth: spentMonth, clients: clients) }
+    }
+
+    var totals: (day: Double, month: Double, reservedDay: Double, reservedMonth: Double) { ledger.withLockedValue { $0.totals } }
 }

@@ -4,6 +4,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import Metrics
 import SidecarCore
 
 /// The listening proxy: binds the configured address, serves every client connection with a
@@ -69,6 +70,25 @@ public final class SidecarServer: Sendable {
         }
         let state = ServerState(
             runtime: ProxyRuntime(configuration: configuration, groups: groups, adminToken: adminToken), metrics: metrics, logger: logger, cache: cache)
+        if let cache {
+            // Budgets survive restarts: today's and this month's spend come back from the database.
+            let now = cache.clock()
+            let today = ResponseCache.day(now)
+            if let (day, month) = try? await cache.database.run({ store in
+                (try store.spend(since: today), try store.spend(since: String(today.prefix(8)) + "01"))
+            }) {
+                var clients: [String: Double] = [:]
+                for (k, v) in day { clients[k.client, default: 0] += v.usd }
+                state.budget.load(day: today, spentDay: day.values.reduce(0) { $0 + $1.usd }, spentMonth: month.values.reduce(0) { $0 + $1.usd }, clients: clients)
+            }
+        }
+        let budgetSpent = (day: Metrics.Meter(label: "llm_sidecar_budget_spent_usd", dimensions: [("period", "day")], factory: metrics.factory),
+                           month: Metrics.Meter(label: "llm_sidecar_budget_spent_usd", dimensions: [("period", "month")], factory: metrics.factory))
+        metrics.beforeRender.withLockedValue { $0.append { [weak state] in
+            guard let totals = state?.budget.totals else { return }
+            budgetSpent.day.set(totals.day)
+            budgetSpent.month.set(totals.month)
+        } }
         metrics.beforeRender.withLockedValue { $0.append { [weak state] in
             guard let state else { return }
             for route in state.runtime.routes.values {
