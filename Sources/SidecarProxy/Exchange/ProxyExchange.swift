@@ -1,3 +1,4 @@
+import DequeModule
 import Logging
 import NIOCore
 import NIOHTTP1
@@ -117,8 +118,9 @@ final class ProxyExchange: UpstreamResponseDelegate {
     private let prices: PriceTable
     /// The request's model, for spend: the body's top-level `model`.
     private var requestModel: String?
-    /// The last bytes of a 2xx answer: where its `usage` is (for spend accounting).
-    private var usageTail: [UInt8] = []
+    /// The last parts of a 2xx answer: where its `usage` is (for spend accounting).
+    private var usageTail: Deque<ByteBuffer> = []
+    private var usageTailBytes = 0
     static let usageTailBytes = 16 << 10
     /// `x-sidecar-cache` of the answer.
     private var cacheLabel = "bypass"
@@ -794,8 +796,13 @@ final class ProxyExchange: UpstreamResponseDelegate {
             group?.metrics.streamFirstToken.recordNanoseconds((now - sentAt).nanoseconds)
         }
         if accounting != nil || budget != nil, (200..<300).contains(responseStatus) {
-            usageTail += body.readableBytesView.suffix(Self.usageTailBytes)
-            if usageTail.count > Self.usageTailBytes { usageTail.removeFirst(usageTail.count - Self.usageTailBytes) }
+            // By reference, no copy: the last parts that cover `usageTailBytes`.
+            usageTail.append(body)
+            usageTailBytes += body.readableBytes
+            while let first = usageTail.first, usageTailBytes - first.readableBytes >= Self.usageTailBytes {
+                usageTailBytes -= first.readableBytes
+                usageTail.removeFirst()
+            }
         }
         cacheState?.flight?.publish(.body(body))
         if heldHead != nil {
@@ -912,9 +919,12 @@ final class ProxyExchange: UpstreamResponseDelegate {
     /// The answer's usage and cost, for `llm-sidecar spend` (only answers from upstream: a cache
     /// hit or a coalesced follower costs nothing).
     private func recordSpend(deployment: String, billedModel: String?) {
-        guard accounting != nil || budget != nil, (200..<300).contains(responseStatus), !usageTail.isEmpty,
-              let usage = ResponseInspector.usage(inTail: usageTail, isStream: isStream) else { return }
+        guard accounting != nil || budget != nil, (200..<300).contains(responseStatus), !usageTail.isEmpty else { return }
+        var tail: [UInt8] = []
+        tail.reserveCapacity(usageTailBytes)
+        for part in usageTail { tail += part.readableBytesView }
         usageTail = []
+        guard let usage = ResponseInspector.usage(inTail: Array(tail.suffix(Self.usageTailBytes)), isStream: isStream) else { return }
         var spend = ResponseCacheStore.Spend()
         spend.requests = 1
         spend.promptTokens = usage.promptTokens
