@@ -136,3 +136,32 @@ final class CacheUnitTests: XCTestCase {
         XCTAssertEqual(problem("[cache]\nttl = 5\n"), "c.toml:4: cache.ttl: unknown key (see etc/llm-sidecar/config.toml for every option)")
     }
 }
+
+/// The usage chunk a client did not ask for is removed, whatever the chunk boundaries.
+final class SSEUsageFilterTests: XCTestCase {
+    func testTheUsageChunkIsRemovedAcrossAnySplit() {
+        let delta = #"data: {"choices":[{"index":0,"delta":{"content":"usage \"usage\""}}]}"# + "\n\n"
+        let usage = #"data: {"id":"x","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}"# + "\n\n"
+        let done = "data: [DONE]\n\n"
+        let stream = Array((delta + delta + usage + done).utf8)
+        let expected = Array((delta + delta + done).utf8)
+        for _ in 0..<200 {
+            var filter = SSEUsageFilter()
+            var out: [UInt8] = []
+            var i = 0
+            while i < stream.count {
+                let n = Int.random(in: 1...40)
+                out += filter.feed(stream[i..<min(stream.count, i + n)])
+                i += n
+            }
+            out += filter.finish()
+            XCTAssertEqual(String(decoding: out, as: UTF8.self), String(decoding: expected, as: UTF8.self))
+        }
+        var crlf = SSEUsageFilter()
+        let withCRLF = Array((usage.replacingOccurrences(of: "\n", with: "\r\n") + done).utf8)
+        XCTAssertEqual(crlf.feed(withCRLF) + crlf.finish(), Array(done.utf8))
+        var kept = SSEUsageFilter()
+        let final = #"data: {"choices":[{"delta":{}}],"usage":{"prompt_tokens":1}}"# + "\n\n"
+        XCTAssertEqual(kept.feed(Array(final.utf8)), Array(final.utf8), "a chunk with choices is not the usage-only chunk")
+    }
+}

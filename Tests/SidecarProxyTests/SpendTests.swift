@@ -45,6 +45,35 @@ final class SpendTests: XCTestCase {
 }
 
 extension SpendTests {
+    /// Streams are accounted for even when the client did not ask for usage: the sidecar asks the
+    /// upstream, and removes the extra chunk from what that client receives (also on cache replays).
+    func testStreamingUsageIsCountedAndTheExtraChunkIsInvisible() async throws {
+        let upstream = try await FakeUpstream.start()
+        defer { Task { await upstream.stop() } }
+        let harness = try await ProxyHarness(upstreamURL: upstream.url)
+        defer { Task { await harness.stop() } }
+        let plain = #"{"model":"gpt-4o-mini","temperature":0,"stream":true,"messages":[]}"#
+        let r = try await harness.request(headers: [("x-fake-events", "3")], body: plain)
+        XCTAssertEqual(r.body, (0..<3).map { FakeUpstream.event($0) }.joined() + "data: [DONE]\n\n", "no usage chunk for a client that did not ask")
+        XCTAssertEqual(upstream.requests.last.map { String(decoding: $0.body, as: UTF8.self) },
+                       #"{"stream_options":{"include_usage":true},"model":"gpt-4o-mini","temperature":0,"stream":true,"messages":[]}"#,
+                       "the upstream was asked for usage")
+        // A client that asks gets the chunk, here from the cache (stream_options is not part of the key).
+        let asking = #"{"model":"gpt-4o-mini","temperature":0,"stream":true,"stream_options":{"include_usage":true},"messages":[]}"#
+        let hit = try await harness.request(headers: [("x-fake-events", "3")], body: asking)
+        XCTAssertEqual(hit.header("x-sidecar-cache"), "hit")
+        XCTAssertTrue(hit.body.hasSuffix(FakeUpstream.usageEvent(3) + "data: [DONE]\n\n"), hit.body)
+        let replay = try await harness.request(headers: [("x-fake-events", "3")], body: plain)
+        XCTAssertEqual(replay.header("x-sidecar-cache"), "hit")
+        XCTAssertEqual(replay.body, r.body, "and a replay to a client that did not ask has none")
+        await harness.server.flushCache()
+        let store = try ResponseCacheStore(path: harness.cachePath)
+        let spend = try store.spend(since: "2000-01-01").values.reduce(into: ResponseCacheStore.Spend()) { $0 += $1 }
+        XCTAssertEqual(spend.requests, 1, "one upstream call")
+        XCTAssertEqual(spend.promptTokens, 11)
+        XCTAssertEqual(spend.completionTokens, 3, "the fake counts one completion token per event")
+    }
+
     /// A tiny budget stops (or downgrades) at exactly the request that would overshoot it.
     func testABudgetStopsOrDowngradesAtTheRightRequest() async throws {
         let upstream = try await FakeUpstream.start()

@@ -118,6 +118,9 @@ final class ProxyExchange: UpstreamResponseDelegate {
     private let prices: PriceTable
     /// The request's model, for spend: the body's top-level `model`.
     private var requestModel: String?
+    /// A streamed chat completion whose client did not ask for usage: the usage chunk (which the
+    /// sidecar asks upstream for, to account for the stream) is removed from what it receives.
+    private var usageFilter: SSEUsageFilter?
     /// The last parts of a 2xx answer: where its `usage` is (for spend accounting).
     private var usageTail: Deque<ByteBuffer> = []
     private var usageTailBytes = 0
@@ -217,6 +220,20 @@ final class ProxyExchange: UpstreamResponseDelegate {
             } else {
                 cacheState = nil
                 return fail(.modelNotFound(model))
+            }
+        }
+        if accounting != nil || budget != nil, Self.barePath(clientHead.uri) == "/v1/chat/completions",
+           let stream = JSONTopLevel.value(of: "stream", in: bytes), bytes[stream].elementsEqual("true".utf8) {
+            let options = JSONTopLevel.value(of: "stream_options", in: bytes)
+            let asked = options.flatMap { CanonicalJSON.parse(Array(bytes[$0])) }?["include_usage"] == .bool(true)
+            if !asked { usageFilter = SSEUsageFilter() }
+            if options == nil, let open = bytes.firstIndex(of: UInt8(ascii: "{")) {
+                // Ask for the usage chunk, so this stream can be accounted for.
+                var injected = bytes
+                injected.insert(contentsOf: Array(#""stream_options":{"include_usage":true}"#.utf8) + (bytes[(open + 1)...].contains { $0 != 0x20 && $0 != 0x0A && $0 != 0x0D && $0 != 0x09 && $0 != UInt8(ascii: "}") } ? [UInt8(ascii: ",")] : []), at: open + 1)
+                body = [ByteBuffer(bytes: injected)]
+                bodyBytes = injected.count
+                bodyRewritten = true
             }
         }
         guard var c = cacheState else { return lease(fresh: false) }
@@ -327,6 +344,13 @@ final class ProxyExchange: UpstreamResponseDelegate {
         cacheLabel = "hit"
         metrics.cacheResult("hit")
         downstream.access.cache = "hit"
+        var answer = answer
+        if answer.isStream, var filter = usageFilter {
+            // Stored with the usage chunk; this client did not ask for it.
+            var bytes = filter.feed(answer.body.readableBytesView)
+            bytes += filter.finish()
+            answer.body = ByteBuffer(bytes: bytes)
+        }
         var headers = HTTPHeaders()
         Self.addReplayHeaders(answer, to: &headers)
         headers.add(name: "x-sidecar-cache", value: "hit")
@@ -576,11 +600,14 @@ final class ProxyExchange: UpstreamResponseDelegate {
                 if cacheLabel == "hit", !(200..<300).contains(Int(status.code)) { cacheLabel = "coalesced" }  // an error is never a hit
                 headers.replaceOrAdd(name: "x-sidecar-cache", value: cacheLabel)
                 if !downstream.keepAlive { headers.replaceOrAdd(name: "connection", value: "close") }
+                if !(headers.first(name: "content-type")?.hasPrefix("text/event-stream") ?? false) { usageFilter = nil }
+                if usageFilter != nil { headers.remove(name: "content-length") }
                 downstream.writeResponseHead(HTTPResponseHead(version: .http1_1, status: status, headers: headers))
             case .body(let buffer):
-                downstream.writeResponseBody(buffer)
+                writeFiltered(buffer)
             case .end:
                 phase = .done
+                flushFilter()
                 downstream.finishResponse(trailers: nil)
                 return
             case .failed(let error):
@@ -628,6 +655,10 @@ final class ProxyExchange: UpstreamResponseDelegate {
         sentAt = .now()
         downstream.access.attempts += 1
         armFirstTokenTimer()
+        if bodyRewritten {
+            upstreamHead.headers.remove(name: "transfer-encoding")
+            upstreamHead.headers.replaceOrAdd(name: "content-length", value: String(bodyBytes))
+        }
         connection.send(head: upstreamHead)
         for part in body { connection.sendBody(part) }
         if bodyBytes > Self.maxReplayBytes, route == nil {
@@ -738,6 +769,8 @@ final class ProxyExchange: UpstreamResponseDelegate {
         }
         downstream.access.cache = cacheLabel
         if detached { return }
+        if !isStream { usageFilter = nil }
+        if usageFilter != nil { headers.remove(name: "content-length") }  // bytes are removed: chunked framing
         if !downstream.keepAlive { headers.add(name: "connection", value: "close") }
         if modelsToMerge != nil, responseStatus == 200 {
             heldHead = HTTPResponseHead(version: .http1_1, status: head.status, headers: headers)  // sent with the merged list
@@ -809,7 +842,20 @@ final class ProxyExchange: UpstreamResponseDelegate {
             heldBody += body.readableBytesView
             return
         }
-        if !detached { downstream.writeResponseBody(body) }
+        if !detached { writeFiltered(body) }
+    }
+
+    /// Writes an answer's bytes to this client, without the usage chunk it did not ask for.
+    private func writeFiltered(_ buffer: ByteBuffer) {
+        guard usageFilter != nil else { return downstream.writeResponseBody(buffer) }
+        let out = usageFilter!.feed(buffer.readableBytesView)
+        if !out.isEmpty { downstream.writeResponseBody(ByteBuffer(bytes: out)) }
+    }
+
+    private func flushFilter() {
+        guard usageFilter != nil else { return }
+        let rest = usageFilter!.finish()
+        if !rest.isEmpty { downstream.writeResponseBody(ByteBuffer(bytes: rest)) }
     }
 
     func upstreamReadComplete() {
@@ -844,7 +890,10 @@ final class ProxyExchange: UpstreamResponseDelegate {
             downstream.writeResponseHead(head)
             downstream.writeResponseBody(merged)
         }
-        if !detached { downstream.finishResponse(trailers: trailers) }
+        if !detached {
+            flushFilter()
+            downstream.finishResponse(trailers: trailers)
+        }
     }
 
     // MARK: budgets
