@@ -52,6 +52,16 @@ final class RateLimitTests: XCTestCase {
         }
     }
 
+    func testTokenEstimatesAreCorrectedByUsage() {
+        var tpm = TokenBucket(capacity: 1_000, perMinute: 1_000, now: t0)
+        XCTAssertEqual(tpm.take(800, now: t0), .allowed(remaining: 200))
+        XCTAssertFalse(tpm.has(500, now: t0))
+        tpm.adjust(by: -700, now: t0)  // the answer used 100, not 800
+        XCTAssertTrue(tpm.has(500, now: t0))
+        tpm.adjust(by: 1_500, now: t0)  // an underestimate is paid back, below zero
+        XCTAssertEqual(tpm.timeUntil(1, now: t0), .milliseconds(36_060))
+    }
+
     func testOpenAIDurationFormat() {
         XCTAssertEqual(ClientRateLimiter.openAIDuration(.milliseconds(120)), "120ms")
         XCTAssertEqual(ClientRateLimiter.openAIDuration(.seconds(1)), "1s")

@@ -275,6 +275,31 @@ final class RoutingTests: XCTestCase {
         XCTAssertEqual(plain.status, 200)
     }
 
+    func testADeploymentOverItsRPMIsTreatedAsFullThenWaitedFor() async throws {
+        var limited = SidecarConfiguration.ModelGroup.Deployment(upstream: "a", model: "g-a", weight: 10)
+        limited.rpm = 2
+        try await start(2, models: [.init(name: "g", deployments: [limited, .init(upstream: "b", model: "g-b")])])
+        var names: [String] = []
+        for _ in 0..<5 { names.append(try await post(#"{"model":"g","messages":[]}"#).header("x-sidecar-deployment") ?? "?") }
+        XCTAssertEqual(names, ["a/g-a", "a/g-a", "b/g-b", "b/g-b", "b/g-b"], "a's two requests a minute, then b: no 429 from a")
+        await harness.stop()
+        for u in upstreams { await u.stop() }
+        upstreams = []
+
+        // One deployment at 60 requests a minute (one a second): the next request waits for it.
+        var only = SidecarConfiguration.ModelGroup(name: "g", deployments: [.init(upstream: "a", model: "g")])
+        only.deployments[0].rpm = 60
+        only.deployments[0].tpm = 1_000_000
+        only.queueTimeout = .seconds(5)
+        try await start(1, models: [only])
+        for _ in 0..<60 { _ = try await post(#"{"model":"g","max_tokens":5,"messages":[]}"#) }
+        let started = Date()
+        let r = try await post(#"{"model":"g","max_tokens":5,"messages":[]}"#)
+        XCTAssertEqual(r.status, 200)
+        XCTAssertGreaterThanOrEqual(Date().timeIntervalSince(started), 0.5, "it waited for the deployment's rate, not a 429")
+        XCTAssertEqual(upstreams[0].counters.requests, 61)
+    }
+
     func testAFailureAfterTheFirstStreamedByteIsNotRetried() async throws {
         try await twoDeployments()
         let r = try await post(#"{"model":"g","stream":true,"messages":[]}"#, headers: [("x-fake-cut-after", "2")])

@@ -99,7 +99,7 @@ struct RawConfiguration: Decodable {
     /// Keys whose values are integers (the rest are strings or tables), for type error messages.
     static let integerKeys: Set<String> = ["max_body_bytes", "threads", "max_connections", "queue_size", "ttl_seconds",
                                             "max_bytes", "memory_bytes", "max_entry_bytes", "weight", "max_concurrency", "max_attempts",
-                                            "client_rpm", "client_burst", "alert_percent"]
+                                            "client_rpm", "client_burst", "alert_percent", "rpm", "tpm"]
     static let tableKeys: Set<String> = ["server", "upstreams", "log", "cache", "prices", "models", "deployments", "limits", "budgets"]
 
     var server: RawServer?
@@ -141,6 +141,8 @@ struct RawConfiguration: Decodable {
         var model: String?
         var weight: Int?
         var max_concurrency: Int?
+        var rpm: Int?
+        var tpm: Int?
     }
 
     struct RawCache: Decodable {
@@ -337,6 +339,8 @@ private struct Validator {
                 var d = SidecarConfiguration.ModelGroup.Deployment(upstream: upstream, model: rd.model ?? name)
                 d.weight = try positive(rd.weight, dbase + ["weight"], default: 1, max: 1_000_000)
                 if let c = rd.max_concurrency { d.maxConcurrency = try positive(c, dbase + ["max_concurrency"], default: 1, max: 1_000_000) }
+                if let r = rd.rpm { d.rpm = try positive(r, dbase + ["rpm"], default: 1, max: 100_000_000) }
+                if let t = rd.tpm { d.tpm = try positive(t, dbase + ["tpm"], default: 1, max: 1_000_000_000) }
                 guard !deployments.contains(where: { $0.upstream == d.upstream && $0.model == d.model }) else {
                     throw fail(dbase, "model group \"\(name)\" lists \(upstream)/\(d.model) twice")
                 }

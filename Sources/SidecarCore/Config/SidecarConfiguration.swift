@@ -80,6 +80,11 @@ public struct SidecarConfiguration: Sendable, Equatable {
             public var weight: Int = 1
             /// In-flight cap; nil: only the upstream's pool bounds it.
             public var maxConcurrency: Int?
+            /// The provider's requests-per-minute limit for this deployment; nil: none.
+            public var rpm: Int?
+            /// The provider's tokens-per-minute limit: requests are charged their estimated tokens
+            /// when sent and corrected by the answer's `usage`; nil: none.
+            public var tpm: Int?
             public init(upstream: String, model: String, weight: Int = 1, maxConcurrency: Int? = nil) {
                 self.upstream = upstream
                 self.model = model

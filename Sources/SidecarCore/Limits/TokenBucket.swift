@@ -37,6 +37,27 @@ public struct TokenBucket: Sendable, Equatable {
         return .limited(retryAfter: .nanoseconds(Int64(((n - tokens) / perMinute * 60e9).rounded(.up))))
     }
 
+    /// Whether `n` tokens are there now (nothing is taken).
+    public func has(_ n: Double, now: NIODeadline) -> Bool {
+        var b = self
+        b.refill(now: now)
+        return b.tokens >= n
+    }
+
+    /// How long until `n` tokens are there (zero if they are).
+    public func timeUntil(_ n: Double, now: NIODeadline) -> TimeAmount {
+        var b = self
+        b.refill(now: now)
+        return b.tokens >= n ? .zero : .nanoseconds(Int64(((n - b.tokens) / perMinute * 60e9).rounded(.up)))
+    }
+
+    /// Corrects an earlier `take` once the real amount is known: positive takes more (the balance
+    /// may go below zero, so an underestimate is paid back), negative gives back.
+    public mutating func adjust(by n: Double, now: NIODeadline) {
+        refill(now: now)
+        tokens = min(capacity, tokens - n)
+    }
+
     /// How long until the bucket is full again (OpenAI's `x-ratelimit-reset-requests`).
     public func timeToFull(now: NIODeadline) -> TimeAmount {
         var b = self

@@ -387,7 +387,8 @@ final class ProxyExchange: UpstreamResponseDelegate {
         }
         // Full everywhere: wait in the group's queue for the first deployment with room.
         let bound = NIOLoopBound(self, eventLoop: downstream.eventLoop)
-        switch route.acquireOrWait(loop: downstream.eventLoop, grant: { i in bound.value.deploymentGranted(route, i) }) {
+        switch route.acquireOrWait(loop: downstream.eventLoop, tokens: needsTokens(route) ? estimatedTokens : 0,
+                                   grant: { i in bound.value.deploymentGranted(route, i) }) {
         case .acquired(let i):
             install(route, i)
             return true
@@ -400,6 +401,19 @@ final class ProxyExchange: UpstreamResponseDelegate {
             phase = .waitingForDeployment(route, id: id, timer: timer)
             return false
         case .refused:
+            // Out of rate everywhere (rpm/tpm): wait for the first deployment to have room again,
+            // within queue_timeout; else 429.
+            let deadline = rateWaitDeadline ?? NIODeadline.now() + route.group.queueTimeout
+            rateWaitDeadline = deadline
+            if let wait = route.rateLimitWait(tokens: needsTokens(route) ? estimatedTokens : 0), NIODeadline.now() + wait <= deadline {
+                let timer = downstream.eventLoop.assumeIsolated().scheduleTask(in: wait) { [self] in
+                    guard case .backingOff = self.phase else { return }
+                    self.phase = .done
+                    self.lease(fresh: false)
+                }
+                phase = .backingOff(timer)
+                return false
+            }
             fail(.deploymentsBusy(route.group.name))
             return false
         }
@@ -414,7 +428,27 @@ final class ProxyExchange: UpstreamResponseDelegate {
         timer.cancel()
         phase = .done
         install(r, i)
+        if let c = charged { charged = (c.route, c.index, 0) }  // a granted slot charged no tokens
         lease(fresh: false)
+    }
+
+    /// The request's estimated tokens (prompt at 4 bytes a token, plus its max_tokens or 4,096),
+    /// charged to a deployment's `tpm` and corrected by the answer's usage.
+    private lazy var estimatedTokens: Double = {
+        let bytes = body.reduce(into: [UInt8]()) { $0 += $1.readableBytesView }
+        return Double((bodyBytes + 3) / 4 + (Self.maxTokens(in: bytes) ?? 4_096))
+    }()
+    /// The deployment this request's tokens were charged to.
+    private var charged: (route: ModelRoute, index: Int, tokens: Double)?
+    /// When a request that waits for a deployment's rate gives up.
+    private var rateWaitDeadline: NIODeadline?
+
+    static func maxTokens(in bytes: [UInt8]) -> Int? {
+        for range in [JSONTopLevel.value(of: "max_tokens", in: bytes), JSONTopLevel.value(of: "max_completion_tokens", in: bytes),
+                      JSONTopLevel.value(of: "max_output_tokens", in: bytes)] {
+            if let r = range, let n = Int(String(decoding: bytes[r], as: UTF8.self)) { return n }
+        }
+        return nil
     }
 
     /// Deployments this request has tried, by group.
@@ -428,13 +462,16 @@ final class ProxyExchange: UpstreamResponseDelegate {
     /// A slot on a deployment not tried yet: the group's, then its fallbacks' in order.
     private func nextDeployment() -> (ModelRoute, Int)? {
         guard let route else { return nil }
-        if let i = route.acquire(excluding: excluded(route)) { return (route, i) }
+        let tokens = needsTokens(route) ? estimatedTokens : 0
+        if let i = route.acquire(excluding: excluded(route), tokens: tokens) { return (route, i) }
         for name in route.group.fallbacks {
             guard let r = routes[name] else { continue }
-            if let i = r.acquire(excluding: excluded(r)) { return (r, i) }
+            if let i = r.acquire(excluding: excluded(r), tokens: needsTokens(r) ? estimatedTokens : 0) { return (r, i) }
         }
         return nil
     }
+
+    private func needsTokens(_ r: ModelRoute) -> Bool { r.group.deployments.contains { $0.tpm != nil } }
 
     private func excluded(_ r: ModelRoute) -> Set<Int> {
         if tried.isEmpty { return [] }
@@ -444,6 +481,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
 
     private func install(_ r: ModelRoute, _ i: Int) {
         slot = (r, i)
+        charged = r.group.deployments[i].tpm != nil ? (r, i, estimatedTokens) : nil
         tried.append((ObjectIdentifier(r), i))
         attempt += 1
         target(r.upstreams[i])
@@ -828,7 +866,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
             firstBodyAt = now
             group?.metrics.streamFirstToken.recordNanoseconds((now - sentAt).nanoseconds)
         }
-        if accounting != nil || budget != nil, (200..<300).contains(responseStatus) {
+        if accounting != nil || budget != nil || charged != nil, (200..<300).contains(responseStatus) {
             // By reference, no copy: the last parts that cover `usageTailBytes`.
             usageTail.append(body)
             usageTailBytes += body.readableBytes
@@ -968,7 +1006,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
     /// The answer's usage and cost, for `llm-sidecar spend` (only answers from upstream: a cache
     /// hit or a coalesced follower costs nothing).
     private func recordSpend(deployment: String, billedModel: String?) {
-        guard accounting != nil || budget != nil, (200..<300).contains(responseStatus), !usageTail.isEmpty else { return }
+        guard accounting != nil || budget != nil || charged != nil, (200..<300).contains(responseStatus), !usageTail.isEmpty else { return }
         var tail: [UInt8] = []
         tail.reserveCapacity(usageTailBytes)
         for part in usageTail { tail += part.readableBytesView }
@@ -981,6 +1019,10 @@ final class ProxyExchange: UpstreamResponseDelegate {
         spend.cachedTokens = usage.cachedTokens
         spend.usd = prices.cost(model: billedModel ?? "", promptTokens: usage.promptTokens, completionTokens: usage.completionTokens)
         settleBudget(actual: spend.usd)
+        if let c = charged {
+            charged = nil
+            c.route.correctTokens(c.index, by: Double(usage.promptTokens + usage.completionTokens) - c.tokens)
+        }
         accounting?.recordSpend(.init(model: requestModel ?? "-", deployment: deployment, client: downstream.scope(of: clientHead.headers)), spend)
     }
 

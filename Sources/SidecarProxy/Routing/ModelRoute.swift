@@ -21,6 +21,9 @@ final class ModelRoute: Sendable {
 
     private struct State {
         var selector: DeploymentSelector
+        /// Per deployment: its provider's request and token limits (`rpm`, `tpm`), or nil.
+        var rpm: [TokenBucket?]
+        var tpm: [TokenBucket?]
         var random = SystemRandomNumberGenerator()
         var waiters: Deque<Waiter> = []
         var nextWaiter = 0
@@ -32,13 +35,49 @@ final class ModelRoute: Sendable {
         self.group = group
         self.upstreams = upstreams
         let selector = DeploymentSelector(deployments: group.deployments.map { .init(weight: $0.weight, maxConcurrency: $0.maxConcurrency) })
-        state = NIOLockedValueBox(State(selector: selector))
+        let now = NIODeadline.now()
+        state = NIOLockedValueBox(State(
+            selector: selector,
+            rpm: group.deployments.map { d in d.rpm.map { TokenBucket(capacity: $0, perMinute: $0, now: now) } },
+            tpm: group.deployments.map { d in d.tpm.map { TokenBucket(capacity: $0, perMinute: $0, now: now) } }))
     }
 
-    /// A deployment for one request (weighted least-connections over the healthy ones), or nil
-    /// when every deployment is at its cap or ejected.
-    func acquire(excluding: Set<Int> = [], now: NIODeadline = .now()) -> Int? {
-        state.withLockedValue { s in s.selector.select(now: now, excluding: excluding, random: &s.random) }
+    /// A deployment for one request (weighted least-connections over the healthy ones that are
+    /// within their `rpm`/`tpm`), or nil when every deployment is at its cap, ejected or out of
+    /// rate. `tokens` is the request's estimated size, charged to the deployment's `tpm`.
+    func acquire(excluding: Set<Int> = [], tokens: Double = 0, now: NIODeadline = .now()) -> Int? {
+        state.withLockedValue { s in Self.select(&s, excluding: excluding, tokens: tokens, now: now) }
+    }
+
+    private static func select(_ s: inout State, excluding: Set<Int>, tokens: Double, now: NIODeadline) -> Int? {
+        var skip = excluding
+        for i in s.rpm.indices {
+            if let b = s.rpm[i], !b.has(1, now: now) { skip.insert(i) }
+            if let b = s.tpm[i], !b.has(min(tokens, b.capacity), now: now) { skip.insert(i) }
+        }
+        guard let i = s.selector.select(now: now, excluding: skip, random: &s.random) else { return nil }
+        _ = s.rpm[i]?.take(now: now)
+        if let capacity = s.tpm[i]?.capacity { _ = s.tpm[i]?.take(min(tokens, capacity), now: now) }
+        return i
+    }
+
+    /// The answer said how many tokens it really took: the deployment's `tpm` is corrected.
+    func correctTokens(_ i: Int, by delta: Double, now: NIODeadline = .now()) {
+        state.withLockedValue { s in s.tpm[i]?.adjust(by: delta, now: now) }
+    }
+
+    /// When a deployment out of rate will take a request of `tokens` again (nil: none is only out of rate).
+    func rateLimitWait(tokens: Double, now: NIODeadline = .now()) -> TimeAmount? {
+        state.withLockedValue { s in
+            var best: TimeAmount?
+            for i in s.rpm.indices {
+                var wait = TimeAmount.zero
+                if let b = s.rpm[i] { wait = max(wait, b.timeUntil(1, now: now)) }
+                if let b = s.tpm[i] { wait = max(wait, b.timeUntil(min(tokens, b.capacity), now: now)) }
+                if wait > .zero, best == nil || wait < best! { best = wait }
+            }
+            return best
+        }
     }
 
     enum Admission {
@@ -51,9 +90,9 @@ final class ModelRoute: Sendable {
 
     /// A deployment now, or a place in the queue when the group is only full (some healthy
     /// deployment is at its `max_concurrency`), bounded by `queue_size`.
-    func acquireOrWait(loop: EventLoop, now: NIODeadline = .now(), grant: @escaping @Sendable (Int) -> Void) -> Admission {
+    func acquireOrWait(loop: EventLoop, tokens: Double = 0, now: NIODeadline = .now(), grant: @escaping @Sendable (Int) -> Void) -> Admission {
         state.withLockedValue { s in
-            if let i = s.selector.select(now: now, random: &s.random) { return .acquired(i) }
+            if let i = Self.select(&s, excluding: [], tokens: tokens, now: now) { return .acquired(i) }
             let full = group.deployments.indices.contains { i in
                 guard case .healthy = s.selector.health(i), let cap = group.deployments[i].maxConcurrency else { return false }
                 return s.selector.inFlight(i) >= cap
@@ -80,7 +119,7 @@ final class ModelRoute: Sendable {
         let grants = state.withLockedValue { s -> [(Waiter, Int)] in
             s.selector.finished(i, outcome, now: now)
             var out: [(Waiter, Int)] = []
-            while !s.waiters.isEmpty, let j = s.selector.select(now: now, random: &s.random) {
+            while !s.waiters.isEmpty, let j = Self.select(&s, excluding: [], tokens: 0, now: now) {
                 out.append((s.waiters.removeFirst(), j))
             }
             return out
