@@ -103,6 +103,8 @@ extension SpendTests {
                 downgraded.append(r.header("x-sidecar-downgraded-from"))
                 if r.status == 429 { XCTAssertEqual(openAIError(r.body)?.code, "budget_exceeded") }
             }
+            let metrics = try await harness.request("GET", "/metrics").body
+            XCTAssertTrue(metrics.contains(#"llm_sidecar_budget_used_ratio{period="day"}"#), metrics)
             await harness.stop()
             XCTAssertEqual(Array(statuses.prefix(expectedOK)), Array(repeating: 200, count: expectedOK), "downgrade: \(downgrade)")
             if downgrade {

@@ -84,10 +84,17 @@ public final class SidecarServer: Sendable {
         }
         let budgetSpent = (day: Metrics.Meter(label: "llm_sidecar_budget_spent_usd", dimensions: [("period", "day")], factory: metrics.factory),
                            month: Metrics.Meter(label: "llm_sidecar_budget_spent_usd", dimensions: [("period", "month")], factory: metrics.factory))
+        // Used share of each budget: alert on >= alert_percent / 100 (the daemon also logs it once).
+        let budgetUsed = (day: Metrics.Meter(label: "llm_sidecar_budget_used_ratio", dimensions: [("period", "day")], factory: metrics.factory),
+                          month: Metrics.Meter(label: "llm_sidecar_budget_used_ratio", dimensions: [("period", "month")], factory: metrics.factory))
         metrics.beforeRender.withLockedValue { $0.append { [weak state] in
-            guard let totals = state?.budget.totals else { return }
+            guard let state else { return }
+            let totals = state.budget.totals
             budgetSpent.day.set(totals.day)
             budgetSpent.month.set(totals.month)
+            let limits = state.runtime.configuration.budgets.limits
+            if let d = limits.dailyUSD, d > 0 { budgetUsed.day.set(totals.day / d) }
+            if let m = limits.monthlyUSD, m > 0 { budgetUsed.month.set(totals.month / m) }
         } }
         metrics.beforeRender.withLockedValue { $0.append { [weak state] in
             guard let state else { return }
