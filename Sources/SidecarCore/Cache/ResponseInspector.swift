@@ -22,21 +22,38 @@ public enum ResponseInspector {
         guard tail.count >= key.count else { return nil }
         var i = tail.count - key.count
         while i >= 0 {
-            if tail[i] == key[0], Array(tail[i..<(i + key.count)]) == key {
+            if tail[i] == key[0], tail[i..<(i + key.count)].elementsEqual(key) {
                 var j = i + key.count
                 while j < tail.count, tail[j] == 0x20 || tail[j] == 0x0A || tail[j] == 0x0D || tail[j] == 0x09 { j += 1 }
                 if j < tail.count, tail[j] == UInt8(ascii: ":") {
                     j += 1
                     while j < tail.count, tail[j] == 0x20 || tail[j] == 0x0A || tail[j] == 0x0D || tail[j] == 0x09 { j += 1 }
-                    if j < tail.count, tail[j] == UInt8(ascii: "{"), let end = matchingBrace(tail, from: j),
-                       let object = CanonicalJSON.parse(Array(tail[j...end])) {
-                        return usage(in: .object([(key: "usage", value: object)]))
+                    if j < tail.count, tail[j] == UInt8(ascii: "{"), let end = matchingBrace(tail, from: j) {
+                        return usageObject(Array(tail[j...end]))
                     }
                 }
             }
             i -= 1
         }
         return nil
+    }
+
+    /// The token counts of a `usage` object's bytes, read with a top-level scan (no tree).
+    static func usageObject(_ o: [UInt8]) -> Usage? {
+        func int(_ bytes: [UInt8], _ range: Range<Int>?) -> Int64? {
+            range.flatMap { Int64(String(decoding: bytes[$0], as: UTF8.self)) }
+        }
+        guard let prompt = int(o, JSONTopLevel.value(of: "prompt_tokens", in: o)) ?? int(o, JSONTopLevel.value(of: "input_tokens", in: o)) else {
+            return nil
+        }
+        let completion = int(o, JSONTopLevel.value(of: "completion_tokens", in: o)) ?? int(o, JSONTopLevel.value(of: "output_tokens", in: o)) ?? 0
+        var cached: Int64 = 0
+        for details in [JSONTopLevel.value(of: "prompt_tokens_details", in: o), JSONTopLevel.value(of: "input_tokens_details", in: o)] {
+            guard let d = details else { continue }
+            let inner = Array(o[d])
+            if let c = int(inner, JSONTopLevel.value(of: "cached_tokens", in: inner)) { cached = c }
+        }
+        return Usage(promptTokens: prompt, completionTokens: completion, cachedTokens: cached)
     }
 
     private static func matchingBrace(_ b: [UInt8], from start: Int) -> Int? {

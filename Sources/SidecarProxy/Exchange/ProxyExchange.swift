@@ -1011,7 +1011,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
         tail.reserveCapacity(usageTailBytes)
         for part in usageTail { tail += part.readableBytesView }
         usageTail = []
-        guard let usage = ResponseInspector.usage(inTail: Array(tail.suffix(Self.usageTailBytes)), isStream: isStream) else { return }
+        guard let usage = ResponseInspector.usage(inTail: tail, isStream: isStream) else { return }
         var spend = ResponseCacheStore.Spend()
         spend.requests = 1
         spend.promptTokens = usage.promptTokens
