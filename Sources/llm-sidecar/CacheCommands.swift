@@ -160,8 +160,8 @@ struct SpendCommand: ParsableCommand {
         try reportingErrors {
             let (store, path, configuration) = try databaseOption.open()
             let now = Int64(Date().timeIntervalSince1970)
-            let today = SpendReport.day(now)
-            let month = String(today.prefix(8)) + "01"
+            let today = UTCDay.day(now)
+            let month = UTCDay.firstOfMonth(ofDay: today)
             let report = SpendReport(database: path, today: today, todayRows: try store.spend(since: today), monthRows: try store.spend(since: month),
                                      budgets: configuration?.budgets.limits ?? .init())
             print(json ? report.json() : report.table(), terminator: "")
@@ -178,12 +178,6 @@ struct SpendReport {
     var monthRows: Rows
     var budgets: BudgetLedger.Limits
 
-    static func day(_ unix: Int64) -> String {
-        var t = time_t(unix)
-        var parts = tm()
-        gmtime_r(&t, &parts)
-        return String(format: "%04d-%02d-%02d", Int(parts.tm_year) + 1900, Int(parts.tm_mon) + 1, Int(parts.tm_mday))
-    }
 
     static func group(_ rows: Rows, by key: (ResponseCacheStore.SpendKey) -> String) -> [String: ResponseCacheStore.Spend] {
         rows.reduce(into: [:]) { $0[key($1.key), default: .init()] += $1.value }
@@ -207,7 +201,7 @@ struct SpendReport {
         var t = period(todayRows)
         t["day"] = today
         var m = period(monthRows)
-        m["month"] = String(today.prefix(7))
+        m["month"] = UTCDay.month(ofDay: today)
         var object: [String: Any] = ["database": database, "today": t, "month": m]
         var budget: [String: Any] = [:]
         let spentToday = todayRows.values.reduce(0) { $0 + $1.usd }, spentMonth = monthRows.values.reduce(0) { $0 + $1.usd }
@@ -221,7 +215,7 @@ struct SpendReport {
 
     func table() -> String {
         var out = "llm-sidecar spend: \(database)\n"
-        for (title, rows) in [("today (\(today), UTC)", todayRows), ("this month (\(today.prefix(7)))", monthRows)] {
+        for (title, rows) in [("today (\(today), UTC)", todayRows), ("this month (\(UTCDay.month(ofDay: today)))", monthRows)] {
             let total = rows.values.reduce(into: ResponseCacheStore.Spend()) { $0 += $1 }
             out += "\n\(title): $\(String(format: "%.4f", total.usd)) for \(total.requests) requests, "
                 + "\(total.promptTokens) prompt + \(total.completionTokens) completion tokens\n"
@@ -248,6 +242,3 @@ struct SpendReport {
     }
 }
 
-extension String {
-    func leftPadded(_ width: Int) -> String { count >= width ? self : String(repeating: " ", count: width - count) + self }
-}

@@ -124,9 +124,6 @@ public struct CacheStatsReport: Sendable {
     }
 }
 
-extension String {
-    func leftPadded(_ width: Int) -> String { count >= width ? self : String(repeating: " ", count: width - count) + self }
-}
 
 extension ResponseCache {
     /// The live report of `GET /stats`: the database's figures plus what is not written back yet.

@@ -349,10 +349,5 @@ final class ResponseCache: Sendable {
     }
 
     /// "YYYY-MM-DD" (UTC) of a Unix time.
-    static func day(_ unix: Int64) -> String {
-        var t = time_t(unix)
-        var parts = tm()
-        gmtime_r(&t, &parts)
-        return String(format: "%04d-%02d-%02d", Int(parts.tm_year) + 1900, Int(parts.tm_mon) + 1, Int(parts.tm_mday))
-    }
+    static func day(_ unix: Int64) -> String { UTCDay.day(unix) }
 }

@@ -117,7 +117,7 @@ final class BudgetBox: Sendable {
 
     func reserve(_ amount: Double, client: String, limits: BudgetLedger.Limits, now: Int64) -> Result<BudgetLedger.Reservation, BudgetLedger.RefusalError> {
         let day = ResponseCache.day(now)
-        return ledger.withLockedValue { $0.reserve(amount, client: client, limits: limits, day: day, month: String(day.prefix(7))) }
+        return ledger.withLockedValue { $0.reserve(amount, client: client, limits: limits, day: day, month: UTCDay.month(ofDay: day)) }
     }
 
     func settle(_ r: BudgetLedger.Reservation, actual: Double, limits: BudgetLedger.Limits) -> [String] {
@@ -125,7 +125,7 @@ final class BudgetBox: Sendable {
     }
 
     func load(day: String, spentDay: Double, spentMonth: Double, clients: [String: Double]) {
-        ledger.withLockedValue { $0.load(day: day, month: String(day.prefix(7)), spentDay: spentDay, spentMonth: spentMonth, clients: clients) }
+        ledger.withLockedValue { $0.load(day: day, month: UTCDay.month(ofDay: day), spentDay: spentDay, spentMonth: spentMonth, clients: clients) }
     }
 
     var totals: (day: Double, month: Double, reservedDay: Double, reservedMonth: Double) { ledger.withLockedValue { $0.totals } }

@@ -75,7 +75,7 @@ public final class SidecarServer: Sendable {
             let now = cache.clock()
             let today = ResponseCache.day(now)
             if let (day, month) = try? await cache.database.run({ store in
-                (try store.spend(since: today), try store.spend(since: String(today.prefix(8)) + "01"))
+                (try store.spend(since: today), try store.spend(since: UTCDay.firstOfMonth(ofDay: today)))
             }) {
                 var clients: [String: Double] = [:]
                 for (k, v) in day { clients[k.client, default: 0] += v.usd }
