@@ -13,8 +13,9 @@ final class SidecarMetrics: Sendable {
     let factory: PrometheusMetricsFactory
     /// Time the sidecar itself adds to a request: total minus the upstream exchange.
     let overhead: Metrics.Timer
-    private let upstreams = NIOLockedValueBox<[String: UpstreamMetrics]>([:])
-    private let errors = NIOLockedValueBox<[String: Metrics.Counter]>([:])
+    private let upstreams: LabeledFamily<UpstreamMetrics>
+    /// `llm_sidecar_errors_total{code}`: failures the sidecar answered itself.
+    private let errors: CounterFamily
     /// `x-sidecar-cache` of every proxied answer: hit, miss, coalesced, bypass.
     let cacheResults: [String: Metrics.Counter]
     let cacheMemoryBytes: Metrics.Meter
@@ -24,20 +25,15 @@ final class SidecarMetrics: Sendable {
     let cacheFlights: Metrics.Meter
     /// Refreshes the gauges that are read rather than counted (the cache's), before a scrape.
     let beforeRender = NIOLockedValueBox<[@Sendable () -> Void]>([])
-    private let deploymentGauges = NIOLockedValueBox<[String: (inFlight: Metrics.Meter, ejected: Metrics.Meter)]>([:])
+    /// `llm_sidecar_routing_retries_total{reason}`: "connect", "connection", "status_NNN", "first_token".
+    private let retries: CounterFamily
+    private let deploymentInFlight: MeterFamily
+    private let deploymentEjected: MeterFamily
 
     /// A deployment's in-flight requests and whether it is ejected (1) or not (0), by `UPSTREAM/MODEL`.
     func deployment(_ name: String, inFlight: Int, ejected: Bool) {
-        let g = deploymentGauges.withLockedValue { all in
-            if let g = all[name] { return g }
-            let d = [("deployment", name)]
-            let g = (Metrics.Meter(label: "llm_sidecar_deployment_in_flight", dimensions: d, factory: factory),
-                     Metrics.Meter(label: "llm_sidecar_deployment_ejected", dimensions: d, factory: factory))
-            all[name] = g
-            return g
-        }
-        g.inFlight.set(inFlight)
-        g.ejected.set(ejected ? 1 : 0)
+        deploymentInFlight[name].set(inFlight)
+        deploymentEjected[name].set(ejected ? 1 : 0)
     }
 
     init() {
@@ -61,47 +57,61 @@ final class SidecarMetrics: Sendable {
         cacheDatabaseUp = Metrics.Meter(label: "llm_sidecar_cache_database_up", factory: factory)
         cacheDatabaseErrors = Metrics.Meter(label: "llm_sidecar_cache_database_errors", factory: factory)
         cacheFlights = Metrics.Meter(label: "llm_sidecar_cache_flights_in_progress", factory: factory)
+        let built = factory
+        upstreams = LabeledFamily { UpstreamMetrics(name: $0, factory: built) }
+        errors = CounterFamily(label: "llm_sidecar_errors_total", dimension: "code", factory: factory)
+        retries = CounterFamily(label: "llm_sidecar_routing_retries_total", dimension: "reason", factory: factory)
+        deploymentInFlight = MeterFamily(label: "llm_sidecar_deployment_in_flight", dimension: "deployment", factory: factory)
+        deploymentEjected = MeterFamily(label: "llm_sidecar_deployment_ejected", dimension: "deployment", factory: factory)
     }
 
     func cacheResult(_ label: String) { cacheResults[label]?.increment() }
 
-    private let retries = NIOLockedValueBox<[String: Metrics.Counter]>([:])
+    /// An attempt moved to another deployment.
+    func retry(_ reason: String) { retries[reason].increment() }
 
-    /// An attempt moved to another deployment; `reason` is "connect", "connection" or "status_NNN".
-    func retry(_ reason: String) {
-        let counter = retries.withLockedValue { all in
-            if let c = all[reason] { return c }
-            let c = Metrics.Counter(label: "llm_sidecar_routing_retries_total", dimensions: [("reason", reason)], factory: factory)
-            all[reason] = c
-            return c
-        }
-        counter.increment()
-    }
-
-    func upstream(_ name: String) -> UpstreamMetrics {
-        upstreams.withLockedValue { all in
-            if let m = all[name] { return m }
-            let m = UpstreamMetrics(name: name, factory: factory)
-            all[name] = m
-            return m
-        }
-    }
+    func upstream(_ name: String) -> UpstreamMetrics { upstreams[name] }
 
     /// Counts a failure the sidecar answered itself, by its `error.code`.
-    func error(_ code: String) {
-        let counter = errors.withLockedValue { all in
-            if let c = all[code] { return c }
-            let c = Metrics.Counter(label: "llm_sidecar_errors_total", dimensions: [("code", code)], factory: factory)
-            all[code] = c
-            return c
-        }
-        counter.increment()
-    }
+    func error(_ code: String) { errors[code].increment() }
 
     /// The Prometheus text exposition.
     func render() -> [UInt8] {
         for refresh in beforeRender.withLockedValue({ $0 }) { refresh() }
         return registry.emitToBuffer()
+    }
+}
+
+/// One metric (or set of metrics) per value of a label that is bounded but not known up front
+/// (upstream and deployment names, error codes, retry reasons): made on first use, then reused.
+final class LabeledFamily<M: Sendable>: Sendable {
+    private let series = NIOLockedValueBox<[String: M]>([:])
+    private let make: @Sendable (String) -> M
+
+    init(make: @escaping @Sendable (String) -> M) { self.make = make }
+
+    subscript(value: String) -> M {
+        series.withLockedValue { all in
+            if let m = all[value] { return m }
+            let m = make(value)
+            all[value] = m
+            return m
+        }
+    }
+}
+
+typealias CounterFamily = LabeledFamily<Metrics.Counter>
+typealias MeterFamily = LabeledFamily<Metrics.Meter>
+
+extension LabeledFamily where M == Metrics.Counter {
+    convenience init(label: String, dimension: String, factory: PrometheusMetricsFactory) {
+        self.init { Metrics.Counter(label: label, dimensions: [(dimension, $0)], factory: factory) }
+    }
+}
+
+extension LabeledFamily where M == Metrics.Meter {
+    convenience init(label: String, dimension: String, factory: PrometheusMetricsFactory) {
+        self.init { Metrics.Meter(label: label, dimensions: [(dimension, $0)], factory: factory) }
     }
 }
 
