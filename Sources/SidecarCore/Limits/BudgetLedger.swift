@@ -104,6 +104,13 @@ public struct BudgetLedger: Sendable {
     /// `max_tokens` (or `max_completion_tokens` / `max_output_tokens`; 4,096 when it sets none).
     public static func estimate(bodyBytes: Int, maxTokens: Int?, price: PriceTable.Price?) -> Double {
         guard let price else { return 0 }
-        return price.cost(promptTokens: Int64((bodyBytes + 3) / 4), completionTokens: Int64(maxTokens ?? 4_096))
+        let t = tokens(bodyBytes: bodyBytes, maxTokens: maxTokens)
+        return price.cost(promptTokens: t.prompt, completionTokens: t.completion)
+    }
+
+    /// The tokens a request can use at most, as estimated before it is sent (also what a
+    /// deployment's `tpm` is charged).
+    public static func tokens(bodyBytes: Int, maxTokens: Int?) -> (prompt: Int64, completion: Int64) {
+        (Int64((bodyBytes + 3) / 4), Int64(maxTokens ?? 4_096))
     }
 }

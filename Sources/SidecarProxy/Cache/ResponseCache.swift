@@ -179,6 +179,8 @@ final class ResponseCache: Sendable {
         var body: [ByteBuffer]?
         /// Followers that shared the upstream call.
         var coalesced: Int
+        /// The answer's usage when the exchange already read it (for spend): not parsed twice.
+        var usage: ResponseInspector.Usage?
         /// The flight to take out of the table once the answer is stored: until then, identical
         /// requests join it and get the recorded answer, rather than miss in SQLite.
         var flight: Flight?
@@ -202,7 +204,7 @@ final class ResponseCache: Sendable {
             buffer.reserveCapacity(parts.reduce(0) { $0 + $1.readableBytes })
             for p in parts { buffer.writeImmutableBuffer(p) }
             let bytes = Array(buffer.readableBytesView)
-            let usage = (200..<300).contains(c.status) ? ResponseInspector.usage(body: bytes, isStream: c.isStream) : nil
+            let usage = (200..<300).contains(c.status) ? c.usage ?? ResponseInspector.usage(body: bytes, isStream: c.isStream) : nil
             if c.coalesced > 0 {
                 let n = Int64(c.coalesced)
                 pending.withLockedValue { p in

@@ -121,6 +121,8 @@ final class ProxyExchange: UpstreamResponseDelegate {
     /// A streamed chat completion whose client did not ask for usage: the usage chunk (which the
     /// sidecar asks upstream for, to account for the stream) is removed from what it receives.
     private var usageFilter: SSEUsageFilter?
+    /// The answer's usage, once read (handed to the cache, which would otherwise parse it again).
+    private var answerUsage: ResponseInspector.Usage?
     /// The last parts of a 2xx answer: where its `usage` is (for spend accounting).
     private var usageTail: Deque<ByteBuffer> = []
     private var usageTailBytes = 0
@@ -435,9 +437,11 @@ final class ProxyExchange: UpstreamResponseDelegate {
     /// The request's estimated tokens (prompt at 4 bytes a token, plus its max_tokens or 4,096),
     /// charged to a deployment's `tpm` and corrected by the answer's usage.
     private lazy var estimatedTokens: Double = {
-        let bytes = body.reduce(into: [UInt8]()) { $0 += $1.readableBytesView }
-        return Double((bodyBytes + 3) / 4 + (Self.maxTokens(in: bytes) ?? 4_096))
+        let t = BudgetLedger.tokens(bodyBytes: bodyBytes, maxTokens: requestMaxTokens)
+        return Double(t.prompt + t.completion)
     }()
+    /// The body's `max_tokens` (or `max_completion_tokens` / `max_output_tokens`), read once.
+    private lazy var requestMaxTokens: Int? = Self.maxTokens(in: body.reduce(into: [UInt8]()) { $0 += $1.readableBytesView })
     /// The deployment this request's tokens were charged to.
     private var charged: (route: ModelRoute, index: Int, tokens: Double)?
     /// When a request that waits for a deployment's rate gives up.
@@ -918,7 +922,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
             c.cache.finish(.init(
                 key: key, scope: c.scope, model: c.model, endpoint: Self.barePath(c.path), status: c.status, contentType: c.contentType,
                 isStream: isStream, framed: c.framed, ttl: c.ttl, body: flight.recordedBody, coalesced: flight.joinedCount,
-                flight: c.registered ? flight : nil))
+                usage: answerUsage, flight: c.registered ? flight : nil))
             cacheState = nil
         }
         if var head = heldHead, let names = modelsToMerge {
@@ -941,16 +945,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
     /// goes as MODEL instead, if that fits. False when the request was answered here.
     private func reserveBudget() -> Bool {
         guard let budget else { return true }
-        let bodyCopy = body.reduce(into: [UInt8]()) { $0 += $1.readableBytesView }
-        let maxTokens = ["max_tokens", "max_completion_tokens", "max_output_tokens"].lazy.compactMap { key -> Int? in
-            let range: Range<Int>?
-            switch key {
-            case "max_tokens": range = JSONTopLevel.value(of: "max_tokens", in: bodyCopy)
-            case "max_completion_tokens": range = JSONTopLevel.value(of: "max_completion_tokens", in: bodyCopy)
-            default: range = JSONTopLevel.value(of: "max_output_tokens", in: bodyCopy)
-            }
-            return range.flatMap { Int(String(decoding: bodyCopy[$0], as: UTF8.self)) }
-        }.first
+        let maxTokens = requestMaxTokens
         let client = downstream.scope(of: clientHead.headers)
         let now = accounting?.clock() ?? Int64(Date().timeIntervalSince1970)
         func attempt(_ model: String?) -> Result<BudgetLedger.Reservation, BudgetLedger.RefusalError> {
@@ -1012,6 +1007,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
         for part in usageTail { tail += part.readableBytesView }
         usageTail = []
         guard let usage = ResponseInspector.usage(inTail: tail, isStream: isStream) else { return }
+        answerUsage = usage
         var spend = ResponseCacheStore.Spend()
         spend.requests = 1
         spend.promptTokens = usage.promptTokens
@@ -1163,7 +1159,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
             if c.registered { c.cache.endFlight(flight) }
             if flight.joinedCount > 0 { c.cache.finish(.init(
                 key: flight.key, scope: c.scope, model: c.model, endpoint: "", status: 0, contentType: nil, isStream: false, framed: false,
-                ttl: 0, body: nil, coalesced: flight.joinedCount, flight: nil)) }
+                ttl: 0, body: nil, coalesced: flight.joinedCount, usage: nil, flight: nil)) }
             cacheState = nil
         }
         if detached { return }
