@@ -13,31 +13,6 @@ public enum ResponseInspector {
         }
     }
 
-    /// The usage in the last bytes of an answer (the accounting keeps only a tail, not the whole
-    /// body): for SSE the last event that has one; for JSON the last top-level-looking `"usage"`
-    /// object, found by matching braces backwards from its key.
-    public static func usage(inTail tail: [UInt8], isStream: Bool) -> Usage? {
-        if isStream { return usage(body: tail, isStream: true) }
-        let key = Array(#""usage""#.utf8)
-        guard tail.count >= key.count else { return nil }
-        var i = tail.count - key.count
-        while i >= 0 {
-            if tail[i] == key[0], tail[i..<(i + key.count)].elementsEqual(key) {
-                var j = i + key.count
-                while j < tail.count, tail[j] == 0x20 || tail[j] == 0x0A || tail[j] == 0x0D || tail[j] == 0x09 { j += 1 }
-                if j < tail.count, tail[j] == UInt8(ascii: ":") {
-                    j += 1
-                    while j < tail.count, tail[j] == 0x20 || tail[j] == 0x0A || tail[j] == 0x0D || tail[j] == 0x09 { j += 1 }
-                    if j < tail.count, tail[j] == UInt8(ascii: "{"), let end = matchingBrace(tail, from: j) {
-                        return usageObject(Array(tail[j...end]))
-                    }
-                }
-            }
-            i -= 1
-        }
-        return nil
-    }
-
     /// The token counts of a `usage` object's bytes, read with a top-level scan (no tree).
     static func usageObject(_ o: [UInt8]) -> Usage? {
         func int(_ bytes: [UInt8], _ range: Range<Int>?) -> Int64? {
@@ -88,31 +63,40 @@ public enum ResponseInspector {
         return type == "response.completed" || type == "response.incomplete"
     }
 
-    /// The usage of a JSON answer (`usage.prompt_tokens`/`completion_tokens`, or the Responses
-    /// API's `input_tokens`/`output_tokens`, also under `response.usage`), or for an SSE body the
-    /// last event that carries one.
+    /// The usage of an answer: for JSON the last `"usage"` object (`prompt_tokens` /
+    /// `completion_tokens`, or the Responses API's `input_tokens` / `output_tokens`, with their
+    /// `cached_tokens` details), found by matching braces from its key; for SSE the last event
+    /// that carries one. Works on a tail of the body too (where `usage` is), which is all the
+    /// spend accounting keeps. A `"usage"` inside a string value is escaped, so never matches.
     public static func usage(body: [UInt8], isStream: Bool) -> Usage? {
-        if !isStream { return CanonicalJSON.parse(body).flatMap(usage(in:)) }
+        guard isStream else { return lastUsageObject(in: body) }
         var found: Usage?
         for e in events(in: body) where e.data.contains("\"usage\"") {
-            if let u = CanonicalJSON.parse(Array(e.data.utf8)).flatMap(usage(in:)) { found = u }
+            if let u = lastUsageObject(in: Array(e.data.utf8)) { found = u }
         }
         return found
     }
 
-    static func usage(in value: CanonicalJSON.Value) -> Usage? {
-        let u = value["usage"] ?? value["response"]?["usage"]
-        guard let u, case .object = u else { return nil }
-        func int(_ names: String...) -> Int64? {
-            for n in names { if case .number(let s)? = u[n], let v = Int64(s) { return v } }
-            return nil
+    static func lastUsageObject(in bytes: [UInt8]) -> Usage? {
+        let key = Array(#""usage""#.utf8)
+        guard bytes.count >= key.count else { return nil }
+        func ws(_ j: inout Int) { while j < bytes.count, bytes[j] == 0x20 || bytes[j] == 0x0A || bytes[j] == 0x0D || bytes[j] == 0x09 { j += 1 } }
+        var i = bytes.count - key.count
+        while i >= 0 {
+            if bytes[i] == key[0], bytes[i..<(i + key.count)].elementsEqual(key) {
+                var j = i + key.count
+                ws(&j)
+                if j < bytes.count, bytes[j] == UInt8(ascii: ":") {
+                    j += 1
+                    ws(&j)
+                    if j < bytes.count, bytes[j] == UInt8(ascii: "{"), let end = matchingBrace(bytes, from: j) {
+                        return usageObject(Array(bytes[j...end]))
+                    }
+                }
+            }
+            i -= 1
         }
-        guard let prompt = int("prompt_tokens", "input_tokens") else { return nil }
-        var cached: Int64 = 0
-        for details in ["prompt_tokens_details", "input_tokens_details"] {
-            if case .number(let n)? = u[details]?["cached_tokens"], let v = Int64(n) { cached = v }
-        }
-        return Usage(promptTokens: prompt, completionTokens: int("completion_tokens", "output_tokens") ?? 0, cachedTokens: cached)
+        return nil
     }
 
     private static func jsonType(_ data: String) -> String? {

@@ -1006,7 +1006,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
         tail.reserveCapacity(usageTailBytes)
         for part in usageTail { tail += part.readableBytesView }
         usageTail = []
-        guard let usage = ResponseInspector.usage(inTail: tail, isStream: isStream) else { return }
+        guard let usage = ResponseInspector.usage(body: tail, isStream: isStream) else { return }
         answerUsage = usage
         var spend = ResponseCacheStore.Spend()
         spend.requests = 1
