@@ -64,6 +64,16 @@ http {
   }
 }
 CONF
+# What both nginx proxies (plain and caching) do to reach the upstream: the same keep-alive TLS pool.
+PROXY_TO_UPSTREAM="      proxy_pass https://llm;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+      proxy_set_header Host 127.0.0.1:$UP_PORT;
+      proxy_set_header Authorization \"Bearer sk-bench-upstream\";
+      proxy_ssl_verify on;
+      proxy_ssl_trusted_certificate $OUT/ca.pem;
+      proxy_ssl_name 127.0.0.1;
+      proxy_ssl_session_reuse on;"
 # Run as root, nginx's workers would be "nobody" and could not write the cache in our 0700 directory.
 NGINX_USER=$([ "$(id -u)" = 0 ] && echo "user root;" || true)
 cat > "$OUT/px/nginx.conf" <<CONF
@@ -81,15 +91,7 @@ http {
   server {
     listen 127.0.0.1:$NGINX_PORT;
     location /v1/ {
-      proxy_pass https://llm;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host 127.0.0.1:$UP_PORT;
-      proxy_set_header Authorization "Bearer sk-bench-upstream";
-      proxy_ssl_verify on;
-      proxy_ssl_trusted_certificate $OUT/ca.pem;
-      proxy_ssl_name 127.0.0.1;
-      proxy_ssl_session_reuse on;
+$PROXY_TO_UPSTREAM
       proxy_buffering off;
     }
   }
@@ -99,15 +101,7 @@ http {
     listen 127.0.0.1:$NGINX_CACHE_PORT;
     client_body_buffer_size 64k;
     location /v1/ {
-      proxy_pass https://llm;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host 127.0.0.1:$UP_PORT;
-      proxy_set_header Authorization "Bearer sk-bench-upstream";
-      proxy_ssl_verify on;
-      proxy_ssl_trusted_certificate $OUT/ca.pem;
-      proxy_ssl_name 127.0.0.1;
-      proxy_ssl_session_reuse on;
+$PROXY_TO_UPSTREAM
       proxy_cache llm;
       proxy_cache_methods POST;
       proxy_cache_key "\$request_uri|\$http_authorization|\$request_body";
@@ -147,24 +141,18 @@ name = "bench-group"
   upstream = "bench2"
   model = "gpt-4o-mini"
 CONF
-cat > "$OUT/sampled.lua" <<'LUA'
+# One fixed POST, repeated: sampled (not cacheable), temperature 0 (cache hits), and a model group.
+fixed_lua() { # name body
+  cat > "$OUT/$1.lua" <<LUA
 wrk.method = "POST"
-wrk.body = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello."}]}'
+wrk.body = '$2'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer sk-bench-client"
 LUA
-cat > "$OUT/routed.lua" <<'LUA'
-wrk.method = "POST"
-wrk.body = '{"model":"bench-group","messages":[{"role":"user","content":"Say hello."}]}'
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer sk-bench-client"
-LUA
-cat > "$OUT/hit.lua" <<'LUA'
-wrk.method = "POST"
-wrk.body = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello."}],"temperature":0}'
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer sk-bench-client"
-LUA
+}
+fixed_lua sampled '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello."}]}'
+fixed_lua hit '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello."}],"temperature":0}'
+fixed_lua routed '{"model":"bench-group","messages":[{"role":"user","content":"Say hello."}]}'
 cat > "$OUT/miss.lua" <<'LUA'
 local n = 0
 local seed = tostring(os.time()) .. tostring(math.random(1000000000))
