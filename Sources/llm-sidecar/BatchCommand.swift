@@ -52,6 +52,20 @@ struct Batch: AsyncParsableCommand {
             throw ExitCode(66)
         }
 
+        // Nothing is sent (or written) when the sidecar is not there at all.
+        let probeGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let probe = LocalHTTPClient(target: target, group: probeGroup)
+        do {
+            _ = try await probe.request(method: .GET, path: "/healthz", body: nil, timeout: .seconds(10))
+            await probe.close()
+            try? await probeGroup.shutdownGracefully()
+        } catch {
+            await probe.close()
+            try? await probeGroup.shutdownGracefully()
+            FileHandle.standardError.write(Data("llm-sidecar: \(error); start it (llm-sidecar serve, or make run) or pass --url\n".utf8))
+            throw ExitCode(69)  // EX_UNAVAILABLE
+        }
+
         // Resume: what the output already has (a partial last line is cut off and redone).
         let existing = FileManager.default.contents(atPath: output).map { Array($0) } ?? []
         let (done, validLength) = BatchFormat.completed(in: existing)

@@ -68,4 +68,13 @@ final class BatchTests: XCTestCase {
         XCTAssertEqual(ids.count, 995, "exactly one output line per valid input line")
         XCTAssertEqual(Set(ids), valid)
     }
+
+    func testNoSidecarMeansAClearErrorAndNothingWritten() throws {
+        let dir = ProxyHarness.temporaryDirectory()
+        try #"{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{"model":"m"}}"#.write(toFile: dir + "/in.jsonl", atomically: true, encoding: .utf8)
+        let r = try BinaryTests.run(["batch", dir + "/in.jsonl", "-o", dir + "/out.jsonl", "--url", "http://127.0.0.1:1"])
+        XCTAssertEqual(r.status, 69)
+        XCTAssertEqual(r.stderr, "llm-sidecar: cannot connect to the sidecar at http://127.0.0.1:1: connection refused; start it (llm-sidecar serve, or make run) or pass --url\n")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/out.jsonl"), "a later run must not skip lines that were never sent")
+    }
 }

@@ -7,9 +7,16 @@ import NIOPosix
 /// connection, one request at a time, reconnecting when the server closes it. Plain HTTP over TCP
 /// or a unix socket only: it is for the loopback hop, never for the internet.
 public final class LocalHTTPClient: Sendable {
-    public enum Target: Sendable {
+    public enum Target: Sendable, CustomStringConvertible {
         case tcp(host: String, port: Int)
         case unix(path: String)
+
+        public var description: String {
+            switch self {
+            case .tcp(let host, let port): return host.contains(":") ? "http://[\(host)]:\(port)" : "http://\(host):\(port)"
+            case .unix(let path): return "unix:\(path)"
+            }
+        }
     }
 
     public struct Response: Sendable {
@@ -40,9 +47,13 @@ public final class LocalHTTPClient: Sendable {
             }
         }
         let c: Channel
-        switch target {
-        case .tcp(let host, let port): c = try await bootstrap.connect(host: host, port: port).get()
-        case .unix(let path): c = try await bootstrap.connect(unixDomainSocketPath: path).get()
+        do {
+            switch target {
+            case .tcp(let host, let port): c = try await bootstrap.connect(host: host, port: port).get()
+            case .unix(let path): c = try await bootstrap.connect(unixDomainSocketPath: path).get()
+            }
+        } catch {
+            throw ClientError(description: "cannot connect to the sidecar at \(target): \(Self.reason(error))")
         }
         channel.withLockedValue { $0 = c }
         return c
@@ -69,6 +80,16 @@ public final class LocalHTTPClient: Sendable {
             c.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
         }
         return try await promise.futureResult.get()
+    }
+
+    /// "connection refused" rather than NIO's nested error description.
+    static func reason(_ error: Error) -> String {
+        if let io = error as? IOError { return String(cString: strerror(io.errnoCode)).lowercased() }
+        if let e = error as? NIOConnectionError {
+            for failure in e.connectionErrors { if let io = failure.error as? IOError { return String(cString: strerror(io.errnoCode)).lowercased() } }
+            if e.dnsAError != nil || e.dnsAAAAError != nil { return "cannot resolve \(e.host)" }
+        }
+        return "\(error)"
     }
 
     public func close() async {
