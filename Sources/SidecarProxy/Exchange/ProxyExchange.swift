@@ -500,6 +500,21 @@ final class ProxyExchange: UpstreamResponseDelegate {
         return attempt < route.group.maxAttempts && NIODeadline.now() - started < route.group.retryDeadline
     }
 
+    /// Closes a leased connection whose response will not be read to its end (never pooled).
+    private func drop(_ lease: UpstreamPool.Lease) {
+        lease.connection.delegate = nil
+        pool?.release(lease.connection, reusable: false, keepAlive: nil)
+    }
+
+    /// Gives up the current attempt before anything reached the client (its connection closed
+    /// unread, its slot given back with `outcome`) and starts the next on `next`.
+    private func moveAttempt(off lease: UpstreamPool.Lease, outcome: DeploymentSelector.Outcome, reason: String, to next: (ModelRoute, Int)) {
+        drop(lease)
+        releaseSlot(outcome)
+        phase = .done
+        _ = retryElsewhere(reason: reason, next: next)
+    }
+
     /// Starts the next attempt on another deployment, after a backoff, if one may go and a
     /// deployment can take it. The current attempt's slot must already be given back.
     private func retryElsewhere(reason: String, next: (ModelRoute, Int)? = nil) -> Bool {
@@ -535,12 +550,8 @@ final class ProxyExchange: UpstreamResponseDelegate {
             guard case .forwarding(let lease) = self.phase, !self.responseStarted, self.mayRetry, let next = self.nextDeployment() else {
                 return  // nowhere else to go: keep waiting on this one
             }
-            lease.connection.delegate = nil
-            self.pool?.release(lease.connection, reusable: false, keepAlive: nil)
             self.deferredHead = nil
-            self.releaseSlot(.failure)
-            self.phase = .done
-            _ = self.retryElsewhere(reason: "first_token", next: next)
+            self.moveAttempt(off: lease, outcome: .failure, reason: "first_token", to: next)
         }
     }
 
@@ -766,14 +777,10 @@ final class ProxyExchange: UpstreamResponseDelegate {
         if let s = slot, s.route.group.retryOn.contains(status), mayRetry, let next = nextDeployment(), case .forwarding(let lease) = phase {
             // A status the group retries, and another deployment is free: this answer is dropped
             // (its connection closed unread) and never reaches the client.
-            lease.connection.delegate = nil
-            pool?.release(lease.connection, reusable: false, keepAlive: nil)
             responseStatus = status
             retryAfter = status == 429 ? head.headers.first(name: "retry-after").flatMap(Self.retryAfterSeconds).map { .seconds($0) } : nil
-            releaseSlot(outcome)
             group?.metrics.response(status: status)
-            phase = .done
-            _ = retryElsewhere(reason: "status_\(status)", next: next)
+            moveAttempt(off: lease, outcome: outcome, reason: "status_\(status)", to: next)
             return
         }
         if firstTokenTimer != nil {
@@ -1127,8 +1134,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
         case .waitingForConnection(let waiter):
             pool?.cancel(waiter)
         case .forwarding(let lease):
-            lease.connection.delegate = nil
-            pool?.release(lease.connection, reusable: false, keepAlive: nil)
+            drop(lease)
         case .backingOff(let timer):
             timer.cancel()
         case .waitingForDeployment(let r, let id, let timer):
