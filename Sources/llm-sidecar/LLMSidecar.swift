@@ -141,6 +141,9 @@ struct CheckConfig: ParsableCommand {
         do {
             let configuration = try ConfigOption.load(path: path, environment: environment)
             _ = try APIKeys.resolve(configuration, environment: environment)
+            for model in configuration.unpricedModelsUnderBudget {
+                FileHandle.standardError.write(Data("warning: model \"\(model)\" has no price while [budgets] is set: add [prices.\"\(model)\"] (requests for it are \(configuration.budgets.unpriced == .allow ? "sent and counted as $0" : "refused with 400 model_not_priced"), budgets.unpriced = \"\(configuration.budgets.unpriced.rawValue)\")\n".utf8))
+            }
             print("\(path): OK (\(configuration.upstreams.count) upstream\(configuration.upstreams.count == 1 ? "" : "s"), listening on \(configuration.server.listen))")
         } catch {
             FileHandle.standardError.write(Data("\(error)\n".utf8))

@@ -117,6 +117,7 @@ struct RawConfiguration: Decodable {
         var client_daily_usd: Number?
         var alert_percent: Int?
         var on_exhausted: String?
+        var unpriced: String?
     }
 
     struct RawLimits: Decodable {
@@ -311,6 +312,12 @@ private struct Validator {
                 } else {
                     throw fail(["budgets", "on_exhausted"], "must be \"reject\" or \"downgrade:MODEL\"")
                 }
+            }
+            if let u = rb.unpriced {
+                guard let v = SidecarConfiguration.Budgets.Unpriced(rawValue: u) else {
+                    throw fail(["budgets", "unpriced"], "must be \"reject\" or \"allow\"")
+                }
+                b.unpriced = v
             }
             configuration.budgets = b
         }

@@ -31,6 +31,16 @@ public struct SidecarConfiguration: Sendable, Equatable {
             case downgrade(String)
         }
         public var onExhausted: OnExhausted = .reject
+        /// What a request for a model without a price does under a budget (it cannot be priced,
+        /// so it could spend past the budget unseen).
+        public enum Unpriced: String, Sendable, Equatable {
+            /// 400 `model_not_priced`, naming the model and the `[prices]` key to add. The default.
+            case reject
+            /// Sent, reserving and settling $0; logged once per model and counted in
+            /// `llm_sidecar_unpriced_requests_total`.
+            case allow
+        }
+        public var unpriced: Unpriced = .reject
         public init() {}
     }
 
@@ -110,6 +120,17 @@ public struct SidecarConfiguration: Sendable, Equatable {
 
     /// The price table: built-in defaults with the file's `[prices]` on top.
     public var priceTable: PriceTable { PriceTable(overrides: prices) }
+
+    /// With a budget set: every model a deployment (or `on_exhausted = "downgrade:MODEL"`) sends
+    /// that has no price, sorted. Such requests cannot be reserved against the budget, so
+    /// `check-config` and start-up warn about each (`budgets.unpriced` decides what they do).
+    public var unpricedModelsUnderBudget: [String] {
+        guard !budgets.limits.isEmpty else { return [] }
+        let table = priceTable
+        var names = Set(models.flatMap { $0.deployments.map(\.model) })
+        if case .downgrade(let target) = budgets.onExhausted, modelGroup(named: target) == nil { names.insert(target) }
+        return names.filter { table.price(of: $0) == nil }.sorted()
+    }
 
     public func upstream(named name: String) -> Upstream? { upstreams.first { $0.name == name } }
 

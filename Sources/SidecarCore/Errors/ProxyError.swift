@@ -20,7 +20,7 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
         case badRequest, payloadTooLarge, notFound, methodNotAllowed, forbidden
         case upstreamConnect, upstreamTLS, upstreamClosed, upstreamProtocol, upstreamTimeout(Timeout)
         case poolExhausted, shuttingDown, internalError
-        case modelNotFound, deploymentsBusy, rateLimited, budgetExceeded
+        case modelNotFound, deploymentsBusy, rateLimited, budgetExceeded, modelNotPriced
     }
 
     private let code: Code
@@ -71,6 +71,12 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
         }
         return .init(.modelNotFound, "The model `\(model.prefix(200))` does not exist: no [[models]] group is named so, and there is no server.default_upstream")
     }
+    /// A request for a model without a price while a budget is set (`budgets.unpriced = "reject"`):
+    /// it cannot be reserved against the budget, so it is not sent.
+    public static func modelNotPriced(_ model: String) -> ProxyError {
+        let m = model.prefix(200)
+        return .init(.modelNotPriced, "The model `\(m)` has no price and a budget is set ([budgets]), so its cost cannot be reserved; it was not sent. Add [prices.\"\(m)\"] with input_per_mtok and output_per_mtok, or set budgets.unpriced = \"allow\"")
+    }
     /// A request that would overshoot a `[budgets]` cap.
     public static func budgetExceeded(_ refusal: BudgetLedger.Refusal) -> ProxyError {
         let which: String
@@ -98,7 +104,7 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
         case .upstreamConnect, .upstreamTLS, .upstreamClosed, .upstreamProtocol: return .upstream
         case .upstreamTimeout(let t): return t == .poolQueue ? .internal : .upstream
         case .poolExhausted, .shuttingDown, .internalError: return .internal
-        case .modelNotFound: return .client
+        case .modelNotFound, .modelNotPriced: return .client
         case .rateLimited, .budgetExceeded: return .client
         case .deploymentsBusy: return .internal
         }
@@ -117,6 +123,7 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
         case .poolExhausted, .shuttingDown: return 503
         case .internalError: return 500
         case .modelNotFound: return 404
+        case .modelNotPriced: return 400
         case .deploymentsBusy, .rateLimited, .budgetExceeded: return 429
         }
     }
@@ -159,6 +166,7 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
         case .deploymentsBusy: return "deployments_busy"
         case .rateLimited: return "rate_limit_exceeded"
         case .budgetExceeded: return "budget_exceeded"
+        case .modelNotPriced: return "model_not_priced"
         }
     }
 

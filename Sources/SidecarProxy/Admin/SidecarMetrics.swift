@@ -29,6 +29,20 @@ final class SidecarMetrics: Sendable {
     private let retries: CounterFamily
     private let deploymentInFlight: MeterFamily
     private let deploymentEjected: MeterFamily
+    /// `llm_sidecar_unpriced_requests_total{outcome}`: requests for a model without a price under
+    /// a budget, "rejected" or "allowed" (`budgets.unpriced`). The model is logged, not labelled.
+    private let unpricedRequests: CounterFamily
+    /// Unpriced models already logged (bounded: a client naming endless models cannot grow it).
+    private let unpricedLogged = NIOLockedValueBox<Set<String>>([])
+
+    /// Counts an unpriced request; true the first time `model` is seen (the caller logs it then).
+    func unpriced(_ outcome: String, model: String) -> Bool {
+        unpricedRequests[outcome].increment()
+        return unpricedLogged.withLockedValue { seen in
+            guard seen.count < 1_000 else { return false }
+            return seen.insert(model).inserted
+        }
+    }
 
     /// A deployment's in-flight requests and whether it is ejected (1) or not (0), by `UPSTREAM/MODEL`.
     func deployment(_ name: String, inFlight: Int, ejected: Bool) {
@@ -63,6 +77,8 @@ final class SidecarMetrics: Sendable {
         retries = CounterFamily(label: "llm_sidecar_routing_retries_total", dimension: "reason", factory: factory)
         deploymentInFlight = MeterFamily(label: "llm_sidecar_deployment_in_flight", dimension: "deployment", factory: factory)
         deploymentEjected = MeterFamily(label: "llm_sidecar_deployment_ejected", dimension: "deployment", factory: factory)
+        unpricedRequests = CounterFamily(label: "llm_sidecar_unpriced_requests_total", dimension: "outcome", factory: factory)
+        for outcome in ["rejected", "allowed"] { _ = unpricedRequests[outcome] }  // exported at 0 from the start
     }
 
     func cacheResult(_ label: String) { cacheResults[label]?.increment() }

@@ -56,6 +56,7 @@ public enum SidecarApplication {
             "upstreams": "\(configuration.upstreams.map { "\($0.name)=\($0.url)" }.joined(separator: ","))",
         ])
 
+        warnUnpriced(configuration, logger: logger)
         let address = server.localAddress.map(Self.describe) ?? configuration.server.listen.description
         notifier.ready(status: "serving on \(address)")
         let housekeeping = Task {
@@ -82,6 +83,7 @@ public enum SidecarApplication {
                     }
                     let next = try reloadConfiguration()
                     try server.reload(configuration: next, apiKeys: try APIKeys.resolve(next, environment: environment))
+                    warnUnpriced(next, logger: logger)
                     notifier.ready(status: "serving on \(address) (reloaded)")
                 } catch {
                     logger.error("reload refused; the previous configuration keeps serving", metadata: ["reason": "\(error)"])
@@ -103,6 +105,16 @@ public enum SidecarApplication {
 }
 
 extension SidecarApplication {
+    /// One warning per deployment model without a price while a budget is set.
+    static func warnUnpriced(_ configuration: SidecarConfiguration, logger: Logger) {
+        for model in configuration.unpricedModelsUnderBudget {
+            logger.warning("model has no price while [budgets] is set", metadata: [
+                "model": "\(model)", "fix": "add [prices.\"\(model)\"]",
+                "budgets.unpriced": "\(configuration.budgets.unpriced.rawValue)",
+            ])
+        }
+    }
+
     static func describe(_ address: SocketAddress) -> String {
         switch address {
         case .v4: return "\(address.ipAddress ?? "?"):\(address.port ?? 0)"

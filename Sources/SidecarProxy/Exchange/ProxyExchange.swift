@@ -209,6 +209,22 @@ final class ProxyExchange: UpstreamResponseDelegate {
         var bytes: [UInt8] = []
         bytes.reserveCapacity(bodyBytes)
         for part in body { bytes += part.readableBytesView }
+        if budget != nil, clientHead.method == .POST {
+            // The whole body, as the upstream will read it, prices the reservation (never a sniff
+            // of the first read: the model may come after a long `messages`).
+            switch PricedRequest.read(bytes) {
+            case .success(let priced):
+                requestModel = priced.model
+                requestMaxTokens = priced.maxTokens
+                if downstream.accessLogOn { downstream.access.model = priced.model }
+            case .failure:
+                cacheState = nil
+                return fail(.badRequest("the request body is not strict JSON (a repeated key, or a value the sidecar cannot read), so its cost cannot be reserved against [budgets]; it was not sent"))
+            }
+        } else if requestModel == nil, accounting != nil || downstream.accessLogOn {
+            requestModel = Self.topLevelString("model", in: bytes)
+            if downstream.accessLogOn { downstream.access.model = requestModel }
+        }
         if !routes.isEmpty {
             let model = Self.topLevelString("model", in: bytes)
             if let model, let r = routes[model] {
@@ -746,10 +762,10 @@ final class ProxyExchange: UpstreamResponseDelegate {
                 cacheState = nil
                 metrics.cacheResult("bypass")
                 c.cache.count(model: "-") { $0.bypasses += 1 }
-                if routes.isEmpty {
+                if routes.isEmpty, budget == nil {
                     phase = .done
                     lease(fresh: false)
-                }  // else routing still needs the whole body to read its model
+                }  // else routing needs the whole body to read its model, and a budget to price it
             }
             return
         }
@@ -959,6 +975,20 @@ final class ProxyExchange: UpstreamResponseDelegate {
             let price = prices.price(of: billedModel(for: model) ?? "")
             return budget.reserve(BudgetLedger.estimate(bodyBytes: bodyBytes, maxTokens: maxTokens, price: price), client: client,
                                   limits: budgets.limits, now: now)
+        }
+        if let model = requestModel, prices.price(of: billedModel(for: model) ?? model) == nil {
+            // No price: the reservation would be $0 and the spend unseen by the budget.
+            let allow = budgets.unpriced == .allow
+            if metrics.unpriced(allow ? "allowed" : "rejected", model: model) {
+                logger?.warning("request for a model without a price under a budget", metadata: [
+                    "model": "\(model.prefix(200))", "budgets.unpriced": "\(budgets.unpriced.rawValue)",
+                    "fix": "add [prices.\"\(model.prefix(200))\"]"])
+            }
+            if !allow {
+                cacheState = nil
+                fail(.modelNotPriced(model))
+                return false
+            }
         }
         switch attempt(requestModel) {
         case .success(let r):
