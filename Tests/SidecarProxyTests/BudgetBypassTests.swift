@@ -137,3 +137,41 @@ final class BudgetBypassTests: XCTestCase {
         XCTAssertFalse(r.stderr.contains(#""gpt-4o-mini""#), "priced by the built-in table: \(r.stderr)")
     }
 }
+
+extension BudgetBypassTests {
+    /// Spend that cannot be read back at start closes the budgets (503, and /readyz says why)
+    /// instead of restarting them from $0; they open by themselves once the database is readable.
+    func testSpendThatCannotBeRestoredClosesTheBudgetsUntilItCan() async throws {
+        let upstream = try await FakeUpstream.start()
+        defer { Task { await upstream.stop() } }
+        let dir = ProxyHarness.temporaryDirectory()
+        let path = dir + "/cache.sqlite3"
+        try Data(repeating: 0x42, count: 64 * 1024).write(to: URL(fileURLWithPath: path))  // not a database
+        let harness = try await ProxyHarness(upstreamURL: upstream.url, cachePath: path, configure: { c in
+            c.prices[Self.model] = .init(inputPerMTok: 0, outputPerMTok: Self.outputPerMTok)
+            c.budgets.limits.dailyUSD = 1
+        })
+        defer { Task { await harness.stop() } }
+        let body = #"{"model":"\#(Self.model)","max_tokens":28,"messages":[]}"#
+        let refused = try await harness.request(body: body)
+        XCTAssertEqual(refused.status, 503, refused.body)
+        XCTAssertEqual(openAIError(refused.body)?.code, "budget_unavailable")
+        XCTAssertTrue(openAIError(refused.body)?.message.contains("spend could not be restored") == true, refused.body)
+        XCTAssertEqual(upstream.requests.count, 0)
+        let ready = try await harness.request("GET", "/readyz")
+        XCTAssertEqual(ready.status, 503)
+        XCTAssertTrue(ready.body.contains("spend could not be restored"), ready.body)
+
+        // The file becomes usable: the database reopens (every 5 s) and the budgets open.
+        try FileManager.default.removeItem(atPath: path)
+        let deadline = Date() + 30
+        var status = 0
+        while Date() < deadline {
+            status = try await harness.request("GET", "/readyz").status
+            if status == 200 { break }
+            try await Task.sleep(for: .milliseconds(200))  // polling a condition, not waiting for time
+        }
+        XCTAssertEqual(status, 200, "budgets reopened once spend could be read")
+        try await expectEqual(try await harness.request(body: body).status, 200)
+    }
+}

@@ -20,7 +20,7 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
         case badRequest, payloadTooLarge, notFound, methodNotAllowed, forbidden
         case upstreamConnect, upstreamTLS, upstreamClosed, upstreamProtocol, upstreamTimeout(Timeout)
         case poolExhausted, shuttingDown, internalError
-        case modelNotFound, deploymentsBusy, rateLimited, budgetExceeded, modelNotPriced
+        case modelNotFound, deploymentsBusy, rateLimited, budgetExceeded, modelNotPriced, budgetUnavailable
     }
 
     private let code: Code
@@ -77,6 +77,8 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
         let m = model.prefix(200)
         return .init(.modelNotPriced, "The model `\(m)` has no price and a budget is set ([budgets]), so its cost cannot be reserved; it was not sent. Add [prices.\"\(m)\"] with input_per_mtok and output_per_mtok, or set budgets.unpriced = \"allow\"")
     }
+    /// Spend could not be restored at start, so no budget can be checked: nothing is sent.
+    public static func budgetUnavailable(_ why: String) -> ProxyError { .init(.budgetUnavailable, why) }
     /// A request that would overshoot a `[budgets]` cap.
     public static func budgetExceeded(_ refusal: BudgetLedger.Refusal) -> ProxyError {
         let which: String
@@ -103,7 +105,7 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
         case .badRequest, .payloadTooLarge, .notFound, .methodNotAllowed, .forbidden: return .client
         case .upstreamConnect, .upstreamTLS, .upstreamClosed, .upstreamProtocol: return .upstream
         case .upstreamTimeout(let t): return t == .poolQueue ? .internal : .upstream
-        case .poolExhausted, .shuttingDown, .internalError: return .internal
+        case .poolExhausted, .shuttingDown, .internalError, .budgetUnavailable: return .internal
         case .modelNotFound, .modelNotPriced: return .client
         case .rateLimited, .budgetExceeded: return .client
         case .deploymentsBusy: return .internal
@@ -120,7 +122,7 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
         case .payloadTooLarge: return 413
         case .upstreamConnect, .upstreamTLS, .upstreamClosed, .upstreamProtocol: return 502
         case .upstreamTimeout(let t): return t == .poolQueue ? 503 : 504
-        case .poolExhausted, .shuttingDown: return 503
+        case .poolExhausted, .shuttingDown, .budgetUnavailable: return 503
         case .internalError: return 500
         case .modelNotFound: return 404
         case .modelNotPriced: return 400
@@ -167,6 +169,7 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
         case .rateLimited: return "rate_limit_exceeded"
         case .budgetExceeded: return "budget_exceeded"
         case .modelNotPriced: return "model_not_priced"
+        case .budgetUnavailable: return "budget_unavailable"
         }
     }
 
@@ -174,6 +177,7 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
     public var retryAfterSeconds: Int? {
         switch code {
         case .poolExhausted, .shuttingDown, .deploymentsBusy: return 1
+        case .budgetUnavailable: return 5
         case .upstreamTimeout(.poolQueue): return 1
         default: return nil
         }

@@ -968,6 +968,11 @@ final class ProxyExchange: UpstreamResponseDelegate {
     /// goes as MODEL instead, if that fits. False when the request was answered here.
     private func reserveBudget() -> Bool {
         guard let budget else { return true }
+        if let why = budget.unavailable {
+            cacheState = nil
+            fail(.budgetUnavailable(why))
+            return false
+        }
         let maxTokens = requestMaxTokens
         let client = downstream.scope(of: clientHead.headers)
         let now = accounting?.clock() ?? Int64(Date().timeIntervalSince1970)

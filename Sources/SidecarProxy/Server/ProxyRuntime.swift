@@ -114,6 +114,14 @@ final class ClientLimits: Sendable {
 /// reload changes the limits, never what was spent).
 final class BudgetBox: Sendable {
     private let ledger = NIOLockedValueBox(BudgetLedger())
+    /// Why spend could not be restored from the database, while it cannot: budgets are then
+    /// closed (a budget that restarted from $0 could be spent twice over), never silently reset.
+    private let problem = NIOLockedValueBox<String?>(nil)
+
+    /// Non-nil while budgets are closed because spend was not restored.
+    var unavailable: String? { problem.withLockedValue { $0 } }
+
+    func close(_ why: String) { problem.withLockedValue { $0 = why } }
 
     func reserve(_ amount: Double, client: String, limits: BudgetLedger.Limits, now: Int64) -> Result<BudgetLedger.Reservation, BudgetLedger.RefusalError> {
         let day = ResponseCache.day(now)
@@ -126,6 +134,7 @@ final class BudgetBox: Sendable {
 
     func load(day: String, spentDay: Double, spentMonth: Double, clients: [String: Double]) {
         ledger.withLockedValue { $0.load(day: day, month: UTCDay.month(ofDay: day), spentDay: spentDay, spentMonth: spentMonth, clients: clients) }
+        problem.withLockedValue { $0 = nil }
     }
 
     var totals: (day: Double, month: Double, reservedDay: Double, reservedMonth: Double) { ledger.withLockedValue { $0.totals } }

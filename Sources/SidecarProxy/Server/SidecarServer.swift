@@ -72,15 +72,19 @@ public final class SidecarServer: Sendable {
             runtime: ProxyRuntime(configuration: configuration, groups: groups, adminToken: adminToken), metrics: metrics, logger: logger, cache: cache)
         if let cache {
             // Budgets survive restarts: today's and this month's spend come back from the database.
-            let now = cache.clock()
-            let today = ResponseCache.day(now)
-            if let (day, month) = try? await cache.database.run({ store in
-                (try store.spend(since: today), try store.spend(since: UTCDay.firstOfMonth(ofDay: today)))
-            }) {
-                var clients: [String: Double] = [:]
-                for (k, v) in day { clients[k.client, default: 0] += v.usd }
-                state.budget.load(day: today, spentDay: day.values.reduce(0) { $0 + $1.usd }, spentMonth: month.values.reduce(0) { $0 + $1.usd }, clients: clients)
+            // When it cannot be read, budgets stay closed (and it is tried again) rather than
+            // restarting from $0.
+            do {
+                try await Self.restoreSpend(cache, into: state.budget)
+            } catch {
+                state.budget.close("spend could not be restored from the cache database at start (\(error)); budgets are closed until it can be read")
+                let budgeted = !configuration.budgets.limits.isEmpty
+                logger.log(level: budgeted ? .error : .warning, "spend not restored from the cache database: budgets closed until it can be read", metadata: [
+                    "reason": "\(error)", "retry": "every 5 s", "effect": "\(budgeted ? "requests under [budgets] get 503 budget_unavailable" : "none while no [budgets] are set")"])
+                Self.retryRestore(cache, state: state, on: loops[0], logger: logger)
             }
+        } else if !configuration.budgets.limits.isEmpty {
+            logger.warning("[budgets] are set but the cache is off: spend is kept in memory only and starts from $0 at every restart")
         }
         let budgetSpent = (day: Metrics.Meter(label: "llm_sidecar_budget_spent_usd", dimensions: [("period", "day")], factory: metrics.factory),
                            month: Metrics.Meter(label: "llm_sidecar_budget_spent_usd", dimensions: [("period", "month")], factory: metrics.factory))
