@@ -87,11 +87,21 @@ final class ProxyExchange: UpstreamResponseDelegate {
     private var firstBodyAt: NIODeadline?
     private var isStream = false
     private var phase: Phase {
-        didSet { if case .done = phase { retainedWhileDetached = nil } }
+        didSet { if case .done = phase, retainedWhileDetached != nil { releaseRetentionIfStillDone() } }
     }
     /// A detached leader is referenced by nobody else (the upstream connection's delegate is weak):
     /// it keeps itself alive until its answer is complete.
     private var retainedWhileDetached: ProxyExchange?
+
+    /// Lets a detached leader go once it has stayed `.done` to the end of the current event.
+    /// Not at once: a stale-connection replay, a retry on another deployment, or a rate or queue
+    /// wait pass through `.done` on their way to the next phase, and a leader released there was
+    /// freed holding a leased connection while its followers waited forever.
+    private func releaseRetentionIfStillDone() {
+        downstream.eventLoop.assumeIsolated().execute { [self] in
+            if case .done = phase { retainedWhileDetached = nil }
+        }
+    }
     /// Body parts received so far, kept (by reference, not copied) until the response starts so
     /// that a request that hit a stale keep-alive connection can be replayed once. Only the first
     /// `maxReplayBytes` are kept: a larger body is streamed without a replay safety net.
