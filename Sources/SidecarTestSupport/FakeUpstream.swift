@@ -18,6 +18,7 @@ import SidecarTLS
 /// | `x-fake-body-delay-ms: N` | send the head, wait N ms, then the body |
 /// | `x-fake-close: 1` | answer with `Connection: close` and close |
 /// | `x-fake-reset: 1` | close the connection without answering |
+/// | `x-fake-body: TEXT` | answer with TEXT as the body |
 /// | `x-fake-keep-alive: timeout=N` | send that `Keep-Alive` header |
 /// | `x-fake-events: N`, `x-fake-interval-ms: M` | SSE: N chunks, M ms apart |
 /// | `x-fake-cut-after: K` | SSE: close the connection after K events (no `[DONE]`) |
@@ -256,7 +257,7 @@ final class FakeUpstreamHandler: ChannelInboundHandler {
             }
         }
         let responseStatus = (status == 200 && json.hasPrefix(#"{"error""#)) ? 404 : status
-        let buffer = ByteBuffer(string: json)
+        let buffer = ByteBuffer(string: h.first(name: "x-fake-body") ?? json)
         headers.add(name: "content-type", value: "application/json")
         if h.first(name: "x-fake-chunked") == nil { headers.add(name: "content-length", value: String(buffer.readableBytes)) }
         if responseStatus == 204 || responseStatus == 304 { headers.remove(name: "content-length") }

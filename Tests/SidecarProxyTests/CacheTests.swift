@@ -101,6 +101,23 @@ final class CacheTests: XCTestCase {
         try await expectEqual(try await post().header("x-sidecar-cache"), "hit")
     }
 
+    /// Every bypass is counted in /stats as in /metrics: requests that are not cache candidates
+    /// (GET /v1/models, other paths) were counted only in /metrics (issue 11, item 11).
+    func testEveryBypassIsCountedInStatsAsInMetrics() async throws {
+        try await start()
+        for body in ["not json", #"{"model":"gpt-4o-mini","temperature":0,"temperature":0,"messages":[]}"#] {
+            try await expectEqual(try await post(body).header("x-sidecar-cache"), "bypass")
+        }
+        try await expectEqual(try await harness.request("GET", "/v1/models").header("x-sidecar-cache"), "bypass")
+        try await expectEqual(try await post(path: "/v1/audio/speech").header("x-sidecar-cache"), "bypass")
+        await harness.server.flushCache()
+        let report = try await stats()
+        let totals = try XCTUnwrap(report["totals"] as? [String: Any])
+        XCTAssertEqual(totals["bypasses"] as? Int, 4, "\(totals)")
+        let metrics = try await harness.request("GET", "/metrics").body
+        XCTAssertTrue(metrics.contains(#"llm_sidecar_cache_requests_total{result="bypass"} 4"#), metrics)
+    }
+
     func testSampledRequestsAndCacheControlBypass() async throws {
         try await start()
         let sampled = #"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#

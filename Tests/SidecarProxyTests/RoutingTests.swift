@@ -78,6 +78,25 @@ final class RoutingTests: XCTestCase {
         XCTAssertTrue(list.body.contains(#""id":"m""#), list.body)
     }
 
+    /// The merged model list never fails silently: an upstream list that cannot be read is a 502
+    /// naming the cause (it was an empty 200), and the list is asked for unencoded (issue 11, item 11).
+    func testAModelListThatCannotBeMergedIsAnErrorNotAnEmptyAnswer() async throws {
+        try await start(1, models: [.init(name: "team-model", deployments: [.init(upstream: "a", model: "gpt-4o-mini")])])
+        for body in ["not json", #"{"object":"list"}"#, #"[1,2]"#] {
+            let r = try await harness.request("GET", "/v1/models", headers: [("x-fake-body", body)])
+            XCTAssertEqual(r.status, 502, "\(body): \(r.body)")
+            XCTAssertEqual(openAIError(r.body)?.code, "upstream_invalid_response")
+            XCTAssertTrue(openAIError(r.body)?.message.contains("/v1/models") == true, r.body)
+        }
+        let ok = try await harness.request("GET", "/v1/models", headers: [("accept-encoding", "gzip, br")])
+        XCTAssertEqual(ok.status, 200)
+        XCTAssertTrue(ok.body.contains(#""id":"team-model""#), ok.body)
+        let sent = try XCTUnwrap(upstreams[0].requests.last)
+        XCTAssertFalse(sent.headers.contains { $0.0.lowercased() == "accept-encoding" }, "\(sent.headers)")
+        let metrics = try await harness.request("GET", "/metrics").body
+        XCTAssertTrue(metrics.contains(#"llm_sidecar_errors_total{code="upstream_invalid_response"} 3"#), metrics)
+    }
+
     func testWeightedLeastConnectionsSharesSlowRequestsByWeight() async throws {
         try await start(2, models: [.init(name: "g", deployments: [
             .init(upstream: "a", model: "g-a", weight: 3), .init(upstream: "b", model: "g-b", weight: 1),

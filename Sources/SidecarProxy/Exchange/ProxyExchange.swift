@@ -168,6 +168,9 @@ final class ProxyExchange: UpstreamResponseDelegate {
             phase = .collecting
         } else {
             metrics.cacheResult("bypass")
+            // Counted in /stats too (as model "-": the body is not read), so that /stats and
+            // /metrics count the same requests.
+            if let cache, cacheSettings.mode != .off { cache.count(model: "-") { $0.bypasses += 1 } }
             // Routing needs the body's model before it can choose where to send the request, and a
             // budget needs it (and max_tokens) to reserve the most the request can cost.
             if head.method == .POST, !routes.isEmpty || self.budget != nil { phase = .collecting }
@@ -292,6 +295,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
             method: c.method, path: c.path, modelGroup: c.model, scope: c.scope, parsed: parsed) else {
             cacheState = nil
             metrics.cacheResult("bypass")
+            c.cache.count(model: c.model) { $0.bypasses += 1 }  // /stats counts what /metrics counts
             return lease(fresh: false)
         }
         let key = CacheKey(digest: SHA256.hash(material))
@@ -869,11 +873,14 @@ final class ProxyExchange: UpstreamResponseDelegate {
         let names = routes.keys.sorted()
         if defaultGroup != nil {
             modelsToMerge = names
+            // The list is read and rewritten here: ask for it unencoded.
+            upstreamHead.headers.remove(name: "accept-encoding")
             return false
         }
         phase = .done
         responseStarted = true
-        let body = ByteBuffer(bytes: Self.mergeModels(names, into: nil))
+        // Our own list of plain strings always serialises.
+        let body = ByteBuffer(bytes: Self.mergeModels(names, into: nil) ?? Array(#"{"object":"list","data":[]}"#.utf8))
         var headers = HTTPHeaders()
         headers.add(name: "content-type", value: "application/json")
         headers.add(name: "content-length", value: String(body.readableBytes))
@@ -884,16 +891,22 @@ final class ProxyExchange: UpstreamResponseDelegate {
         return true
     }
 
-    /// An OpenAI model list with `names` added (those not already listed), after `upstream`'s.
-    static func mergeModels(_ names: [String], into upstream: [UInt8]?) -> [UInt8] {
-        var object = upstream.flatMap { try? JSONSerialization.jsonObject(with: Data($0)) as? [String: Any] } ?? ["object": "list"]
+    /// An OpenAI model list with `names` added (those not already listed), after `upstream`'s;
+    /// nil when `upstream` is not a JSON object with a `data` array (the caller answers 502).
+    static func mergeModels(_ names: [String], into upstream: [UInt8]?) -> [UInt8]? {
+        var object: [String: Any] = ["object": "list"]
+        if let upstream {
+            guard let parsed = try? JSONSerialization.jsonObject(with: Data(upstream)) as? [String: Any],
+                  parsed["data"] is [[String: Any]] else { return nil }
+            object = parsed
+        }
         var data = object["data"] as? [[String: Any]] ?? []
         let present = Set(data.compactMap { $0["id"] as? String })
         for name in names where !present.contains(name) {
             data.append(["id": name, "object": "model", "created": 0, "owned_by": "llm-sidecar"])
         }
         object["data"] = data
-        return Array((try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data())
+        return (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])).map(Array.init)
     }
 
     func upstreamResponseBody(_ body: ByteBuffer) {
@@ -959,7 +972,13 @@ final class ProxyExchange: UpstreamResponseDelegate {
             cacheState = nil
         }
         if var head = heldHead, let names = modelsToMerge {
-            let merged = ByteBuffer(bytes: Self.mergeModels(names, into: heldBody))
+            heldHead = nil
+            guard let list = Self.mergeModels(names, into: heldBody) else {
+                // Nothing was written to the client yet: it gets a proper error, not an empty 200.
+                responseStarted = false
+                return answer(.upstreamProtocol("the default upstream's GET /v1/models answer is not a JSON model list (an object with a `data` array), so the [[models]] groups could not be added to it"))
+            }
+            let merged = ByteBuffer(bytes: list)
             head.headers.remove(name: "transfer-encoding")
             head.headers.replaceOrAdd(name: "content-length", value: String(merged.readableBytes))
             downstream.writeResponseHead(head)
