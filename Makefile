@@ -40,8 +40,17 @@ bench-deps:
 build: deps
 	$(SWIFT) build -c release --product llm-sidecar
 
+# With the shipped configuration and no OPENAI_API_KEY, the daemon still starts: the upstream key
+# line is dropped from a copy, so each client's own Authorization header passes through.
+DEFAULT_CONFIG := etc/llm-sidecar/config.toml
+RUN_CONFIG := .build/config.without-key.toml
 run: build
-	$(BIN) serve --config $(CONFIG)
+	@if [ "$(CONFIG)" = "$(DEFAULT_CONFIG)" ] && [ -z "$$OPENAI_API_KEY" ]; then \
+		echo "make run: OPENAI_API_KEY is not set: serving without an upstream key; clients' own keys pass through"; \
+		sed '/^api_key_env[[:space:]]*=/d' $(DEFAULT_CONFIG) > $(RUN_CONFIG); \
+		exec $(BIN) serve --config $(RUN_CONFIG); \
+	fi; \
+	exec $(BIN) serve --config $(CONFIG)
 
 # The tests parse /metrics with Prometheus' own Python parser and call the sidecar with the
 # official `openai` client, from a venv of our own (the stamp names what is installed).
