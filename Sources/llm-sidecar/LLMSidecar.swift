@@ -52,7 +52,7 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: "Forward to this upstream URL with no configuration file, e.g. https://api.openai.com.")
     var upstream: String?
 
-    @Option(name: .long, help: "Event-loop threads (overrides server.threads; default one per core).")
+    @Option(name: .long, help: "Event-loop threads (overrides server.threads; default: the CPUs this process may use, by affinity mask and cgroup quota).")
     var threads: Int?
 
     func run() async throws {

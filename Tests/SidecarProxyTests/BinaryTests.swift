@@ -57,6 +57,20 @@ final class BinaryTests: XCTestCase {
         XCTAssertEqual(p.terminationStatus, 0)
     }
 
+    /// `threads` defaults to the CPUs the process may run on: pinned to one CPU, one event loop
+    /// (it was the machine's core count, so pinned loops took turns on one CPU).
+    func testDefaultThreadsFollowTheAffinityMask() async throws {
+        let upstream = try await FakeUpstream.start()
+        defer { Task { await upstream.stop() } }
+        let args = ["serve", "--upstream", upstream.url, "--listen", "127.0.0.1:0"]
+        let pinned = try LaunchedSidecar.launch(args, wrapper: ["/usr/bin/taskset", "-c", "0"])
+        let line = pinned.lines.waitFor("listening", seconds: 1) ?? ""
+        kill(pinned.process.processIdentifier, SIGTERM)
+        pinned.process.waitUntilExit()
+        XCTAssertTrue(line.contains("threads=1"), line)
+        XCTAssertEqual(pinned.process.terminationStatus, 0)
+    }
+
     func testVersion() throws {
         let r = try run(["version"])
         XCTAssertEqual(r.status, 0)
@@ -120,10 +134,12 @@ struct LaunchedSidecar {
     let lines: LineReader
     let port: Int
 
-    static func launch(_ arguments: [String], environment: [String: String] = [:]) throws -> LaunchedSidecar {
+    /// - Parameter wrapper: a command the daemon runs under, e.g. `["/usr/bin/taskset", "-c", "0"]`.
+    static func launch(_ arguments: [String], environment: [String: String] = [:], wrapper: [String] = []) throws -> LaunchedSidecar {
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: BinaryTests.binary)
-        p.arguments = arguments
+        let command = wrapper + [BinaryTests.binary] + arguments
+        p.executableURL = URL(fileURLWithPath: command[0])
+        p.arguments = Array(command.dropFirst())
         // A private state directory, so the default cache path is never the tester's own.
         p.environment = ["PATH": "/usr/bin:/bin", "XDG_STATE_HOME": ProxyHarness.temporaryDirectory()].merging(environment) { $1 }
         let err = Pipe()

@@ -142,7 +142,7 @@ public struct SidecarConfiguration: Sendable, Equatable {
         public var defaultUpstream: String?
         /// Largest request body accepted; larger gets 413. Default 32 MiB.
         public var maxBodyBytes: Int = 32 << 20
-        /// Event-loop threads. Default: one per core.
+        /// Event-loop threads. Default: the CPUs the process may use (`CPUAllowance`).
         public var threads: Int?
         /// How long a client keep-alive connection may sit idle. Default 75 s (nginx's default).
         public var clientIdleTimeout: TimeAmount = .seconds(75)

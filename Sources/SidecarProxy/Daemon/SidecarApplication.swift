@@ -38,7 +38,7 @@ public enum SidecarApplication {
             source.resume()
             sources.append(source)
         }
-        let threads = configuration.server.threads ?? System.coreCount
+        let threads = configuration.server.threads ?? CPUAllowanceReader.defaultThreads()
         let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
         let notifier = SystemdNotifier(environment: environment)
         let inherited = SystemdNotifier.inheritedListener(environment: environment)
