@@ -267,6 +267,15 @@ public final class ResponseCacheStore {
         return e
     }
 
+    /// The first 8 bytes of every stored key, big-endian (`CacheKey.w0`), expired ones included:
+    /// what the in-memory `StoredKeyIndex` is rebuilt from.
+    public func keyPrefixes() throws -> [UInt64] {
+        let statement = try connection.prepare("SELECT substr(key, 1, 8) FROM responses")
+        var out: [UInt64] = []
+        while try statement.step() { out.append(statement.blob(0).reduce(0) { $0 << 8 | UInt64($1) }) }
+        return out
+    }
+
     /// Deletes up to `limit` expired entries; returns how many. Small batches keep each write
     /// transaction short, so serving never stalls behind housekeeping.
     @discardableResult

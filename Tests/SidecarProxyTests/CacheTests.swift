@@ -372,3 +372,29 @@ extension CacheTests {
         try await expectEqual(try await post().header("x-sidecar-cache"), "miss", "neither memory nor SQLite serves a purged answer")
     }
 }
+
+extension CacheTests {
+    /// The in-memory key index follows the database: it learns each stored answer, forgets
+    /// purged ones at the next flush, and a restart reads it back (issue 10, item 4).
+    func testTheKeyIndexFollowsTheDatabase() async throws {
+        func indexed() async throws -> Int? { (try await stats()["cache"] as? [String: Any])?["indexed_keys"] as? Int }
+        try await start()
+        _ = try await post()
+        _ = try await post(#"{"model":"gpt-4o-mini","temperature":0,"messages":[{"role":"user","content":"two"}]}"#)
+        await harness.server.flushCache()
+        try await expectEqual(try await indexed(), 2)
+        let other = try ResponseCacheStore(path: cachePath)  // as `llm-sidecar cache purge` does
+        XCTAssertEqual(try other.purge(model: nil, createdBefore: nil), 2)
+        await harness.server.flushCache()
+        try await expectEqual(try await indexed(), 0)
+        try await expectEqual(try await post().header("x-sidecar-cache"), "miss")
+        await harness.server.flushCache()
+        try await expectEqual(try await indexed(), 1)
+        // A restart serves what is stored: the index starts unknown ("maybe") and is read back.
+        await harness.stop()
+        try await start(path: cachePath)
+        try await expectEqual(try await post().header("x-sidecar-cache"), "hit")
+        await harness.server.flushCache()
+        try await expectEqual(try await indexed(), 1)
+    }
+}

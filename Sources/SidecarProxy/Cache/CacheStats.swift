@@ -152,6 +152,8 @@ extension ResponseCache {
                 "database_state": dbState,
                 "memory": ["entries": hot.entries, "bytes": hot.bytes, "max_bytes": hot.capacity] as [String: any Sendable],
                 "flights_in_progress": flightsInProgress,
+                // Keys the in-memory index says the database may hold (-1: not read yet).
+                "indexed_keys": indexedKeys ?? -1,
             ])
     }
 }

@@ -49,6 +49,8 @@ final class ResponseCache: Sendable {
     let clock: @Sendable () -> Int64
     private let settingsBox: NIOLockedValueBox<SidecarConfiguration.Cache>
     private let hot: NIOLockedValueBox<LRUCache<CacheKey, CachedAnswer>>
+    /// Keys the database may hold: a key it certainly does not hold skips the SQLite read.
+    private let stored = NIOLockedValueBox(StoredKeyIndex())
     private let flights = NIOLockedValueBox<[CacheKey: Flight]>([:])
     private let pending = NIOLockedValueBox(Pending())
     private let housekeeping = NIOLockedValueBox<(task: RepeatedTask?, ticks: Int, generation: Int64?, loop: EventLoop?)>((nil, 0, nil, nil))
@@ -102,6 +104,18 @@ final class ResponseCache: Sendable {
             let t = p.touches[key] ?? (0, now)
             p.touches[key] = (t.count + 1, max(t.at, now))
         }
+    }
+
+    /// False when the database certainly does not hold `key` (then `diskLookup` is not needed).
+    func mayBeStored(_ key: CacheKey) -> Bool { stored.withLockedValue { $0.mayContain(key.w0) } }
+
+    /// Entries the in-memory key index knows; nil until it was first read from the database.
+    var indexedKeys: Int? { stored.withLockedValue { $0.count } }
+
+    /// On the database thread: the key index from what the database holds now.
+    private func rebuildIndex(_ store: ResponseCacheStore) throws {
+        let all = try store.keyPrefixes()
+        stored.withLockedValue { $0.replaceAll(all) }
     }
 
     /// The stored answer from SQLite (promoted to the hot tier), or nil on a miss or when the
@@ -270,6 +284,7 @@ final class ResponseCache: Sendable {
         guard !batch.isEmpty else { return }
         access.use { store in
             try store.put(batch)
+            stored.withLockedValue { index in for e in batch { index.insert(e.key.prefix(8).reduce(0) { $0 << 8 | UInt64($1) }) } }
             if try store.sizes().1 > maxBytes {
                 // Hit times first, so eviction sees the latest ones.
                 let touches = pending.withLockedValue { p -> [CacheKey: (count: Int64, at: Int64)] in
@@ -320,9 +335,13 @@ final class ResponseCache: Sendable {
                     return h.generation != nil && h.generation != generation
                 }
                 if changed { self.hot.withLockedValue { $0.removeAll() } }  // `cache purge` ran
-                if prune {
-                    try store.deleteExpired(now: now)
-                    if try store.sizes().1 > maxBytes { try store.evict(toFit: maxBytes) }
+                if prune || changed || self.indexedKeys == nil {
+                    if prune {
+                        try store.deleteExpired(now: now)
+                        if try store.sizes().1 > maxBytes { try store.evict(toFit: maxBytes) }
+                    }
+                    // Deleted keys leave the index (until now it only over-reports them).
+                    try self.rebuildIndex(store)
                 }
                 return true
             } ?? false

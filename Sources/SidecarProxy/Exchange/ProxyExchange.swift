@@ -326,6 +326,8 @@ final class ProxyExchange: UpstreamResponseDelegate {
             c.registered = true
             cacheState = c
             phase = .lookingUp
+            // A key the database certainly does not hold: a miss now, no trip to SQLite's thread.
+            guard c.cache.mayBeStored(key) else { return lookedUp(nil, now: now) }
             c.cache.diskLookup(key, now: now, on: downstream.eventLoop).assumeIsolated().whenSuccess { [self] answer in
                 self.lookedUp(answer, now: now)
             }
