@@ -112,6 +112,30 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
         }
     }
 
+    /// When a request that failed this way may be sent again: a property of the failure, so
+    /// that one policy (`RetryPolicy`) decides every retry.
+    public enum Retry: Sendable, Equatable {
+        /// Never: the client caused it, or the provider may already have the request (first-byte
+        /// and read timeouts, an invalid response: a POST that reached it may be billed).
+        case never
+        /// The provider never saw the request (connect, TLS, the pool's queue full or timed out,
+        /// a pool being retired): any deployment.
+        case beforeSending
+        /// The connection closed before any response byte: on a reused keep-alive connection
+        /// it is the known close race (one replay on a fresh connection is safe); otherwise the
+        /// deployment is failing and another may be tried.
+        case connectionClosed
+    }
+
+    public var retry: Retry {
+        switch code {
+        case .upstreamConnect, .upstreamTLS, .poolExhausted, .shuttingDown: return .beforeSending
+        case .upstreamTimeout(let t): return t == .connect || t == .tlsHandshake || t == .poolQueue ? .beforeSending : .never
+        case .upstreamClosed: return .connectionClosed
+        default: return .never
+        }
+    }
+
     /// The HTTP status the client receives.
     public var status: Int {
         switch code {

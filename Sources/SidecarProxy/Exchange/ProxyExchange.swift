@@ -725,7 +725,9 @@ final class ProxyExchange: UpstreamResponseDelegate {
                 // and the provider never saw it: safe to try another.
                 self.releaseSlot(error.source == .upstream ? .failure : .neutral)
                 self.phase = .done
-                if self.retryElsewhere(reason: "connect") { return }
+                if RetryPolicy.afterFailure(error, responseStarted: false, reusedConnection: false, replayedAlready: self.replayed,
+                                            bodyKept: self.replayable) == .tryElsewhere,
+                   self.retryElsewhere(reason: "connect") { return }
                 self.fail(error)
             }
         }
@@ -1113,10 +1115,13 @@ final class ProxyExchange: UpstreamResponseDelegate {
 
         guard case .forwarding(let lease) = phase else { return }
         pool?.release(lease.connection, reusable: false, keepAlive: nil)
-        // The server may close a keep-alive connection just as we reuse it. Nothing reached the
-        // provider's application then, so one replay on a fresh connection is safe; no other
-        // failure is replayed here (a POST that reached the provider may already be billed).
-        if beforeResponse, lease.reused, !replayed, replayable, Self.isStaleClose(error) {
+        // The server may close a keep-alive connection just as we reuse it: nothing reached the
+        // provider's application, so one replay on a fresh connection is safe. Closed, refused or
+        // broken before any response byte: another deployment may be tried. Nothing else is
+        // retried (a POST that reached the provider may already be billed).
+        let decision = RetryPolicy.afterFailure(error, responseStarted: !beforeResponse, reusedConnection: lease.reused,
+                                                replayedAlready: replayed, bodyKept: replayable)
+        if decision == .replayOnFreshConnection {
             replayed = true
             group?.metrics.staleConnectionRetries.increment()
             phase = .done
@@ -1125,19 +1130,8 @@ final class ProxyExchange: UpstreamResponseDelegate {
         }
         phase = .done
         releaseSlot(beforeResponse ? .failure : outcome)
-        // Closed, refused or broken before any response byte: nothing billable came back. (Our own
-        // first-byte timeout is not retried: the provider may be generating the answer.)
-        if beforeResponse, Self.isRetryableFailure(error), retryElsewhere(reason: "connection") { return }
+        if decision == .tryElsewhere, retryElsewhere(reason: "connection") { return }
         answer(error)
-    }
-
-    private static func isRetryableFailure(_ error: ProxyError) -> Bool {
-        ["upstream_connection_closed", "upstream_connect_failed", "upstream_tls_failed", "upstream_connect_timeout",
-         "upstream_tls_timeout"].contains(error.codeString)
-    }
-
-    private static func isStaleClose(_ error: ProxyError) -> Bool {
-        error.codeString == "upstream_connection_closed"
     }
 
     // MARK: the client
