@@ -398,3 +398,29 @@ extension CacheTests {
         try await expectEqual(try await indexed(), 1)
     }
 }
+
+extension CacheTests {
+    /// A hit is the stored bytes in wire form, written past the HTTP encoder in one flush: the
+    /// exact head (status, content-type, content-length, our two headers), the exact body, and
+    /// pipelined requests behind it answered in order, the last one closing (issue 10, item 3).
+    func testAHitIsOnePreparedWriteInWireForm() async throws {
+        try await start()
+        let miss = try await post()
+        XCTAssertEqual(miss.header("x-sidecar-cache"), "miss")
+        let body = Self.deterministic
+        let one = "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer client-a\r\ncontent-type: application/json\r\ncontent-length: \(body.utf8.count)\r\n\r\n\(body)"
+        let last = one.replacingOccurrences(of: "host: x\r\n", with: "host: x\r\nconnection: close\r\n")
+        let raw = try await RawTCP.exchange(port: harness.port, bytes: Array((one + one + last).utf8), group: harness.clientGroup)
+        let responses = raw.components(separatedBy: "HTTP/1.1 ").dropFirst()
+        XCTAssertEqual(responses.count, 3, raw)
+        for (i, r) in responses.enumerated() {
+            let parts = r.components(separatedBy: "\r\n\r\n")
+            let head = parts[0].lowercased()
+            XCTAssertTrue(head.hasPrefix("200 ok\r\ncontent-type: application/json"), head)
+            XCTAssertTrue(head.contains("\r\ncontent-length: \(miss.body.utf8.count)"), head)
+            XCTAssertTrue(head.contains("\r\nx-sidecar-cache: hit\r\nage: 0"), head)
+            XCTAssertEqual(head.contains("connection: close"), i == 2, head)
+            XCTAssertEqual(parts.dropFirst().joined(separator: "\r\n\r\n"), miss.body, "the stored body, byte for byte")
+        }
+    }
+}

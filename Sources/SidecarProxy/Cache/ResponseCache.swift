@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOHTTP1
 import SidecarCore
 import SidecarStore
 
@@ -17,10 +18,13 @@ struct CachedAnswer: Sendable {
     var expiresAt: Int64
     var promptTokens: Int64
     var completionTokens: Int64
+    /// The start of a hit's response in wire form: status line, `content-type`, `content-length`.
+    /// A hit appends its own `age` and `x-sidecar-cache` and goes out in one write with the body.
+    let headPrefix: ByteBuffer
 
-    /// What the entry really costs in memory, for `cache.memory_bytes`: the buffer's allocation
+    /// What the entry really costs in memory, for `cache.memory_bytes`: the buffers' allocations
     /// (rounded up by the allocator) plus ~256 bytes of bookkeeping (strings, LRU node, table slot).
-    var memoryCost: Int { body.capacity + 256 }
+    var memoryCost: Int { body.capacity + headPrefix.capacity + 256 }
 
     init(_ e: CacheEntry) {
         status = e.status
@@ -32,6 +36,18 @@ struct CachedAnswer: Sendable {
         expiresAt = e.expiresAt
         promptTokens = e.promptTokens ?? 0
         completionTokens = e.completionTokens ?? 0
+        headPrefix = Self.headPrefix(status: e.status, contentType: e.contentType, length: e.body.count)
+    }
+
+    static func headPrefix(status: Int, contentType: String?, length: Int) -> ByteBuffer {
+        var b = ByteBuffer()
+        b.reserveCapacity(96 + (contentType?.utf8.count ?? 0))
+        b.writeString("HTTP/1.1 \(status) \(HTTPResponseStatus(statusCode: status).reasonPhrase)\r\n")
+        // Header values that came from an upstream can never contain CR or LF here: NIO's
+        // parser refused such a response before it was stored.
+        if let contentType { b.writeString("content-type: \(contentType)\r\n") }
+        b.writeString("content-length: \(length)\r\n")
+        return b
     }
 }
 

@@ -104,8 +104,12 @@ final class DownstreamHandler: ChannelDuplexHandler {
     /// The client connection's loop (set before any request is handled).
     private(set) var eventLoop: EventLoop!
 
+    /// The HTTP response encoder's context: prepared responses are written on it, past the encoder.
+    private var encoderContext: ChannelHandlerContext?
+
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        encoderContext = try? context.pipeline.syncOperations.context(handlerType: HTTPResponseEncoder.self)
         self.eventLoop = context.eventLoop
         trustedClient = Self.isLocal(context.channel.remoteAddress)
         armIdleTimer()
@@ -305,6 +309,20 @@ final class DownstreamHandler: ChannelDuplexHandler {
         responseFinished(done)
     }
 
+    /// A whole response already in wire form (a cache hit): written past the HTTP encoder, on
+    /// its context (the encoder keeps no state between responses), head and body in one flush.
+    /// False (nothing written) when there is no encoder to write past: the caller writes parts.
+    func writePreparedResponse(status: Int, head: ByteBuffer, body: ByteBuffer) -> Bool {
+        guard context != nil, let raw = encoderContext else { return false }
+        access.status = status
+        if exchange != nil { state.requestFinished() }
+        exchange = nil
+        logAccess()
+        raw.write(NIOAny(head), promise: nil)
+        responseFinished(raw.writeAndFlush(NIOAny(body)))
+        return true
+    }
+
     /// Something was already sent and the rest cannot be: end the connection so the client sees a
     /// truncated response (no fake end of stream).
     func abortResponse() {
@@ -462,6 +480,7 @@ final class DownstreamHandler: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        encoderContext = nil
         idleTimer?.cancel()
         queued.removeAll()
         if let exchange {
