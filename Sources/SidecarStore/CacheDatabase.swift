@@ -12,6 +12,11 @@ import NIOPosix
 /// `busy_timeout`, read-only or on a full disk makes the failing call throw (callers then serve
 /// pass-through); the first failure of an outage is logged once, every failure is counted, and the
 /// file is reopened at most every `reopenInterval` until it works again, which is logged too.
+///
+/// A file removed or replaced under it raises no error at all (SQLite keeps using the file it
+/// has open, and what it writes there is gone at the next start), so the writer also compares
+/// the path with the open file every `fileCheckInterval` and after any failure, and on a change
+/// closes both connections and opens (creating) the file now at the path: see `reopenChangedFile`.
 public final class CacheDatabase: Sendable {
     private let threadPool: NIOThreadPool
     private let box: StoreBox
@@ -22,6 +27,11 @@ public final class CacheDatabase: Sendable {
     public let path: String
     /// How long after a failure to wait before opening the file again.
     static let reopenInterval: TimeAmount = .seconds(5)
+    /// How often the writer checks that the path still names its file. A check is one or two
+    /// `stat` calls (~1 µs); once a second bounds what is written to a removed file, and lost,
+    /// to one second of answers and counters. The housekeeping flush uses the writer every
+    /// second, so the check runs that often even with no traffic.
+    static let fileCheckInterval: TimeAmount = .seconds(1)
 
     /// What `/stats` says about the database.
     public struct Health: Sendable, Equatable {
@@ -31,6 +41,8 @@ public final class CacheDatabase: Sendable {
         public var errors = 0
         /// The last failure, without secrets (SQLite messages name only the path).
         public var lastError: String?
+        /// Times the file was found removed or replaced and opened anew, by `FileChange` raw value.
+        public var reopened: [String: Int] = [:]
     }
 
     public var health: Health { healthBox.withLockedValue { $0 } }
@@ -39,6 +51,7 @@ public final class CacheDatabase: Sendable {
     fileprivate final class StoreBox: @unchecked Sendable {
         var store: ResponseCacheStore?
         var lastAttempt: NIODeadline?
+        var lastFileCheck: NIODeadline?
         var closed = false
     }
 
@@ -103,12 +116,17 @@ public final class CacheDatabase: Sendable {
     fileprivate func guarded<T>(box: StoreBox, _ body: (ResponseCacheStore) throws -> T) throws -> T {
         guard !box.closed else { throw SQLiteError(operation: "using the cache", code: 21, message: "the database is closed") }
         do {
+            if box === self.box { checkFile() }
             let store = try currentStore(box)
             let result = try body(store)
             recordSuccess()
             return result
         } catch let error as SQLiteError {
             recordFailure(error)
+            if box === self.box {
+                box.lastFileCheck = nil
+                checkFile()
+            }
             // A corrupt file, or one replaced or removed under us: drop the connection, so the
             // next attempt opens whatever is at the path then.
             if error.isCorrupt || error.isUnwritable { box.store = nil }
@@ -126,7 +144,54 @@ public final class CacheDatabase: Sendable {
         let store = try ResponseCacheStore(path: path)
         _ = try store.sizes()  // reads a page: a file that is not a database fails here, not later
         box.store = store
+        box.lastFileCheck = now
         return store
+    }
+
+    /// On the writer thread, at most every `fileCheckInterval` (and after a failure): if the path
+    /// no longer names the open file, reopen.
+    private func checkFile() {
+        let now = NIODeadline.now()
+        if let last = box.lastFileCheck, now - last < Self.fileCheckInterval { return }
+        box.lastFileCheck = now
+        // Not bound to a local: the connection must really close below (see `reopenChangedFile`).
+        guard let change = box.store?.connection.fileChange() else { return }
+        reopenChangedFile(change)
+    }
+
+    /// The file at the path changed: log it once, count it, and close both connections so the
+    /// next use opens (creating and migrating if needed) whatever is at the path now.
+    ///
+    /// Order matters. The old file's `-wal` and `-shm` keep their names, and SQLite does not
+    /// delete them when the database has moved; a new file opened next to a WAL with frames in it
+    /// would take those frames (pages of the old file) as its own. So the old WAL is first
+    /// checkpointed into the old file and truncated to nothing, through the descriptor we hold.
+    /// And every connection to the old file must be closed before the new one opens: both would
+    /// map the same `-shm` by name, and SQLite's locks are per process, so the new connection
+    /// would reset the wal-index under the old one. The reader thread is therefore parked, its
+    /// connection closed, until the writer's old connection is closed too.
+    private func reopenChangedFile(_ change: FileChange) {
+        healthBox.withLockedValue { $0.reopened[change.rawValue, default: 0] += 1 }
+        logger.warning("cache database file changed under the daemon: reopening it at its path", metadata: [
+            "path": "\(path)", "change": "\(change.rawValue)",
+        ])
+        let gate = ConditionLock(value: 0)  // 0: asked, 1: reader closed and parked, 2: writer done
+        let readerBox = self.readerBox
+        readerPool.submit { state in
+            if case .active = state { readerBox.store = nil }
+            gate.lock()
+            gate.unlock(withValue: 1)
+            guard case .active = state else { return }
+            gate.lock(whenValue: 2)
+            gate.unlock()
+        }
+        gate.lock(whenValue: 1)
+        gate.unlock()
+        try? box.store?.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        box.store = nil  // the only reference: statements finalised, the connection closed
+        box.lastAttempt = nil
+        gate.lock()
+        gate.unlock(withValue: 2)
     }
 
     private func recordSuccess() {

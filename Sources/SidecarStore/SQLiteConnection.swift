@@ -17,10 +17,33 @@ public struct SQLiteError: Error, Sendable, Equatable, CustomStringConvertible {
     public var isUnwritable: Bool { [SQLITE_FULL, SQLITE_READONLY, SQLITE_CANTOPEN, SQLITE_IOERR].contains(code & 0xFF) }
 }
 
+/// Which file a path named when it was looked at: device and inode.
+public struct FileIdentity: Sendable, Equatable {
+    public var device: UInt64
+    public var inode: UInt64
+
+    /// The identity of the file at `path` now, or the errno that says why there is none.
+    static func of(_ path: String) -> Result<FileIdentity, POSIXError> {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return .failure(POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)) }
+        return .success(FileIdentity(device: UInt64(st.st_dev), inode: UInt64(st.st_ino)))
+    }
+}
+
+/// How the file at a connection's path differs from the one it has open.
+public enum FileChange: String, Sendable {
+    /// Nothing at the path any more (`rm`): SQLite keeps writing to the unlinked file.
+    case removed
+    /// Another file at the path (`mv other cache.sqlite3`): SQLite keeps using the old one.
+    case replaced
+}
+
 /// One `sqlite3*`, used from one thread at a time (never an event loop: see `CacheDatabase`).
 public final class SQLiteConnection {
     let db: OpaquePointer
     public let path: String
+    /// The file opened, looked up right after the open (nil for ":memory:").
+    public private(set) var identity: FileIdentity?
 
     /// Opens (creating with mode 0600 if needed) and configures: WAL, `busy_timeout`,
     /// `synchronous = NORMAL` (durable across process crashes; WAL makes `kill -9` safe).
@@ -46,6 +69,7 @@ public final class SQLiteConnection {
             throw SQLiteError(operation: "opening \(path)", code: rc, message: message)
         }
         db = handle
+        if path != ":memory:", case .success(let id) = FileIdentity.of(path) { identity = id }
         sqlite3_extended_result_codes(db, 1)
         sqlite3_busy_timeout(db, busyTimeoutMilliseconds)
         do {
@@ -58,6 +82,25 @@ public final class SQLiteConnection {
     }
 
     deinit { sqlite3_close_v2(db) }
+
+    /// Whether `path` still names the file this connection has open. A removed or replaced
+    /// database raises no error: SQLite (in WAL mode too) goes on reading and writing the file it
+    /// has open, and all of it is gone at the next open. nil: the same file, or it cannot be told
+    /// (a stat failing for another reason than a missing file, e.g. EACCES, changes nothing).
+    public func fileChange() -> FileChange? {
+        guard let identity else { return nil }
+        switch FileIdentity.of(path) {
+        case .failure(let e) where e.code == .ENOENT || e.code == .ENOTDIR: return .removed
+        case .failure: return nil
+        case .success(let now) where now != identity: return .replaced
+        case .success: break
+        }
+        // SQLite's own check, against the descriptor it holds: catches a swap between the open
+        // and our stat above.
+        var moved: Int32 = 0
+        if sqlite3_file_control(db, "main", SQLITE_FCNTL_HAS_MOVED, &moved) == SQLITE_OK, moved != 0 { return .replaced }
+        return nil
+    }
 
     func error(_ operation: String, _ rc: Int32) -> SQLiteError {
         SQLiteError(operation: operation, code: sqlite3_extended_errcode(db), message: String(cString: sqlite3_errmsg(db)))

@@ -23,10 +23,19 @@ final class SidecarMetrics: Sendable {
     let cacheDatabaseUp: Metrics.Meter
     let cacheDatabaseErrors: Metrics.Meter
     let cacheFlights: Metrics.Meter
+    /// `llm_sidecar_cache_reopened_total{reason}`: the database file was found removed or
+    /// replaced and opened anew (see `CacheDatabase.reopenChangedFile`).
+    let cacheReopened: [String: Metrics.Counter]
+    /// What `cacheReopened` has counted so far: the database keeps totals, the counters are
+    /// moved on by the difference before each scrape.
+    let cacheReopenedReported = NIOLockedValueBox<[String: Int]>([:])
     /// Refreshes the gauges that are read rather than counted (the cache's), before a scrape.
     let beforeRender = NIOLockedValueBox<[@Sendable () -> Void]>([])
     /// `llm_sidecar_routing_retries_total{reason}`: "connect", "connection", "status_NNN", "first_token".
     private let retries: CounterFamily
+    /// `llm_sidecar_accept_errors_total{reason}`: failed `accept` calls on the listener, by
+    /// `AcceptFailure.reason` (emfile, enfile, enobufs, enomem, econnaborted, other).
+    private let acceptErrors: CounterFamily
     private let deploymentInFlight: MeterFamily
     private let deploymentEjected: MeterFamily
     /// `llm_sidecar_unpriced_requests_total{outcome}`: requests for a model without a price under
@@ -71,10 +80,16 @@ final class SidecarMetrics: Sendable {
         cacheDatabaseUp = Metrics.Meter(label: "llm_sidecar_cache_database_up", factory: factory)
         cacheDatabaseErrors = Metrics.Meter(label: "llm_sidecar_cache_database_errors", factory: factory)
         cacheFlights = Metrics.Meter(label: "llm_sidecar_cache_flights_in_progress", factory: factory)
+        var reopened: [String: Metrics.Counter] = [:]
+        for r in ["removed", "replaced"] {
+            reopened[r] = Metrics.Counter(label: "llm_sidecar_cache_reopened_total", dimensions: [("reason", r)], factory: factory)
+        }
+        cacheReopened = reopened
         let built = factory
         upstreams = LabeledFamily { UpstreamMetrics(name: $0, factory: built) }
         errors = CounterFamily(label: "llm_sidecar_errors_total", dimension: "code", factory: factory)
         retries = CounterFamily(label: "llm_sidecar_routing_retries_total", dimension: "reason", factory: factory)
+        acceptErrors = CounterFamily(label: "llm_sidecar_accept_errors_total", dimension: "reason", factory: factory)
         deploymentInFlight = MeterFamily(label: "llm_sidecar_deployment_in_flight", dimension: "deployment", factory: factory)
         deploymentEjected = MeterFamily(label: "llm_sidecar_deployment_ejected", dimension: "deployment", factory: factory)
         unpricedRequests = CounterFamily(label: "llm_sidecar_unpriced_requests_total", dimension: "outcome", factory: factory)
@@ -83,8 +98,21 @@ final class SidecarMetrics: Sendable {
 
     func cacheResult(_ label: String) { cacheResults[label]?.increment() }
 
+    /// Moves `llm_sidecar_cache_reopened_total` on to the database's totals, by reason.
+    func cacheReopened(totals: [String: Int]) {
+        cacheReopenedReported.withLockedValue { reported in
+            for (reason, n) in totals where n > reported[reason, default: 0] {
+                cacheReopened[reason]?.increment(by: Int64(n - reported[reason, default: 0]))
+                reported[reason] = n
+            }
+        }
+    }
+
     /// An attempt moved to another deployment.
     func retry(_ reason: String) { retries[reason].increment() }
+
+    /// The listener's `accept` failed (see `ListenerBackoffHandler`).
+    func acceptError(_ reason: String) { acceptErrors[reason].increment() }
 
     func upstream(_ name: String) -> UpstreamMetrics { upstreams[name] }
 

@@ -142,7 +142,7 @@ extension ResponseCache {
         }
         let health = database.health
         let hot = hotTier
-        var dbState: [String: any Sendable] = ["ok": health.ok, "errors": health.errors]
+        var dbState: [String: any Sendable] = ["ok": health.ok, "errors": health.errors, "reopened": health.reopened]
         if let e = health.lastError { dbState["last_error"] = e }
         return CacheStatsReport(
             database: path, entries: stored?.0.0 ?? 0, bytes: stored?.0.1 ?? 0, models: models, days: days, entriesByModel: nil,

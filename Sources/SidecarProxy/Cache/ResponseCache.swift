@@ -69,7 +69,7 @@ final class ResponseCache: Sendable {
     private let stored = NIOLockedValueBox(StoredKeyIndex())
     private let flights = NIOLockedValueBox<[CacheKey: Flight]>([:])
     private let pending = NIOLockedValueBox(Pending())
-    private let housekeeping = NIOLockedValueBox<(task: RepeatedTask?, ticks: Int, generation: Int64?, loop: EventLoop?)>((nil, 0, nil, nil))
+    private let housekeeping = NIOLockedValueBox<(task: RepeatedTask?, ticks: Int, generation: Int64?, loop: EventLoop?, reopens: Int)>((nil, 0, nil, nil, 0))
 
     private struct Pending {
         var spend: [ResponseCacheStore.SpendKey: ResponseCacheStore.Spend] = [:]
@@ -350,13 +350,21 @@ final class ResponseCache: Sendable {
                     defer { h.generation = generation }
                     return h.generation != nil && h.generation != generation
                 }
-                if changed { self.hot.withLockedValue { $0.removeAll() } }  // `cache purge` ran
-                if prune || changed || self.indexedKeys == nil {
+                // `cache purge` ran, or the file was removed or replaced (the database reopened
+                // it): the hot tier mirrors the file, so it forgets what the file no longer has.
+                let reopens = self.database.health.reopened.values.reduce(0, +)
+                let reopened = self.housekeeping.withLockedValue { h -> Bool in
+                    defer { h.reopens = reopens }
+                    return h.reopens != reopens
+                }
+                if changed || reopened { self.hot.withLockedValue { $0.removeAll() } }
+                if prune || changed || reopened || self.indexedKeys == nil {
                     if prune {
                         try store.deleteExpired(now: now)
                         if try store.sizes().1 > maxBytes { try store.evict(toFit: maxBytes) }
                     }
-                    // Deleted keys leave the index (until now it only over-reports them).
+                    // Deleted keys leave the index (until now it only over-reports them); a new
+                    // file's keys enter it.
                     try self.rebuildIndex(store)
                 }
                 return true

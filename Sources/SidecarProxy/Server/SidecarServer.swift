@@ -65,6 +65,7 @@ public final class SidecarServer: Sendable {
                 metrics.cacheMemoryEntries.set(hot.entries)
                 metrics.cacheDatabaseUp.set(health.ok ? 1 : 0)
                 metrics.cacheDatabaseErrors.set(health.errors)
+                metrics.cacheReopened(totals: health.reopened)
                 metrics.cacheFlights.set(opened.flightsInProgress)
             } }
         }
@@ -110,6 +111,13 @@ public final class SidecarServer: Sendable {
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            // Both binds below (and the systemd socket) go through this: out of descriptors, the
+            // listener pauses instead of spinning on EMFILE (see `ListenerBackoffHandler`).
+            .serverChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ListenerBackoffHandler(logger: logger, metrics: metrics))
+                }
+            }
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.maxMessagesPerRead, value: 16)
             .childChannelOption(.allowRemoteHalfClosure, value: true)
