@@ -5,8 +5,9 @@ import NIOHTTP1
 import SidecarCore
 
 /// The proxy's per-client-connection handler, right after NIO's HTTP/1.1 decoder and encoder.
-/// Routes each request (admin endpoint, `/v1/...` to an exchange, or 404), writes responses, and
-/// turns malformed HTTP into a 400 with an OpenAI-shaped body before closing the connection.
+/// Checks each request head first (`RequestHeadPolicy`: refusals close the connection), then
+/// routes it (admin endpoint, `/v1/...` to an exchange, or 404), writes responses, and turns
+/// malformed HTTP into a 400 with an OpenAI-shaped body before closing the connection.
 ///
 /// Pipelined requests are queued here and served in order. (NIO's `HTTPServerPipelineHandler`
 /// would do that by pausing reads around every response, which costs two `epoll_ctl` calls per
@@ -166,7 +167,10 @@ final class DownstreamHandler: ChannelDuplexHandler {
             access = AccessRecord(method: head.method.rawValue, path: head.uri)
             keepAlive = head.isKeepAlive && !state.isDraining && !quiescing
             closeAfterResponse = false
-            route(head)
+            switch RequestHeadPolicy.check(head) {
+            case .route(let checked): route(checked)
+            case .refuse(let error): respondWithError(error, closeAfter: true)
+            }
         case .body(let buffer):
             exchange?.requestBody(buffer)  // bodies of locally answered requests are dropped
         case .end:

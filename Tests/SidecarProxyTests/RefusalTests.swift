@@ -1,0 +1,124 @@
+import Foundation
+import NIOCore
+import SidecarCore
+import SidecarProxy
+import SidecarTestSupport
+import XCTest
+
+/// What the sidecar refuses before routing (docs/operations.md, "What is refused"): each refusal is
+/// a complete, framed, OpenAI-shaped answer, the connection is closed after it, and nothing of the
+/// refused request (or of what was pipelined behind it) reaches the upstream.
+final class RefusalTests: XCTestCase {
+    var upstream: FakeUpstream?
+    var harness: ProxyHarness?
+
+    override func tearDown() async throws {
+        await harness?.stop()
+        await upstream?.stop()
+    }
+
+    private func start(upstreamPath: String = "", configure: @escaping (inout SidecarConfiguration) -> Void = { _ in }) async throws -> (FakeUpstream, ProxyHarness) {
+        let fake = try await FakeUpstream.start()
+        upstream = fake
+        let h = try await ProxyHarness(upstreamURL: fake.url + upstreamPath, configure: configure)
+        harness = h
+        return (fake, h)
+    }
+
+    /// Sends `raw` on a new connection and reads until the server closes; fails unless the server
+    /// closed it and the answer is one framed response with an OpenAI-shaped error body.
+    private func refusal(_ raw: String, on h: ProxyHarness, status: Int, code: String,
+                         file: StaticString = #filePath, line: UInt = #line) async throws -> RawResponse? {
+        let answer = try await RawTCP.converse(port: h.port, bytes: Array(raw.utf8), group: h.clientGroup)
+        XCTAssertTrue(answer.serverClosed, "the server closes the connection after refusing: \(raw.prefix(80))", file: file, line: line)
+        guard let r = RawResponse(answer.text) else {
+            XCTFail("not one framed response: \(answer.text.prefix(300))", file: file, line: line)
+            return nil
+        }
+        XCTAssertEqual(r.status, status, "\(raw.prefix(80)): \(answer.text.prefix(300))", file: file, line: line)
+        XCTAssertEqual(r.header("content-type"), "application/json", file: file, line: line)
+        XCTAssertEqual(r.header("connection"), "close", file: file, line: line)
+        XCTAssertEqual(r.header("x-sidecar-error"), code, file: file, line: line)
+        XCTAssertEqual(r.rest, "", "nothing after the framed body", file: file, line: line)
+        XCTAssertEqual(openAIError(r.body, file: file, line: line)?.code, code, file: file, line: line)
+        return r
+    }
+
+    // MARK: dot segments (issue 11, item 4)
+
+    func testDotSegmentsThatLeaveV1AreRefusedAndNeverForwarded() async throws {
+        let (fake, h) = try await start()
+        let targets = [
+            "/v1/../metrics", "/v1/%2e%2e/stats", "/v1/..%2fhealthz", "/v1/chat/completions/../../../stats",
+            "/v1/../healthz", "/v1/../readyz", "/./healthz", "/healthz/.", "/v1/%2E%2E/metrics", "/v1/..;/stats",
+            "/v1/../../other/path?x=1",
+        ]
+        for target in targets {
+            let r = try await refusal("GET \(target) HTTP/1.1\r\nHost: x\r\n\r\n", on: h, status: 400, code: "path_traversal")
+            XCTAssertEqual(r.flatMap { openAIError($0.body) }?.type, "invalid_request_error")
+            XCTAssertFalse(r?.body.contains("llm_sidecar_") ?? true, "no admin answer leaks: \(target)")
+        }
+        // A POST with a body, too: refused before the body is read, and the answer still arrives.
+        let body = #"{"model":"gpt-4o-mini","messages":[]}"#
+        _ = try await refusal("POST /v1/chat/completions/../../../metrics HTTP/1.1\r\nHost: x\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)",
+                              on: h, status: 400, code: "path_traversal")
+        XCTAssertEqual(fake.counters.requests, 0, "no such request reached the upstream: \(fake.requests.map(\.uri))")
+        let next = try await h.request()
+        XCTAssertEqual(next.status, 200, "the sidecar keeps serving")
+    }
+
+    func testDotSegmentsCannotLeaveTheUpstreamPathPrefix() async throws {
+        let (fake, h) = try await start(upstreamPath: "/openai")
+        _ = try await refusal("GET /v1/../../other/secret HTTP/1.1\r\nHost: x\r\n\r\n", on: h, status: 400, code: "path_traversal")
+        _ = try await refusal("GET /v1/%2e%2e/%2e%2e/other/secret HTTP/1.1\r\nHost: x\r\n\r\n", on: h, status: 400, code: "path_traversal")
+        XCTAssertEqual(fake.counters.requests, 0)
+        _ = try await h.request("POST", "/v1/chat/../chat/./completions")  // the fake answers 404 to its prefix
+        XCTAssertEqual(fake.counters.requests, 1)
+        XCTAssertEqual(fake.requests.last?.uri, "/openai/v1/chat/completions", "forwarded resolved, under the prefix")
+    }
+
+    func testBenignDotSegmentsAreForwardedNormalised() async throws {
+        let (fake, h) = try await start()
+        let r = try await h.request("POST", "/v1/./chat/completions")
+        XCTAssertEqual(r.status, 200)
+        XCTAssertEqual(r.body, FakeUpstream.chatCompletion)
+        XCTAssertEqual(fake.requests.last?.uri, "/v1/chat/completions")
+        let models = try await h.request("GET", "/v1/files/../models?after=a/../b")
+        XCTAssertEqual(models.status, 200)
+        XCTAssertEqual(fake.requests.last?.uri, "/v1/models?after=a/../b", "the query is kept as sent")
+        XCTAssertEqual(fake.requests.map { ProxyHarnessPath.bare($0.uri) }.filter { $0.contains("/.") }, [], "no dot segment was forwarded")
+    }
+}
+
+enum ProxyHarnessPath {
+    static func bare(_ uri: String) -> String { String(uri.prefix { $0 != "?" }) }
+}
+
+/// One HTTP/1.1 response read from raw bytes: status, headers, the body its Content-Length
+/// frames, and whatever came after it.
+struct RawResponse {
+    var status: Int
+    var headers: [(String, String)]
+    var body: String
+    var rest: String
+
+    init?(_ text: String) {
+        let bytes = Array(text.utf8)
+        let separator = Array("\r\n\r\n".utf8)
+        guard let end = (0...max(0, bytes.count - 4)).first(where: { bytes.count >= 4 && Array(bytes[$0..<($0 + 4)]) == separator }) else { return nil }
+        let lines = String(decoding: bytes[..<end], as: UTF8.self).components(separatedBy: "\r\n")
+        let statusLine = lines[0].split(separator: " ", maxSplits: 2)
+        guard statusLine.count >= 2, statusLine[0] == "HTTP/1.1", let status = Int(statusLine[1]) else { return nil }
+        self.status = status
+        headers = lines.dropFirst().compactMap { line in
+            guard let colon = line.firstIndex(of: ":") else { return nil }
+            return (String(line[..<colon]), line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces))
+        }
+        guard let length = headers.first(where: { $0.0.lowercased() == "content-length" }).flatMap({ Int($0.1) }),
+              bytes.count >= end + 4 + length else { return nil }
+        body = String(decoding: bytes[(end + 4)..<(end + 4 + length)], as: UTF8.self)
+        rest = String(decoding: bytes[(end + 4 + length)...], as: UTF8.self)
+    }
+
+    func header(_ name: String) -> String? { headers.first { $0.0.lowercased() == name.lowercased() }?.1 }
+}
