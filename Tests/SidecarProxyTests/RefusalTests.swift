@@ -88,6 +88,32 @@ final class RefusalTests: XCTestCase {
         XCTAssertEqual(fake.requests.last?.uri, "/v1/models?after=a/../b", "the query is kept as sent")
         XCTAssertEqual(fake.requests.map { ProxyHarnessPath.bare($0.uri) }.filter { $0.contains("/.") }, [], "no dot segment was forwarded")
     }
+
+    // MARK: CONNECT and TRACE (issue 11, item 5)
+
+    func testConnectAndTraceGet405WithAllowAndTheConnectionCloses() async throws {
+        let (fake, h) = try await start()
+        let connect = try await refusal("CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n\r\n",
+                                        on: h, status: 405, code: "method_not_allowed")
+        XCTAssertEqual(connect?.header("allow"), RequestHeadPolicy.forwardedMethods)
+        XCTAssertEqual(connect?.header("content-length"), connect.map { String($0.body.utf8.count) })
+        XCTAssertTrue(connect.flatMap { openAIError($0.body) }?.message.contains("opens no tunnels") ?? false)
+        // Bytes right behind the head (a client that does not wait for 200) change nothing.
+        _ = try await refusal("CONNECT 127.0.0.1:\(fake.port) HTTP/1.1\r\nHost: x\r\n\r\nGET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n",
+                              on: h, status: 405, code: "method_not_allowed")
+        for target in ["/v1/chat/completions", "/healthz", "*"] {
+            let trace = try await refusal("TRACE \(target) HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-client-secret\r\n\r\n",
+                                          on: h, status: 405, code: "method_not_allowed")
+            XCTAssertEqual(trace?.header("allow"), RequestHeadPolicy.forwardedMethods)
+            XCTAssertFalse(trace?.body.contains("sk-client-secret") ?? true, "nothing is echoed")
+        }
+        XCTAssertEqual(fake.counters.requests, 0, "neither reached the upstream")
+        // The admin endpoints' own 405 says what they take, and keeps the connection.
+        let post = try await h.request("POST", "/healthz")
+        XCTAssertEqual(post.status, 405)
+        XCTAssertEqual(post.header("allow"), "GET, HEAD")
+        XCTAssertNil(post.header("connection"))
+    }
 }
 
 enum ProxyHarnessPath {

@@ -17,7 +17,8 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
     }
 
     private enum Code: Hashable, Sendable {
-        case badRequest, payloadTooLarge, notFound, methodNotAllowed, forbidden, pathTraversal
+        case badRequest, payloadTooLarge, notFound, forbidden, pathTraversal
+        case methodNotAllowed(allow: String)
         case upstreamConnect, upstreamTLS, upstreamClosed, upstreamProtocol, upstreamTimeout(Timeout)
         case poolExhausted, shuttingDown, internalError
         case modelNotFound, deploymentsBusy, rateLimited, budgetExceeded, modelNotPriced, budgetUnavailable
@@ -45,8 +46,9 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
     public static func pathTraversal(_ target: String, resolved: String) -> ProxyError {
         .init(.pathTraversal, "the request target \(target.prefix(200)) resolves to \(resolved.prefix(200)) once its dot segments are removed (RFC 3986 §5.2.4): the sidecar forwards only /v1/...")
     }
-    public static func methodNotAllowed(_ method: String, path: String) -> ProxyError {
-        .init(.methodNotAllowed, "method \(method) is not allowed on \(path)")
+    /// `allow`: the methods the target does take, for the `Allow` header a 405 must carry (RFC 9110 §15.5.6).
+    public static func methodNotAllowed(_ method: String, path: String, allow: String, why: String? = nil) -> ProxyError {
+        .init(.methodNotAllowed(allow: allow), "method \(method.prefix(40)) is not allowed on \(path.prefix(200))" + (why.map { ": " + $0 } ?? ""))
     }
 
     // MARK: upstream errors
@@ -200,6 +202,12 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
         case .modelNotPriced: return "model_not_priced"
         case .budgetUnavailable: return "budget_unavailable"
         }
+    }
+
+    /// The `Allow` header of a 405: the methods the target takes.
+    public var allow: String? {
+        if case .methodNotAllowed(let allow) = code { return allow }
+        return nil
     }
 
     /// Seconds the client should wait before trying again, for the statuses where that helps.

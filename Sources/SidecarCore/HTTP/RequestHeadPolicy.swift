@@ -11,7 +11,22 @@ public enum RequestHeadPolicy {
         case refuse(ProxyError)
     }
 
+    /// The methods the sidecar forwards under `/v1` (any but CONNECT and TRACE; these are the
+    /// ones the OpenAI-compatible APIs use), for the `Allow` header of a 405.
+    public static let forwardedMethods = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+
     public static func check(_ head: HTTPRequestHead) -> Verdict {
+        switch head.method {
+        case .CONNECT:
+            // NIO's decoder stops parsing after a CONNECT head (what follows would be tunnel
+            // bytes), so this connection can serve nothing else.
+            return .refuse(.methodNotAllowed("CONNECT", path: head.uri, allow: forwardedMethods, why: "the sidecar forwards /v1/... requests; it opens no tunnels"))
+        case .TRACE:
+            // TRACE echoes the request back, credentials included (RFC 9110 §9.3.8): never forwarded.
+            return .refuse(.methodNotAllowed("TRACE", path: head.uri, allow: forwardedMethods, why: "it would echo the request, credentials included"))
+        default:
+            break
+        }
         var head = head
         switch TargetPath.check(head.uri) {
         case .unchanged: break

@@ -169,7 +169,7 @@ final class DownstreamHandler: ChannelDuplexHandler {
             closeAfterResponse = false
             switch RequestHeadPolicy.check(head) {
             case .route(let checked): route(checked)
-            case .refuse(let error): respondWithError(error, closeAfter: true)
+            case .refuse(let error): refuse(error, method: head.method)
             }
         case .body(let buffer):
             exchange?.requestBody(buffer)  // bodies of locally answered requests are dropped
@@ -237,7 +237,7 @@ final class DownstreamHandler: ChannelDuplexHandler {
                 closeAfter: false)
         }
         guard head.method == .GET || head.method == .HEAD else {
-            return respondWithError(.methodNotAllowed(head.method.rawValue, path: String(path)), closeAfter: false)
+            return respondWithError(.methodNotAllowed(head.method.rawValue, path: String(path), allow: "GET, HEAD"), closeAfter: false)
         }
         let headOnly = head.method == .HEAD
         switch path {
@@ -348,6 +348,20 @@ final class DownstreamHandler: ChannelDuplexHandler {
         if closeAfter { closeAfterResponse = true }
         let (head, body) = ErrorResponses.head(for: error, keepAlive: keepAlive && !closeAfterResponse, extra: extraHeaders)
         writeLocal(head: head, body: body)
+    }
+
+    /// Refuses the current request and closes the connection once the answer is written.
+    private func refuse(_ error: ProxyError, method: HTTPMethod) {
+        if method == .CONNECT {
+            // NIO's encoder writes any response to a CONNECT without framing or body (what a 2xx,
+            // the start of a tunnel, needs); a refusal is an ordinary response (RFC 9110 §9.3.6)
+            // and keeps its Content-Length and body, so it is written past the encoder.
+            state.metrics.error(error.codeString)
+            closeAfterResponse = true
+            let (head, body) = ErrorResponses.head(for: error, keepAlive: false)
+            if writePreparedResponse(status: error.status, head: ErrorResponses.wireForm(head), body: body) { return }
+        }
+        respondWithError(error, closeAfter: true)
     }
 
     private func respondLocally(status: HTTPResponseStatus, contentType: String, body: ByteBuffer, headOnly: Bool) {
