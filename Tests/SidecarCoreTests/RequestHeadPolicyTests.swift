@@ -38,4 +38,18 @@ final class RequestHeadPolicyTests: XCTestCase {
         }
         XCTAssertNil(ProxyError.badRequest("x").allow)
     }
+
+    func testHTTP10WithTransferEncodingIsInvalidFraming() {
+        for te in ["chunked", "gzip, chunked", "identity"] {
+            let error = refusal(HTTPRequestHead(version: .http1_0, method: .POST, uri: "/v1/chat/completions",
+                                                headers: ["Transfer-Encoding": te, "Connection": "keep-alive"]))
+            XCTAssertEqual(error?.status, 400)
+            XCTAssertEqual(error?.codeString, "invalid_framing")
+            XCTAssertEqual(error?.type, "invalid_request_error")
+        }
+        let http10 = HTTPRequestHead(version: .http1_0, method: .POST, uri: "/v1/chat/completions", headers: ["Content-Length": "2"])
+        XCTAssertEqual(RequestHeadPolicy.check(http10), .route(http10))
+        let chunked11 = HTTPRequestHead(version: .http1_1, method: .POST, uri: "/v1/chat/completions", headers: ["Transfer-Encoding": "chunked"])
+        XCTAssertEqual(RequestHeadPolicy.check(chunked11), .route(chunked11))
+    }
 }

@@ -114,6 +114,19 @@ final class RefusalTests: XCTestCase {
         XCTAssertEqual(post.header("allow"), "GET, HEAD")
         XCTAssertNil(post.header("connection"))
     }
+
+    // MARK: HTTP/1.0 with Transfer-Encoding (issue 11, item 6)
+
+    func testHTTP10WithTransferEncodingIsRefusedAndWhatIsPipelinedBehindItNeverArrives() async throws {
+        let (fake, h) = try await start()
+        let behind = "POST /v1/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\n\r\n{\"n\":2}"
+        for connection in ["Connection: keep-alive\r\n", ""] {
+            let first = "POST /v1/echo HTTP/1.0\r\nHost: x\r\n\(connection)Transfer-Encoding: chunked\r\n\r\n7\r\n{\"n\":1}\r\n0\r\n\r\n"
+            let r = try await refusal(first + behind, on: h, status: 400, code: "invalid_framing")
+            XCTAssertTrue(r.flatMap { openAIError($0.body) }?.message.contains("RFC 9112 §6.1") ?? false)
+        }
+        XCTAssertEqual(fake.counters.requests, 0, "neither the request nor the one behind it reached the upstream: \(fake.requests.map(\.body))")
+    }
 }
 
 enum ProxyHarnessPath {

@@ -17,7 +17,7 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
     }
 
     private enum Code: Hashable, Sendable {
-        case badRequest, payloadTooLarge, notFound, forbidden, pathTraversal
+        case badRequest, payloadTooLarge, notFound, forbidden, pathTraversal, invalidFraming
         case methodNotAllowed(allow: String)
         case upstreamConnect, upstreamTLS, upstreamClosed, upstreamProtocol, upstreamTimeout(Timeout)
         case poolExhausted, shuttingDown, internalError
@@ -42,6 +42,9 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
         .init(.notFound, "no route for \(path.prefix(200)): the sidecar forwards /v1/... and serves /healthz")
     }
     public static func forbidden(_ why: String) -> ProxyError { .init(.forbidden, why) }
+    /// A request whose body framing cannot be trusted: where it ends, and so where the next
+    /// request starts, is ambiguous (request smuggling).
+    public static func invalidFraming(_ why: String) -> ProxyError { .init(.invalidFraming, why) }
     /// A request target whose dot segments lead outside `/v1` (`TargetPath`).
     public static func pathTraversal(_ target: String, resolved: String) -> ProxyError {
         .init(.pathTraversal, "the request target \(target.prefix(200)) resolves to \(resolved.prefix(200)) once its dot segments are removed (RFC 3986 §5.2.4): the sidecar forwards only /v1/...")
@@ -108,7 +111,7 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
 
     public var source: Source {
         switch code {
-        case .badRequest, .payloadTooLarge, .notFound, .methodNotAllowed, .forbidden, .pathTraversal: return .client
+        case .badRequest, .payloadTooLarge, .notFound, .methodNotAllowed, .forbidden, .pathTraversal, .invalidFraming: return .client
         case .upstreamConnect, .upstreamTLS, .upstreamClosed, .upstreamProtocol: return .upstream
         case .upstreamTimeout(let t): return t == .poolQueue ? .internal : .upstream
         case .poolExhausted, .shuttingDown, .internalError, .budgetUnavailable: return .internal
@@ -145,7 +148,7 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
     /// The HTTP status the client receives.
     public var status: Int {
         switch code {
-        case .badRequest, .pathTraversal: return 400
+        case .badRequest, .pathTraversal, .invalidFraming: return 400
         case .forbidden: return 403
         case .notFound: return 404
         case .methodNotAllowed: return 405
@@ -176,6 +179,7 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
         switch code {
         case .badRequest: return "bad_request"
         case .pathTraversal: return "path_traversal"
+        case .invalidFraming: return "invalid_framing"
         case .payloadTooLarge: return "request_too_large"
         case .forbidden: return "forbidden"
         case .notFound: return "not_found"

@@ -16,6 +16,12 @@ public enum RequestHeadPolicy {
     public static let forwardedMethods = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 
     public static func check(_ head: HTTPRequestHead) -> Verdict {
+        if head.version == .http1_0, head.headers.contains(name: "transfer-encoding") {
+            // RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding must be treated as having
+            // faulty framing, and the connection closed. An HTTP/1.0 hop before us would have read
+            // its body by another rule than ours: the request behind it may be hidden in it.
+            return .refuse(.invalidFraming("an HTTP/1.0 request with Transfer-Encoding has untrustworthy framing (RFC 9112 §6.1)"))
+        }
         switch head.method {
         case .CONNECT:
             // NIO's decoder stops parsing after a CONNECT head (what follows would be tunnel
