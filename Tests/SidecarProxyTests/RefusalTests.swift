@@ -127,6 +127,45 @@ final class RefusalTests: XCTestCase {
         }
         XCTAssertEqual(fake.counters.requests, 0, "neither the request nor the one behind it reached the upstream: \(fake.requests.map(\.body))")
     }
+
+    // MARK: header fields (issue 11, item 7)
+
+    func testTenThousandTinyHeaderFieldsAre431AndNeverForwarded() async throws {
+        let (fake, h) = try await start()
+        // 10,000 fields of 6 bytes: 60 KB, under the decoder's 80 KiB, so only the count stops them.
+        let fields = (0..<10_000).map { "x\($0 % 10_000): 1\r\n" }.joined()
+        let r = try await refusal("GET /v1/models HTTP/1.1\r\nHost: x\r\n\(fields)\r\n", on: h, status: 431, code: "request_header_fields_too_large")
+        XCTAssertEqual(r.flatMap { openAIError($0.body) }?.message, "the request has 10001 header fields; server.max_header_fields is 128")
+        XCTAssertEqual(fake.counters.requests, 0)
+    }
+
+    func testTheHeaderFieldLimitIsExactAndConfigurable() async throws {
+        let (fake, h) = try await start { $0.server.maxHeaderFields = 40 }
+        func request(fields: Int) -> String {
+            // Host, Content-Length, then the rest.
+            let extra = (0..<(fields - 2)).map { "x-\($0): 1\r\n" }.joined()
+            return "POST /v1/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\(extra)Connection: close\r\n\r\n{}"
+        }
+        let at = try await RawTCP.exchange(port: h.port, bytes: Array(request(fields: 39).utf8), group: h.clientGroup)  // + Connection = 40
+        XCTAssertTrue(at.hasPrefix("HTTP/1.1 200 OK\r\n"), at)
+        XCTAssertEqual(fake.counters.requests, 1)
+        let r = try await refusal(request(fields: 40), on: h, status: 431, code: "request_header_fields_too_large")
+        XCTAssertEqual(r.flatMap { openAIError($0.body) }?.message, "the request has 41 header fields; server.max_header_fields is 40")
+        XCTAssertEqual(fake.counters.requests, 1)
+    }
+
+    /// The decoder's own limit (80 KiB of header bytes) is a 431 too, not a bare close or a 400.
+    func testAHeadOverTheDecodersByteLimitIs431() async throws {
+        let (fake, h) = try await start()
+        let big = "GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Big: \(String(repeating: "a", count: 200_000))\r\n\r\n"
+        let r = try await refusal(big, on: h, status: 431, code: "request_header_fields_too_large")
+        XCTAssertEqual(r.flatMap { openAIError($0.body) }?.message, "the request's header fields exceed 80 KiB (one field, or all of them together)")
+        let many = (0..<9_000).map { "x-header-\($0): value\r\n" }.joined()
+        _ = try await refusal("GET /v1/models HTTP/1.1\r\nHost: x\r\n\(many)\r\n", on: h, status: 431, code: "request_header_fields_too_large")
+        XCTAssertEqual(fake.counters.requests, 0)
+        let next = try await h.request()
+        XCTAssertEqual(next.status, 200)
+    }
 }
 
 enum ProxyHarnessPath {

@@ -17,7 +17,7 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
     }
 
     private enum Code: Hashable, Sendable {
-        case badRequest, payloadTooLarge, notFound, forbidden, pathTraversal, invalidFraming
+        case badRequest, payloadTooLarge, notFound, forbidden, pathTraversal, invalidFraming, headerFieldsTooLarge
         case methodNotAllowed(allow: String)
         case upstreamConnect, upstreamTLS, upstreamClosed, upstreamProtocol, upstreamTimeout(Timeout)
         case poolExhausted, shuttingDown, internalError
@@ -42,6 +42,9 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
         .init(.notFound, "no route for \(path.prefix(200)): the sidecar forwards /v1/... and serves /healthz")
     }
     public static func forbidden(_ why: String) -> ProxyError { .init(.forbidden, why) }
+    /// A request head with more header fields than `server.max_header_fields`, or more bytes of
+    /// them than the HTTP decoder takes.
+    public static func headerFieldsTooLarge(_ why: String) -> ProxyError { .init(.headerFieldsTooLarge, why) }
     /// A request whose body framing cannot be trusted: where it ends, and so where the next
     /// request starts, is ambiguous (request smuggling).
     public static func invalidFraming(_ why: String) -> ProxyError { .init(.invalidFraming, why) }
@@ -111,7 +114,8 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
 
     public var source: Source {
         switch code {
-        case .badRequest, .payloadTooLarge, .notFound, .methodNotAllowed, .forbidden, .pathTraversal, .invalidFraming: return .client
+        case .badRequest, .payloadTooLarge, .notFound, .methodNotAllowed, .forbidden, .pathTraversal, .invalidFraming,
+             .headerFieldsTooLarge: return .client
         case .upstreamConnect, .upstreamTLS, .upstreamClosed, .upstreamProtocol: return .upstream
         case .upstreamTimeout(let t): return t == .poolQueue ? .internal : .upstream
         case .poolExhausted, .shuttingDown, .internalError, .budgetUnavailable: return .internal
@@ -153,6 +157,7 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
         case .notFound: return 404
         case .methodNotAllowed: return 405
         case .payloadTooLarge: return 413
+        case .headerFieldsTooLarge: return 431
         case .upstreamConnect, .upstreamTLS, .upstreamClosed, .upstreamProtocol: return 502
         case .upstreamTimeout(let t): return t == .poolQueue ? 503 : 504
         case .poolExhausted, .shuttingDown, .budgetUnavailable: return 503
@@ -180,6 +185,7 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
         case .badRequest: return "bad_request"
         case .pathTraversal: return "path_traversal"
         case .invalidFraming: return "invalid_framing"
+        case .headerFieldsTooLarge: return "request_header_fields_too_large"
         case .payloadTooLarge: return "request_too_large"
         case .forbidden: return "forbidden"
         case .notFound: return "not_found"

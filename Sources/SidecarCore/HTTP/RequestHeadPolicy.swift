@@ -15,7 +15,13 @@ public enum RequestHeadPolicy {
     /// ones the OpenAI-compatible APIs use), for the `Allow` header of a 405.
     public static let forwardedMethods = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 
-    public static func check(_ head: HTTPRequestHead) -> Verdict {
+    /// - Parameter maxHeaderFields: `server.max_header_fields`.
+    public static func check(_ head: HTTPRequestHead, maxHeaderFields: Int) -> Verdict {
+        if head.headers.count > maxHeaderFields {
+            // Each field costs memory here and again upstream, and no SDK sends more than a few
+            // dozen: ten thousand tiny ones (60 KB, under the decoder's byte limit) are an attack.
+            return .refuse(.headerFieldsTooLarge("the request has \(head.headers.count) header fields; server.max_header_fields is \(maxHeaderFields)"))
+        }
         if head.version == .http1_0, head.headers.contains(name: "transfer-encoding") {
             // RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding must be treated as having
             // faulty framing, and the connection closed. An HTTP/1.0 hop before us would have read

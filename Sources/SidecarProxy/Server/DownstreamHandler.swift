@@ -167,7 +167,7 @@ final class DownstreamHandler: ChannelDuplexHandler {
             access = AccessRecord(method: head.method.rawValue, path: head.uri)
             keepAlive = head.isKeepAlive && !state.isDraining && !quiescing
             closeAfterResponse = false
-            switch RequestHeadPolicy.check(head) {
+            switch RequestHeadPolicy.check(head, maxHeaderFields: runtime.maxHeaderFields) {
             case .route(let checked): route(checked)
             case .refuse(let error): refuse(error, method: head.method)
             }
@@ -478,14 +478,25 @@ final class DownstreamHandler: ChannelDuplexHandler {
         closeAfterResponse = true
         responseOpen = true
         requestOpen = true  // whatever follows the bad bytes is unread input
-        let (head, body) = ErrorResponses.head(for: .badRequest("malformed HTTP request: \(Self.describe(error))"), keepAlive: false)
+        let refusal = Self.refusal(for: error)
+        state.metrics.error(refusal.codeString)
+        let (head, body) = ErrorResponses.head(for: refusal, keepAlive: false)
         writeLocal(head: head, body: body)
+    }
+
+    /// What a request the HTTP decoder rejected is answered with.
+    static func refusal(for error: Error) -> ProxyError {
+        if let e = error as? HTTPParserError, e == .headerOverflow {
+            // NIO's limits (NIOHTTPDecoderLimitConfiguration): 80 KiB for one field and for all of
+            // them, 65,534 fields.
+            return .headerFieldsTooLarge("the request's header fields exceed 80 KiB (one field, or all of them together)")
+        }
+        return .badRequest("malformed HTTP request: \(describe(error))")
     }
 
     static func describe(_ error: Error) -> String {
         guard let e = error as? HTTPParserError else { return "\(error)" }
         switch e {
-        case .headerOverflow: return "headers too large"
         case .invalidContentLength: return "invalid Content-Length"
         case .unexpectedContentLength: return "both Content-Length and Transfer-Encoding"
         case .invalidChunkSize: return "invalid chunk size"
