@@ -166,6 +166,51 @@ final class RefusalTests: XCTestCase {
         let next = try await h.request()
         XCTAssertEqual(next.status, 200)
     }
+
+    // MARK: what the decoder rejects, behind requests still being answered
+
+    /// Bad bytes pipelined behind good requests: the good ones are answered in full, in order, and
+    /// the bad ones get their framed OpenAI-shaped answer after them, then the connection closes
+    /// (neither a bare close that cuts the answers before, nor a 400 in place of one of them).
+    func testMalformedBytesBehindPipelinedRequestsAreAnsweredInTurn() async throws {
+        let (fake, h) = try await start()
+        let slow = "POST /v1/echo HTTP/1.1\r\nHost: x\r\nX-Fake-Delay-Ms: 300\r\nContent-Length: 7\r\n\r\n{\"n\":1}"
+        let second = "POST /v1/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\n\r\n{\"n\":2}"
+        let stream = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Fake-Events: 4\r\nX-Fake-Interval-Ms: 100\r\nContent-Length: 15\r\n\r\n{\"stream\":true}"
+        let cases: [(String, String, [Int], Int)] = [
+            ("garbage behind a request waiting for its answer", slow + "GARBAGE\r\n\r\n", [200, 400], 400),
+            ("garbage behind two requests, one queued", slow + second + "GARBAGE\r\n\r\n", [200, 200, 400], 400),
+            ("garbage behind a stream being sent", stream + "GARBAGE\r\n\r\n", [200, 400], 400),
+            ("an oversized head behind a request", slow + "GET /v1/models HTTP/1.1\r\nX-Big: \(String(repeating: "a", count: 100_000))\r\n\r\n", [200, 431], 431),
+        ]
+        for (name, raw, statuses, last) in cases {
+            let requestsBefore = fake.counters.requests
+            let answer = try await RawTCP.converse(port: h.port, bytes: Array(raw.utf8), group: h.clientGroup)
+            XCTAssertTrue(answer.serverClosed, name)
+            var rest = answer.text
+            var seen: [Int] = []
+            while !rest.isEmpty {
+                // A streamed answer is chunked: skip past its terminating chunk to the next response.
+                if rest.hasPrefix("HTTP/1.1 200 OK\r\n"), rest.prefix(2000).lowercased().contains("transfer-encoding: chunked"),
+                   let end = rest.range(of: "\r\n0\r\n\r\n") {
+                    XCTAssertTrue(rest[..<end.lowerBound].contains("data: [DONE]"), "\(name): the stream was sent whole")
+                    seen.append(200)
+                    rest = String(rest[end.upperBound...])
+                    continue
+                }
+                guard let r = RawResponse(rest) else { XCTFail("\(name): not framed: \(rest.prefix(300))"); break }
+                seen.append(r.status)
+                if r.status == last {
+                    XCTAssertEqual(r.header("connection"), "close", name)
+                    XCTAssertEqual(openAIError(r.body)?.code, last == 400 ? "bad_request" : "request_header_fields_too_large", name)
+                }
+                rest = r.rest
+            }
+            XCTAssertEqual(seen, statuses, "\(name): \(answer.text.prefix(600))")
+            XCTAssertTrue(answer.text.contains(#"{"n":1}"#) || name.contains("stream"), name)
+            XCTAssertEqual(fake.counters.requests - requestsBefore, statuses.count - 1, "\(name): every good request reached the upstream once")
+        }
+    }
 }
 
 enum ProxyHarnessPath {

@@ -386,6 +386,10 @@ final class DownstreamHandler: ChannelDuplexHandler {
     private func responseFinished(_ written: EventLoopFuture<Void>) {
         responseOpen = false
         guard let context else { return }
+        if pendingRefusal != nil, queued.isEmpty {
+            // Bad bytes followed this request: their answer is next, and closes the connection.
+            return refuseWhenDue()
+        }
         if !keepAlive || closeAfterResponse {
             queued.removeAll()
             if requestOpen {
@@ -411,10 +415,12 @@ final class DownstreamHandler: ChannelDuplexHandler {
         while !queued.isEmpty && !(!requestOpen && responseOpen) {
             handle(queued.removeFirst())
         }
-        if readPending, queued.count < Self.maxQueuedParts, let context {
+        if readPending, mayRead, let context {
             readPending = false
             context.read()
         }
+        // The last request queued before bad bytes may now be current, its body never to come.
+        if pendingRefusal != nil { return refuseWhenDue() }
         if !requestOpen && !responseOpen {
             if quiescing { context?.close(promise: nil); return }
             armIdleTimer()
@@ -441,15 +447,19 @@ final class DownstreamHandler: ChannelDuplexHandler {
 
     func setReadsPaused(_ paused: Bool) {
         readsPausedByUpstream = paused
-        if !paused, readPending, queued.count < Self.maxQueuedParts, let context {
+        if !paused, readPending, mayRead, let context {
             readPending = false
             context.read()
         }
     }
 
     func read(context: ChannelHandlerContext) {
-        if queued.count >= Self.maxQueuedParts || readsPausedByUpstream { readPending = true } else { context.read() }
+        if !mayRead || readsPausedByUpstream { readPending = true } else { context.read() }
     }
+
+    /// Not while the queue is long, nor while a decoder error waits for its turn (all the decoder
+    /// would do with more input is report it as another error).
+    private var mayRead: Bool { queued.count < Self.maxQueuedParts && pendingRefusal == nil }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         if lingering {
@@ -457,28 +467,47 @@ final class DownstreamHandler: ChannelDuplexHandler {
             context.close(promise: nil)
             return
         }
-        // Malformed HTTP from the client: answer 400 if no response is under way, then close.
-        // Other clients are unaffected: each connection has its own decoder.
-        guard error is HTTPParserError || error is ByteToMessageDecoderError, queued.isEmpty else {
+        // Malformed HTTP from the client: answered (400, or 431 for an oversized head) in its turn,
+        // after the requests before it, then the connection is closed. Other clients are
+        // unaffected: each connection has its own decoder.
+        guard error is HTTPParserError || error is ByteToMessageDecoderError else {
             context.close(promise: nil)
             return
         }
-        if let exchange, !exchange.responseStarted {
-            // The head was fine but the body is not: abandon the upstream request.
+        // The decoder reports every later read as an error too: the first error is the answer.
+        guard pendingRefusal == nil else { return }
+        pendingRefusal = Self.refusal(for: error)
+        refuseWhenDue()
+    }
+
+    /// What the decoder rejected, waiting for the requests before it to be answered.
+    private var pendingRefusal: ProxyError?
+
+    /// Answers `pendingRefusal` once every request the decoder delivered before the bad bytes
+    /// is answered, and closes the connection. Called when the error arrives and whenever a
+    /// response finishes.
+    private func refuseWhenDue() {
+        guard let refusal = pendingRefusal, queued.isEmpty, let context else { return }
+        let inBody = requestOpen
+        if requestOpen, let exchange {
+            // The bad bytes are in this request's body: its upstream request is abandoned.
+            guard !exchange.responseStarted else {
+                // Its answer is already under way and cannot end well: cut it.
+                context.close(promise: nil)
+                return
+            }
             self.exchange = nil
             state.requestFinished()
             exchange.downstreamClosed()
             responseOpen = false
         }
-        guard !responseOpen else {
-            context.close(promise: nil)
-            return
-        }
+        guard !responseOpen else { return }  // a request before the bad bytes is still being answered
+        pendingRefusal = nil
         keepAlive = false
         closeAfterResponse = true
         responseOpen = true
         requestOpen = true  // whatever follows the bad bytes is unread input
-        let refusal = Self.refusal(for: error)
+        if !inBody { access = AccessRecord(method: "-", path: "-") }  // bad bytes where a request head should be
         state.metrics.error(refusal.codeString)
         let (head, body) = ErrorResponses.head(for: refusal, keepAlive: false)
         writeLocal(head: head, body: body)
