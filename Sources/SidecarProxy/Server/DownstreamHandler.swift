@@ -86,17 +86,27 @@ final class DownstreamHandler: ChannelDuplexHandler {
         return "\(tenths / 10).\(tenths % 10)"
     }
 
-    /// The cache scope of the last credential seen on this connection: a client sends the same
-    /// key on every request of a keep-alive connection, so it is hashed once, not per request.
-    private var lastScope: (credential: [String], scope: String)?
+    /// The last scopes named on this connection: a client sends the same key (and organization
+    /// and project) on every request of a keep-alive connection, so they are hashed once, not
+    /// per request.
+    private var lastClient: (scope: CacheScope, name: String)?
+    private var lastCacheScope: (scope: CacheScope, name: String)?
 
+    /// The client a request counts against for `[limits]` and spend: its credential, hashed.
     func scope(of headers: HTTPHeaders) -> String {
-        var credential: [String] = []
-        for name in ["authorization", "api-key", "x-api-key"] { credential += headers[canonicalForm: name].map { name + ":" + $0 } }
-        if let last = lastScope, last.credential == credential { return last.scope }
-        let scope = ProxyExchange.computeScope(of: headers)
-        lastScope = (credential, scope)
-        return scope
+        Self.name(CacheScope.client(of: headers), memo: &lastClient)
+    }
+
+    /// The request's cache scope: credential (unless `shared`), organization and project.
+    func cacheScope(of headers: HTTPHeaders, shared: Bool) -> String {
+        Self.name(CacheScope.cache(of: headers, shared: shared), memo: &lastCacheScope)
+    }
+
+    private static func name(_ scope: CacheScope, memo: inout (scope: CacheScope, name: String)?) -> String {
+        if let last = memo, last.scope == scope { return last.name }
+        let name = ProxyExchange.name(of: scope)
+        memo = (scope, name)
+        return name
     }
 
     /// Loopback and unix-socket clients may use the admin endpoints without a token.
