@@ -366,10 +366,12 @@ final class DownstreamHandler: ChannelDuplexHandler {
             // NIO's encoder writes any response to a CONNECT without framing or body (what a 2xx,
             // the start of a tunnel, needs); a refusal is an ordinary response (RFC 9110 §9.3.6)
             // and keeps its Content-Length and body, so it is written past the encoder.
-            state.metrics.error(error.codeString)
             closeAfterResponse = true
             let (head, body) = ErrorResponses.head(for: error, keepAlive: false)
-            if writePreparedResponse(status: error.status, head: ErrorResponses.wireForm(head), body: body) { return }
+            if writePreparedResponse(status: error.status, head: ErrorResponses.wireForm(head), body: body) {
+                state.metrics.error(error.codeString)
+                return
+            }
         }
         respondWithError(error, closeAfter: true)
     }
