@@ -160,7 +160,20 @@ public enum RawTCP {
     /// `100 Continue`).
     public static func exchange(port: Int, bytes: [UInt8], group: EventLoopGroup, timeout: TimeAmount = .seconds(5),
                                 then: [UInt8]? = nil, after: String = "") async throws -> String {
+        try await converse(port: port, bytes: bytes, group: group, timeout: timeout, then: then, after: after).text
+    }
+
+    /// What `converse` read, and whether the server closed the connection before the timeout.
+    public struct Answer: Sendable {
+        public var text: String
+        public var serverClosed: Bool
+    }
+
+    /// `exchange`, also saying whether the server closed the connection (rather than the timeout).
+    public static func converse(port: Int, bytes: [UInt8], group: EventLoopGroup, timeout: TimeAmount = .seconds(5),
+                                then: [UInt8]? = nil, after: String = "") async throws -> Answer {
         let collected = NIOLockedValueBox<[UInt8]>([])
+        let timedOut = NIOLockedValueBox(false)
         let channel = try await ClientBootstrap(group: group)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -177,10 +190,13 @@ public enum RawTCP {
             try await channel.writeAndFlush(ByteBuffer(bytes: then))
         }
         let closed = channel.closeFuture
-        let timer = channel.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
+        let timer = channel.eventLoop.scheduleTask(in: timeout) {
+            timedOut.withLockedValue { $0 = true }
+            channel.close(promise: nil)
+        }
         try? await closed.get()
         timer.cancel()
-        return String(decoding: collected.withLockedValue { $0 }, as: UTF8.self)
+        return Answer(text: String(decoding: collected.withLockedValue { $0 }, as: UTF8.self), serverClosed: !timedOut.withLockedValue { $0 })
     }
 
     final class Collector: ChannelInboundHandler, Sendable {

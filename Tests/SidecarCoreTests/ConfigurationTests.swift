@@ -27,6 +27,7 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertTrue(c.server.listen.isLoopback)
         XCTAssertEqual(c.server.defaultUpstream, "openai", "a single upstream is the default")
         XCTAssertEqual(c.server.maxBodyBytes, 32 << 20)
+        XCTAssertEqual(c.server.maxHeaderFields, 128)
         let u = try XCTUnwrap(c.upstream(named: "openai"))
         XCTAssertEqual(u.url, UpstreamURL(tls: true, host: "api.openai.com", port: 443))
         XCTAssertEqual(u.apiKey, .none)
@@ -41,6 +42,7 @@ final class ConfigurationTests: XCTestCase {
         listen = "unix:/run/llm-sidecar/sidecar.sock"
         default_upstream = "openai"
         max_body_bytes = 1048576
+        max_header_fields = 64
         threads = 4
         client_idle_timeout = "10s"
         drain_timeout = "0s"
@@ -66,6 +68,7 @@ final class ConfigurationTests: XCTestCase {
         """, files: ["/etc/ca.pem", "/run/credentials/key"])
         XCTAssertEqual(c.server.listen, .unix(path: "/run/llm-sidecar/sidecar.sock"))
         XCTAssertEqual(c.server.threads, 4)
+        XCTAssertEqual(c.server.maxHeaderFields, 64)
         XCTAssertEqual(c.server.drainTimeout, .seconds(0))
         XCTAssertEqual(c.upstreams.map(\.name), ["local", "openai"])
         let o = try XCTUnwrap(c.upstream(named: "openai"))
@@ -145,6 +148,19 @@ final class ConfigurationTests: XCTestCase {
         url = "http://127.0.0.1:8000"
         tls_min_version = "1.3"
         """, "test.toml:2: upstreams.local.url: TLS options are set but the URL is http://; use https://")
+    }
+
+    func testMaxHeaderFieldsIsValidatedToItsRange() throws {
+        func config(_ value: String) -> String {
+            "[server]\nmax_header_fields = \(value)\n[upstreams.openai]\nurl = \"https://api.openai.com\"\n"
+        }
+        XCTAssertEqual(try load(config("32")).server.maxHeaderFields, 32)
+        XCTAssertEqual(try load(config("65534")).server.maxHeaderFields, 65534)
+        assertRefused(config("31"), "test.toml:2: server.max_header_fields: must be between 32 and 65534, got 31")
+        assertRefused(config("65535"), "test.toml:2: server.max_header_fields: must be between 32 and 65534, got 65535")
+        assertRefused(config("0"), "test.toml:2: server.max_header_fields: must be between 32 and 65534, got 0")
+        assertRefused(config("-1"), "test.toml:2: server.max_header_fields: must be between 32 and 65534, got -1")
+        assertRefused(config("\"many\""), "test.toml:2: server.max_header_fields: expected an integer")
     }
 
     func testDuplicateNamesAreRefusedByTheTOMLParser() {

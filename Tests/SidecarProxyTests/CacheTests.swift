@@ -78,6 +78,47 @@ final class CacheTests: XCTestCase {
         XCTAssertEqual(try XCTUnwrap(t["usd_saved"] as? Double), (57 * 0.15 + 84 * 0.60) / 1_000_000, accuracy: 1e-9)
     }
 
+    /// One key, one body: another organization or project is another tenant at the provider, and
+    /// never sees this one's answers (issue 11, item 12).
+    func testOrganizationAndProjectScopeTheCache() async throws {
+        try await start()
+        let key = ("authorization", "Bearer client-a")
+        func post(_ extra: [(String, String)]) async throws -> String? {
+            let r = try await self.post(headers: [key] + extra)
+            XCTAssertEqual(r.status, 200)
+            return r.header("x-sidecar-cache")
+        }
+        let orgA = try await post([("OpenAI-Organization", "org-A")])
+        XCTAssertEqual(orgA, "miss")
+        let orgB = try await post([("OpenAI-Organization", "org-B")])
+        XCTAssertEqual(orgB, "miss", "another organization is not served org-A's answer")
+        XCTAssertEqual(upstream.counters.requests, 2, "the upstream was called for each")
+        let orgAAgain = try await post([("openai-organization", "org-A")])
+        XCTAssertEqual(orgAAgain, "hit", "the same organization hits (the header name in any case)")
+        let projectA = try await post([("OpenAI-Organization", "org-A"), ("OpenAI-Project", "proj-A")])
+        XCTAssertEqual(projectA, "miss")
+        let projectB = try await post([("OpenAI-Organization", "org-A"), ("OpenAI-Project", "proj-B")])
+        XCTAssertEqual(projectB, "miss")
+        let projectAAgain = try await post([("OpenAI-Project", "proj-A"), ("OpenAI-Organization", "org-A")])
+        XCTAssertEqual(projectAAgain, "hit")
+        let noTenant = try await post([])
+        XCTAssertEqual(noTenant, "miss", "no organization is the key's default one, not org-A")
+        XCTAssertEqual(upstream.counters.requests, 5)
+        XCTAssertEqual(upstream.requests.map { $0.header("openai-organization") }, ["org-A", "org-B", "org-A", "org-A", nil],
+                       "the headers themselves still reach the provider")
+    }
+
+    func testOrganizationScopesASharedCacheToo() async throws {
+        try await start { $0.cache.scope = .shared }
+        let a = try await post(headers: [("authorization", "Bearer client-a"), ("OpenAI-Organization", "org-A")])
+        XCTAssertEqual(a.header("x-sidecar-cache"), "miss")
+        let otherKey = try await post(headers: [("authorization", "Bearer client-b"), ("OpenAI-Organization", "org-A")])
+        XCTAssertEqual(otherKey.header("x-sidecar-cache"), "hit", "a shared cache is shared between keys")
+        let otherOrg = try await post(headers: [("authorization", "Bearer client-a"), ("OpenAI-Organization", "org-B")])
+        XCTAssertEqual(otherOrg.header("x-sidecar-cache"), "miss", "but not between organizations")
+        XCTAssertEqual(upstream.counters.requests, 2)
+    }
+
     func testAnyChangeOfMeaningIsAMiss() async throws {
         try await start()
         _ = try await post()

@@ -4,8 +4,9 @@
 ///     llm-sidecar-key/1 \n METHOD \n PATH?QUERY \n MODEL-GROUP \n SCOPE \n CANONICAL-BODY
 ///
 /// Every body parameter is part of it, known or not (a parameter we do not know may change the
-/// answer), except the ones in `fieldsThatCannotChangeTheAnswer`. `SCOPE` is a hash of the
-/// client's credential (two keys never share entries) or "shared".
+/// answer), except the ones in `fieldsThatCannotChangeTheAnswer`. `SCOPE` is `CacheScope`'s
+/// name: a hash of the client's credential and organization and project headers (two keys, or two
+/// organizations of one key, never share entries), or "shared".
 public enum CanonicalRequest {
     public static let version = "llm-sidecar-key/1"
 

@@ -97,7 +97,7 @@ extension SidecarConfiguration {
 /// The file as written: every field optional, so defaults and validation live in one place.
 struct RawConfiguration: Decodable {
     /// Keys whose values are integers (the rest are strings or tables), for type error messages.
-    static let integerKeys: Set<String> = ["max_body_bytes", "threads", "max_connections", "queue_size", "ttl_seconds",
+    static let integerKeys: Set<String> = ["max_body_bytes", "max_header_fields", "threads", "max_connections", "queue_size", "ttl_seconds",
                                             "max_bytes", "memory_bytes", "max_entry_bytes", "weight", "max_concurrency", "max_attempts",
                                             "client_rpm", "client_burst", "alert_percent", "rpm", "tpm"]
     static let tableKeys: Set<String> = ["server", "upstreams", "log", "cache", "prices", "models", "deployments", "limits", "budgets"]
@@ -175,6 +175,7 @@ struct RawConfiguration: Decodable {
         var listen: String?
         var default_upstream: String?
         var max_body_bytes: Int?
+        var max_header_fields: Int?
         var threads: Int?
         var client_idle_timeout: String?
         var drain_timeout: String?
@@ -234,6 +235,12 @@ private struct Validator {
         return value
     }
 
+    func integer(_ value: Int?, _ path: [String], default def: Int, in range: ClosedRange<Int>) throws(ConfigurationError) -> Int {
+        guard let value else { return def }
+        guard range.contains(value) else { throw fail(path, "must be between \(range.lowerBound) and \(range.upperBound), got \(value)") }
+        return value
+    }
+
     mutating func validate(_ raw: RawConfiguration) throws(ConfigurationError) -> SidecarConfiguration {
         var server = SidecarConfiguration.Server()
         let rs = raw.server
@@ -244,6 +251,8 @@ private struct Validator {
             server.listen = parsed
         }
         server.maxBodyBytes = try positive(rs?.max_body_bytes, ["server", "max_body_bytes"], default: server.maxBodyBytes)
+        server.maxHeaderFields = try integer(rs?.max_header_fields, ["server", "max_header_fields"], default: server.maxHeaderFields,
+                                             in: SidecarConfiguration.Server.maxHeaderFieldsRange)
         if let t = rs?.threads { server.threads = try positive(t, ["server", "threads"], default: 1, max: 256) }
         server.clientIdleTimeout = try duration(rs?.client_idle_timeout, ["server", "client_idle_timeout"], default: server.clientIdleTimeout)
         server.drainTimeout = try duration(rs?.drain_timeout, ["server", "drain_timeout"], default: server.drainTimeout, allowZero: true)

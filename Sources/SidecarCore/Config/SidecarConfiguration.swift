@@ -142,6 +142,11 @@ public struct SidecarConfiguration: Sendable, Equatable {
         public var defaultUpstream: String?
         /// Largest request body accepted; larger gets 413. Default 32 MiB.
         public var maxBodyBytes: Int = 32 << 20
+        /// Most header fields a request head may have; more gets 431. Default 128 (SDKs send ~15).
+        public var maxHeaderFields: Int = 128
+        /// The range `max_header_fields` may be set in: at least what proxies and SDKs add
+        /// together, at most what HTTP field containers hold (NIO's and swift-http-types' 65,534).
+        public static let maxHeaderFieldsRange = 32...65_534
         /// Event-loop threads. Default: the CPUs the process may use (`CPUAllowance`).
         public var threads: Int?
         /// How long a client keep-alive connection may sit idle. Default 75 s (nginx's default).

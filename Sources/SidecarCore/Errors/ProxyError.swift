@@ -17,7 +17,8 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
     }
 
     private enum Code: Hashable, Sendable {
-        case badRequest, payloadTooLarge, notFound, methodNotAllowed, forbidden
+        case badRequest, payloadTooLarge, notFound, forbidden, pathTraversal, invalidFraming, headerFieldsTooLarge
+        case methodNotAllowed(allow: String)
         case upstreamConnect, upstreamTLS, upstreamClosed, upstreamProtocol, upstreamTimeout(Timeout)
         case poolExhausted, shuttingDown, internalError
         case modelNotFound, deploymentsBusy, rateLimited, budgetExceeded, modelNotPriced, budgetUnavailable
@@ -41,8 +42,19 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
         .init(.notFound, "no route for \(path.prefix(200)): the sidecar forwards /v1/... and serves /healthz")
     }
     public static func forbidden(_ why: String) -> ProxyError { .init(.forbidden, why) }
-    public static func methodNotAllowed(_ method: String, path: String) -> ProxyError {
-        .init(.methodNotAllowed, "method \(method) is not allowed on \(path)")
+    /// A request head with more header fields than `server.max_header_fields`, or more bytes of
+    /// them than the HTTP decoder takes.
+    public static func headerFieldsTooLarge(_ why: String) -> ProxyError { .init(.headerFieldsTooLarge, why) }
+    /// A request whose body framing cannot be trusted: where it ends, and so where the next
+    /// request starts, is ambiguous (request smuggling).
+    public static func invalidFraming(_ why: String) -> ProxyError { .init(.invalidFraming, why) }
+    /// A request target whose dot segments lead outside `/v1` (`TargetPath`).
+    public static func pathTraversal(_ target: String, resolved: String) -> ProxyError {
+        .init(.pathTraversal, "the request target \(target.prefix(200)) resolves to \(resolved.prefix(200)) once its dot segments are removed (RFC 3986 §5.2.4): the sidecar forwards only /v1/...")
+    }
+    /// `allow`: the methods the target does take, for the `Allow` header a 405 must carry (RFC 9110 §15.5.6).
+    public static func methodNotAllowed(_ method: String, path: String, allow: String, why: String? = nil) -> ProxyError {
+        .init(.methodNotAllowed(allow: allow), "method \(method.prefix(40)) is not allowed on \(path.prefix(200))" + (why.map { ": " + $0 } ?? ""))
     }
 
     // MARK: upstream errors
@@ -102,7 +114,8 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
 
     public var source: Source {
         switch code {
-        case .badRequest, .payloadTooLarge, .notFound, .methodNotAllowed, .forbidden: return .client
+        case .badRequest, .payloadTooLarge, .notFound, .methodNotAllowed, .forbidden, .pathTraversal, .invalidFraming,
+             .headerFieldsTooLarge: return .client
         case .upstreamConnect, .upstreamTLS, .upstreamClosed, .upstreamProtocol: return .upstream
         case .upstreamTimeout(let t): return t == .poolQueue ? .internal : .upstream
         case .poolExhausted, .shuttingDown, .internalError, .budgetUnavailable: return .internal
@@ -139,11 +152,12 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
     /// The HTTP status the client receives.
     public var status: Int {
         switch code {
-        case .badRequest: return 400
+        case .badRequest, .pathTraversal, .invalidFraming: return 400
         case .forbidden: return 403
         case .notFound: return 404
         case .methodNotAllowed: return 405
         case .payloadTooLarge: return 413
+        case .headerFieldsTooLarge: return 431
         case .upstreamConnect, .upstreamTLS, .upstreamClosed, .upstreamProtocol: return 502
         case .upstreamTimeout(let t): return t == .poolQueue ? 503 : 504
         case .poolExhausted, .shuttingDown, .budgetUnavailable: return 503
@@ -169,6 +183,9 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
     public var codeString: String {
         switch code {
         case .badRequest: return "bad_request"
+        case .pathTraversal: return "path_traversal"
+        case .invalidFraming: return "invalid_framing"
+        case .headerFieldsTooLarge: return "request_header_fields_too_large"
         case .payloadTooLarge: return "request_too_large"
         case .forbidden: return "forbidden"
         case .notFound: return "not_found"
@@ -195,6 +212,12 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
         case .modelNotPriced: return "model_not_priced"
         case .budgetUnavailable: return "budget_unavailable"
         }
+    }
+
+    /// The `Allow` header of a 405: the methods the target takes.
+    public var allow: String? {
+        if case .methodNotAllowed(let allow) = code { return allow }
+        return nil
     }
 
     /// Seconds the client should wait before trying again, for the statuses where that helps.

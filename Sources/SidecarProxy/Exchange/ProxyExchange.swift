@@ -47,7 +47,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
         let path: String
         let cacheControl: [String]
         let ttlHeader: String?
-        /// The client's credential hash (or "shared"), computed only when a key is.
+        /// `CacheScope`'s name (credential and tenant headers, or "shared"), computed only when a key is.
         var scope = ""
         let headers: HTTPHeaders
         var key: CacheKey?
@@ -192,19 +192,9 @@ final class ProxyExchange: UpstreamResponseDelegate {
         return String(uri[..<q])
     }
 
-    /// The client's credential, hashed: requests with different keys never share cache entries.
-    /// `Authorization` (OpenAI), `api-key` (Azure) and `x-api-key` (Anthropic) all count.
-    static func computeScope(of headers: HTTPHeaders) -> String {
-        var material: [UInt8] = Array("llm-sidecar-scope/1".utf8)
-        for name in ["authorization", "api-key", "x-api-key"] {
-            for v in headers[canonicalForm: name] {
-                material.append(0)
-                material += Array(name.utf8)
-                material.append(0)
-                material += Array(v.utf8)
-            }
-        }
-        return String(CacheKey(digest: SHA256.hash(material)).description.prefix(32))
+    /// A scope's name in keys, the store, limits and spend: its material hashed (SHA-256).
+    static func name(of scope: CacheScope) -> String {
+        scope.name { SHA256.hash($0) }
     }
 
     // MARK: phases
@@ -290,7 +280,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
         case .storeOnly(let t): (ttl, lookup) = (t, false)
         case .lookupAndStore(let t): (ttl, lookup) = (t, true)
         }
-        c.scope = c.settings.scope == .shared ? "shared" : downstream.scope(of: c.headers)
+        c.scope = downstream.cacheScope(of: c.headers, shared: c.settings.scope == .shared)
         guard let parsed, let material = CanonicalRequest.keyMaterial(
             method: c.method, path: c.path, modelGroup: c.model, scope: c.scope, parsed: parsed) else {
             cacheState = nil

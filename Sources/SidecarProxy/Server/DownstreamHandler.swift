@@ -5,8 +5,9 @@ import NIOHTTP1
 import SidecarCore
 
 /// The proxy's per-client-connection handler, right after NIO's HTTP/1.1 decoder and encoder.
-/// Routes each request (admin endpoint, `/v1/...` to an exchange, or 404), writes responses, and
-/// turns malformed HTTP into a 400 with an OpenAI-shaped body before closing the connection.
+/// Checks each request head first (`RequestHeadPolicy`: refusals close the connection), then
+/// routes it (admin endpoint, `/v1/...` to an exchange, or 404), writes responses, and turns
+/// malformed HTTP into a 400 with an OpenAI-shaped body before closing the connection.
 ///
 /// Pipelined requests are queued here and served in order. (NIO's `HTTPServerPipelineHandler`
 /// would do that by pausing reads around every response, which costs two `epoll_ctl` calls per
@@ -85,17 +86,27 @@ final class DownstreamHandler: ChannelDuplexHandler {
         return "\(tenths / 10).\(tenths % 10)"
     }
 
-    /// The cache scope of the last credential seen on this connection: a client sends the same
-    /// key on every request of a keep-alive connection, so it is hashed once, not per request.
-    private var lastScope: (credential: [String], scope: String)?
+    /// The last scopes named on this connection: a client sends the same key (and organization
+    /// and project) on every request of a keep-alive connection, so they are hashed once, not
+    /// per request.
+    private var lastClient: (scope: CacheScope, name: String)?
+    private var lastCacheScope: (scope: CacheScope, name: String)?
 
+    /// The client a request counts against for `[limits]` and spend: its credential, hashed.
     func scope(of headers: HTTPHeaders) -> String {
-        var credential: [String] = []
-        for name in ["authorization", "api-key", "x-api-key"] { credential += headers[canonicalForm: name].map { name + ":" + $0 } }
-        if let last = lastScope, last.credential == credential { return last.scope }
-        let scope = ProxyExchange.computeScope(of: headers)
-        lastScope = (credential, scope)
-        return scope
+        Self.name(CacheScope.client(of: headers), memo: &lastClient)
+    }
+
+    /// The request's cache scope: credential (unless `shared`), organization and project.
+    func cacheScope(of headers: HTTPHeaders, shared: Bool) -> String {
+        Self.name(CacheScope.cache(of: headers, shared: shared), memo: &lastCacheScope)
+    }
+
+    private static func name(_ scope: CacheScope, memo: inout (scope: CacheScope, name: String)?) -> String {
+        if let last = memo, last.scope == scope { return last.name }
+        let name = ProxyExchange.name(of: scope)
+        memo = (scope, name)
+        return name
     }
 
     /// Loopback and unix-socket clients may use the admin endpoints without a token.
@@ -166,7 +177,10 @@ final class DownstreamHandler: ChannelDuplexHandler {
             access = AccessRecord(method: head.method.rawValue, path: head.uri)
             keepAlive = head.isKeepAlive && !state.isDraining && !quiescing
             closeAfterResponse = false
-            route(head)
+            switch RequestHeadPolicy.check(head, maxHeaderFields: runtime.maxHeaderFields) {
+            case .route(let checked): route(checked)
+            case .refuse(let error): refuse(error, method: head.method)
+            }
         case .body(let buffer):
             exchange?.requestBody(buffer)  // bodies of locally answered requests are dropped
         case .end:
@@ -233,7 +247,7 @@ final class DownstreamHandler: ChannelDuplexHandler {
                 closeAfter: false)
         }
         guard head.method == .GET || head.method == .HEAD else {
-            return respondWithError(.methodNotAllowed(head.method.rawValue, path: String(path)), closeAfter: false)
+            return respondWithError(.methodNotAllowed(head.method.rawValue, path: String(path), allow: "GET, HEAD"), closeAfter: false)
         }
         let headOnly = head.method == .HEAD
         switch path {
@@ -346,6 +360,22 @@ final class DownstreamHandler: ChannelDuplexHandler {
         writeLocal(head: head, body: body)
     }
 
+    /// Refuses the current request and closes the connection once the answer is written.
+    private func refuse(_ error: ProxyError, method: HTTPMethod) {
+        if method == .CONNECT {
+            // NIO's encoder writes any response to a CONNECT without framing or body (what a 2xx,
+            // the start of a tunnel, needs); a refusal is an ordinary response (RFC 9110 §9.3.6)
+            // and keeps its Content-Length and body, so it is written past the encoder.
+            closeAfterResponse = true
+            let (head, body) = ErrorResponses.head(for: error, keepAlive: false)
+            if writePreparedResponse(status: error.status, head: ErrorResponses.wireForm(head), body: body) {
+                state.metrics.error(error.codeString)
+                return
+            }
+        }
+        respondWithError(error, closeAfter: true)
+    }
+
     private func respondLocally(status: HTTPResponseStatus, contentType: String, body: ByteBuffer, headOnly: Bool) {
         var headers = HTTPHeaders()
         headers.add(name: "content-type", value: contentType)
@@ -368,6 +398,10 @@ final class DownstreamHandler: ChannelDuplexHandler {
     private func responseFinished(_ written: EventLoopFuture<Void>) {
         responseOpen = false
         guard let context else { return }
+        if pendingRefusal != nil, queued.isEmpty {
+            // Bad bytes followed this request: their answer is next, and closes the connection.
+            return refuseWhenDue()
+        }
         if !keepAlive || closeAfterResponse {
             queued.removeAll()
             if requestOpen {
@@ -393,10 +427,12 @@ final class DownstreamHandler: ChannelDuplexHandler {
         while !queued.isEmpty && !(!requestOpen && responseOpen) {
             handle(queued.removeFirst())
         }
-        if readPending, queued.count < Self.maxQueuedParts, let context {
+        if readPending, mayRead, let context {
             readPending = false
             context.read()
         }
+        // The last request queued before bad bytes may now be current, its body never to come.
+        if pendingRefusal != nil { return refuseWhenDue() }
         if !requestOpen && !responseOpen {
             if quiescing { context?.close(promise: nil); return }
             armIdleTimer()
@@ -423,15 +459,19 @@ final class DownstreamHandler: ChannelDuplexHandler {
 
     func setReadsPaused(_ paused: Bool) {
         readsPausedByUpstream = paused
-        if !paused, readPending, queued.count < Self.maxQueuedParts, let context {
+        if !paused, readPending, mayRead, let context {
             readPending = false
             context.read()
         }
     }
 
     func read(context: ChannelHandlerContext) {
-        if queued.count >= Self.maxQueuedParts || readsPausedByUpstream { readPending = true } else { context.read() }
+        if !mayRead || readsPausedByUpstream { readPending = true } else { context.read() }
     }
+
+    /// Not while the queue is long, nor while a decoder error waits for its turn (all the decoder
+    /// would do with more input is report it as another error).
+    private var mayRead: Bool { queued.count < Self.maxQueuedParts && pendingRefusal == nil }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         if lingering {
@@ -439,35 +479,65 @@ final class DownstreamHandler: ChannelDuplexHandler {
             context.close(promise: nil)
             return
         }
-        // Malformed HTTP from the client: answer 400 if no response is under way, then close.
-        // Other clients are unaffected: each connection has its own decoder.
-        guard error is HTTPParserError || error is ByteToMessageDecoderError, queued.isEmpty else {
+        // Malformed HTTP from the client: answered (400, or 431 for an oversized head) in its turn,
+        // after the requests before it, then the connection is closed. Other clients are
+        // unaffected: each connection has its own decoder.
+        guard error is HTTPParserError || error is ByteToMessageDecoderError else {
             context.close(promise: nil)
             return
         }
-        if let exchange, !exchange.responseStarted {
-            // The head was fine but the body is not: abandon the upstream request.
+        // The decoder reports every later read as an error too: the first error is the answer.
+        guard pendingRefusal == nil else { return }
+        pendingRefusal = Self.refusal(for: error)
+        refuseWhenDue()
+    }
+
+    /// What the decoder rejected, waiting for the requests before it to be answered.
+    private var pendingRefusal: ProxyError?
+
+    /// Answers `pendingRefusal` once every request the decoder delivered before the bad bytes
+    /// is answered, and closes the connection. Called when the error arrives and whenever a
+    /// response finishes.
+    private func refuseWhenDue() {
+        guard let refusal = pendingRefusal, queued.isEmpty, let context else { return }
+        let inBody = requestOpen
+        if requestOpen, let exchange {
+            // The bad bytes are in this request's body: its upstream request is abandoned.
+            guard !exchange.responseStarted else {
+                // Its answer is already under way and cannot end well: cut it.
+                context.close(promise: nil)
+                return
+            }
             self.exchange = nil
             state.requestFinished()
             exchange.downstreamClosed()
             responseOpen = false
         }
-        guard !responseOpen else {
-            context.close(promise: nil)
-            return
-        }
+        guard !responseOpen else { return }  // a request before the bad bytes is still being answered
+        pendingRefusal = nil
         keepAlive = false
         closeAfterResponse = true
         responseOpen = true
         requestOpen = true  // whatever follows the bad bytes is unread input
-        let (head, body) = ErrorResponses.head(for: .badRequest("malformed HTTP request: \(Self.describe(error))"), keepAlive: false)
+        if !inBody { access = AccessRecord(method: "-", path: "-") }  // bad bytes where a request head should be
+        state.metrics.error(refusal.codeString)
+        let (head, body) = ErrorResponses.head(for: refusal, keepAlive: false)
         writeLocal(head: head, body: body)
+    }
+
+    /// What a request the HTTP decoder rejected is answered with.
+    static func refusal(for error: Error) -> ProxyError {
+        if let e = error as? HTTPParserError, e == .headerOverflow {
+            // NIO's limits (NIOHTTPDecoderLimitConfiguration): 80 KiB for one field and for all of
+            // them, 65,534 fields.
+            return .headerFieldsTooLarge("the request's header fields exceed 80 KiB (one field, or all of them together)")
+        }
+        return .badRequest("malformed HTTP request: \(describe(error))")
     }
 
     static func describe(_ error: Error) -> String {
         guard let e = error as? HTTPParserError else { return "\(error)" }
         switch e {
-        case .headerOverflow: return "headers too large"
         case .invalidContentLength: return "invalid Content-Length"
         case .unexpectedContentLength: return "both Content-Length and Transfer-Encoding"
         case .invalidChunkSize: return "invalid chunk size"

@@ -18,6 +18,7 @@ final class ProxyRuntime: Sendable {
     /// `[limits] client_rpm`, shared by all loops; nil when there is no limit.
     let clientLimits: ClientLimits?
     let maxBodyBytes: Int
+    let maxHeaderFields: Int
     let clientIdleTimeout: TimeAmount
     /// `Bearer TOKEN` that lets a non-loopback client use the admin endpoints; nil: loopback only.
     let adminAuthorization: String?
@@ -45,6 +46,7 @@ final class ProxyRuntime: Sendable {
             clientLimits = nil
         }
         self.maxBodyBytes = configuration.server.maxBodyBytes
+        self.maxHeaderFields = configuration.server.maxHeaderFields
         self.clientIdleTimeout = configuration.server.clientIdleTimeout
     }
 }
