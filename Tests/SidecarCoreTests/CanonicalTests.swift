@@ -144,7 +144,7 @@ final class CanonicalRequestTests: XCTestCase {
         XCTAssertNotEqual(a, key(#"{"model":"gpt-4o-mini","temperature":0,"messages":[{"role":"user","content":"hi"}]}"#, scope: "s2"),
                           "another credential never shares entries")
         XCTAssertNotEqual(a, key(#"{"model":"gpt-4o-mini","temperature":0,"messages":[{"role":"user","content":"hi"}]}"#, path: "/v1/completions"))
-        XCTAssertTrue(String(decoding: a, as: UTF8.self).hasPrefix("llm-sidecar-key/1\nPOST\n/v1/chat/completions\ngpt-4o-mini\ns1\n"))
+        XCTAssertTrue(String(decoding: a, as: UTF8.self).hasPrefix("llm-sidecar-key/2\nPOST\n/v1/chat/completions\ngpt-4o-mini\ns1\n"))
         XCTAssertNil(key("not json"))
         XCTAssertNil(key("[1,2]"), "only JSON objects are request bodies")
     }

@@ -1,14 +1,17 @@
 /// The bytes a cache key is the hash of: everything that can change an answer, in canonical form,
 /// behind a format version (so a future change of the canonical form never matches old entries).
 ///
-///     llm-sidecar-key/1 \n METHOD \n PATH?QUERY \n MODEL-GROUP \n SCOPE \n CANONICAL-BODY
+///     llm-sidecar-key/2 \n METHOD \n PATH?QUERY \n MODEL-GROUP \n SCOPE \n CANONICAL-BODY
 ///
 /// Every body parameter is part of it, known or not (a parameter we do not know may change the
 /// answer), except the ones in `fieldsThatCannotChangeTheAnswer`. `SCOPE` is `CacheScope`'s
 /// name: a hash of the client's credential and organization and project headers (two keys, or two
 /// organizations of one key, never share entries), or "shared".
 public enum CanonicalRequest {
-    public static let version = "llm-sidecar-key/1"
+    /// 2: the scope took in `OpenAI-Organization` and `OpenAI-Project`. Entries stored under
+    /// version 1 by a request naming an organization were keyed to the credential alone, and
+    /// would have answered the key's other tenants; no version-1 key matches any more.
+    public static let version = "llm-sidecar-key/2"
 
     /// Top-level body fields that cannot change the answer, so they are left out of the key.
     /// This is the one place that list lives.
