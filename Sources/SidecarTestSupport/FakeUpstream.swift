@@ -22,6 +22,8 @@ import SidecarTLS
 /// | `x-fake-keep-alive: timeout=N` | send that `Keep-Alive` header |
 /// | `x-fake-events: N`, `x-fake-interval-ms: M` | SSE: N chunks, M ms apart |
 /// | `x-fake-cut-after: K` | SSE: close the connection after K events (no `[DONE]`) |
+/// | `x-fake-gzip: when-asked` | gzip the JSON answer if `Accept-Encoding` allows it (a provider behind a CDN) |
+/// | `x-fake-gzip: always` | gzip it whatever was asked (a misbehaving upstream) |
 ///
 /// A stream whose request has `"stream_options":{"include_usage":true}` ends with a usage chunk.
 ///
@@ -257,7 +259,13 @@ final class FakeUpstreamHandler: ChannelInboundHandler {
             }
         }
         let responseStatus = (status == 200 && json.hasPrefix(#"{"error""#)) ? 404 : status
-        let buffer = ByteBuffer(string: h.first(name: "x-fake-body") ?? json)
+        var buffer = ByteBuffer(string: h.first(name: "x-fake-body") ?? json)
+        let gzip = h.first(name: "x-fake-gzip")
+        let acceptsGzip = h[canonicalForm: "accept-encoding"].contains { $0.lowercased().hasPrefix("gzip") }
+        if gzip == "always" || (gzip == "when-asked" && acceptsGzip) {
+            buffer = ByteBuffer(bytes: Gzip.stored(Array(buffer.readableBytesView)))
+            headers.add(name: "content-encoding", value: "gzip")
+        }
         headers.add(name: "content-type", value: "application/json")
         if h.first(name: "x-fake-chunked") == nil { headers.add(name: "content-length", value: String(buffer.readableBytes)) }
         if responseStatus == 204 || responseStatus == 304 { headers.remove(name: "content-length") }
@@ -351,5 +359,33 @@ final class FakeUpstreamHandler: ChannelInboundHandler {
                 return
             }
         }
+    }
+}
+
+/// RFC 1952 gzip with "stored" (uncompressed) deflate blocks (RFC 1951 §3.2.4): a real gzip
+/// stream any client inflates, without a compressor.
+public enum Gzip {
+    public static func stored(_ data: [UInt8]) -> [UInt8] {
+        var out: [UInt8] = [0x1F, 0x8B, 8, 0, 0, 0, 0, 0, 0, 0xFF]
+        var rest = data[...]
+        repeat {
+            let block = rest.prefix(65_535)
+            rest = rest.dropFirst(block.count)
+            let n = UInt16(block.count)
+            out += [rest.isEmpty ? 1 : 0, UInt8(n & 0xFF), UInt8(n >> 8), UInt8(~n & 0xFF), UInt8(~n >> 8)]
+            out += block
+        } while !rest.isEmpty
+        let crc = crc32(data), size = UInt32(truncatingIfNeeded: data.count)
+        for v in [crc, size] { out += [UInt8(v & 0xFF), UInt8(v >> 8 & 0xFF), UInt8(v >> 16 & 0xFF), UInt8(v >> 24)] }
+        return out
+    }
+
+    static func crc32(_ data: [UInt8]) -> UInt32 {
+        var crc: UInt32 = 0xFFFF_FFFF
+        for byte in data {
+            crc ^= UInt32(byte)
+            for _ in 0..<8 { crc = crc & 1 == 1 ? (crc >> 1) ^ 0xEDB8_8320 : crc >> 1 }
+        }
+        return ~crc
     }
 }

@@ -9,10 +9,11 @@ final class HeaderPolicyTests: XCTestCase {
             ("Host", "127.0.0.1:8080"), ("Authorization", "Bearer client"), ("Connection", "close, X-Secret-Hop"),
             ("X-Secret-Hop", "1"), ("Keep-Alive", "timeout=5"), ("TE", "trailers"), ("Trailer", "x"),
             ("Transfer-Encoding", "chunked"), ("Upgrade", "h2c"), ("Proxy-Authorization", "x"), ("Proxy-Foo", "y"),
-            ("Content-Type", "application/json"), ("OpenAI-Organization", "org-1"),
+            ("Content-Type", "application/json"), ("OpenAI-Organization", "org-1"), ("Accept-Encoding", "gzip, deflate, br"),
         ])
         let out = HeaderPolicy.upstreamRequestHeaders(from: client, host: "api.openai.com", authorization: "Bearer up")
-        XCTAssertEqual(out.map { $0.name.lowercased() }.sorted(), ["authorization", "content-type", "host", "openai-organization"])
+        XCTAssertEqual(out.map { $0.name.lowercased() }.sorted(), ["accept-encoding", "authorization", "content-type", "host", "openai-organization"])
+        XCTAssertEqual(out["accept-encoding"], ["identity"], "answers must stay readable: usage, stream ends, cached bytes")
         XCTAssertEqual(out["host"], ["api.openai.com"])
         XCTAssertEqual(out["authorization"], ["Bearer up"])
         let passThrough = HeaderPolicy.upstreamRequestHeaders(from: client, host: "h", authorization: nil)
@@ -24,6 +25,10 @@ final class HeaderPolicyTests: XCTestCase {
         XCTAssertEqual(HeaderPolicy.downstreamResponseHeaders(from: upstream).map(\.name), ["Content-Length", "x-request-id"])
         XCTAssertEqual(HeaderPolicy.keepAliveTimeoutSeconds(upstream), 15)
         XCTAssertNil(HeaderPolicy.keepAliveTimeoutSeconds(HTTPHeaders([("Keep-Alive", "max=5")])))
+        XCTAssertTrue(HeaderPolicy.isEncoded(HTTPHeaders([("Content-Encoding", "gzip")])))
+        XCTAssertTrue(HeaderPolicy.isEncoded(HTTPHeaders([("content-encoding", "identity"), ("content-encoding", "br")])))
+        XCTAssertFalse(HeaderPolicy.isEncoded(HTTPHeaders([("Content-Encoding", "Identity")])))
+        XCTAssertFalse(HeaderPolicy.isEncoded(upstream))
     }
 }
 

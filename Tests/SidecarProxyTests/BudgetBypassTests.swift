@@ -175,3 +175,72 @@ extension BudgetBypassTests {
         try await expectEqual(try await harness.request(body: body).status, 200)
     }
 }
+
+extension BudgetBypassTests {
+    /// `max_tokens` twice what the fake answers: each reservation is 2 requests' worth, so a
+    /// budget of 10.5 admits 9 requests if their usage is read (settled at 1 each), 5 if each is
+    /// charged its whole reservation.
+    static let doubleReservation = #"{"model":"\#(model)","messages":[],"max_tokens":56,"temperature":0}"#
+
+    /// The SDKs (httpx) send `Accept-Encoding: gzip`, and providers behind a CDN compress when
+    /// asked: the answer was unreadable, its usage unknown, and it cost $0 against the budget (and
+    /// a cached copy would replay gzip bytes without their `Content-Encoding`). The sidecar asks
+    /// upstream for identity, so usage is read and the client gets plain JSON.
+    func testAnSDKsAcceptEncodingCannotMakeAnswersUnmetered() async throws {
+        let upstream = try await FakeUpstream.start()
+        defer { Task { await upstream.stop() } }
+        let harness = try await harness(upstream)
+        defer { Task { await harness.stop() } }
+        var statuses: [Int] = []
+        for _ in 0..<12 {
+            let r = try await harness.request(headers: [("accept-encoding", "gzip, deflate"), ("x-fake-gzip", "when-asked")], body: Self.doubleReservation)
+            statuses.append(r.status)
+            if r.status == 200 {
+                XCTAssertNil(r.header("content-encoding"))
+                XCTAssertTrue(r.body.contains(#""completion_tokens":28"#), r.body)
+            }
+        }
+        XCTAssertEqual(statuses.filter { $0 == 200 }.count, 9, "usage read: each settled at its real cost, \(statuses)")
+        XCTAssertTrue(upstream.requests.allSatisfy { $0.header("accept-encoding") == "identity" }, "\(upstream.requests.map { $0.header("accept-encoding") })")
+    }
+
+    /// An upstream that compresses although asked not to: the answer is forwarded as it came
+    /// (with its `Content-Encoding`), never cached, and charged its whole reservation, never $0.
+    func testACompressedAnswerIsChargedItsReservationAndNotCached() async throws {
+        let upstream = try await FakeUpstream.start()
+        defer { Task { await upstream.stop() } }
+        let harness = try await ProxyHarness(upstreamURL: upstream.url, configure: { c in
+            c.prices[Self.model] = .init(inputPerMTok: 0, outputPerMTok: Self.outputPerMTok)
+            c.budgets.limits.dailyUSD = Double(Self.fits) * Self.perRequest + Self.perRequest / 2
+        })
+        defer { Task { await harness.stop() } }
+        var answers: [TestResponse] = []
+        for _ in 0..<8 { answers.append(try await harness.request(headers: [("x-fake-gzip", "always")], body: Self.doubleReservation)) }
+        XCTAssertEqual(answers.map(\.status), [200, 200, 200, 200, 200, 429, 429, 429], "each charged 2 of 10.5")
+        for r in answers.prefix(5) {
+            XCTAssertEqual(r.header("content-encoding"), "gzip")
+            XCTAssertEqual(r.header("x-sidecar-cache"), "miss", "identical and deterministic, but never stored compressed")
+        }
+        XCTAssertEqual(upstream.requests.count, 5)
+        let metrics = try await harness.request("GET", "/metrics").body
+        XCTAssertTrue(metrics.contains("llm_sidecar_unmetered_answers_total 5"), metrics)
+    }
+
+    /// A cacheable request refused by its budget leads a flight it never completes: it left the
+    /// flight registered, and every identical request after it joined and waited forever.
+    func testABudgetRefusalLeavesNoFlightBehind() async throws {
+        let upstream = try await FakeUpstream.start()
+        defer { Task { await upstream.stop() } }
+        let harness = try await ProxyHarness(upstreamURL: upstream.url, configure: { c in
+            c.prices[Self.model] = .init(inputPerMTok: 0, outputPerMTok: Self.outputPerMTok)
+            c.budgets.limits.dailyUSD = Self.perRequest / 2  // not one request fits
+        })
+        defer { Task { await harness.stop() } }
+        for _ in 0..<3 {
+            let r = try await harness.request(body: Self.doubleReservation)
+            XCTAssertEqual(r.status, 429, r.body)
+            XCTAssertEqual(openAIError(r.body)?.code, "budget_exceeded")
+        }
+        XCTAssertEqual(upstream.requests.count, 0)
+    }
+}

@@ -51,6 +51,12 @@ public enum HeaderPolicy {
     /// The headers sent upstream for a client request: hop-by-hop removed, `Host` set to the
     /// upstream's authority, `Authorization` replaced when the upstream has its own key.
     /// `Content-Length` is kept (the body is forwarded byte for byte); without it the encoder chunks.
+    ///
+    /// `Accept-Encoding` is always `identity`, whatever the client asked: the sidecar reads every
+    /// answer (usage for spend and budgets, the stream's end, the bytes it caches and replays), and
+    /// a compressed answer would be unreadable to all of it (an SDK's default `gzip` made answers
+    /// cost $0 against a budget, and cached gzip bytes would be replayed without their
+    /// `Content-Encoding`). Identity is always acceptable to the client (RFC 9110 §12.5.3).
     public static func upstreamRequestHeaders(
         from client: HTTPHeaders, host: String, authorization: String?
     ) -> HTTPHeaders {
@@ -63,12 +69,20 @@ public enum HeaderPolicy {
             // The sidecar answers `Expect: 100-continue` itself (the body is already on its way
             // by the time the upstream could answer), so it is not forwarded.
             if equalsIgnoringASCIICase(name, "expect") { continue }
+            if equalsIgnoringASCIICase(name, "accept-encoding") { continue }
             if authorization != nil, equalsIgnoringASCIICase(name, "authorization") { continue }
             if isHopByHop(name, connectionTokens: tokens) { continue }
             out.add(name: name, value: value)
         }
         if let authorization { out.add(name: "authorization", value: authorization) }
+        out.add(name: "accept-encoding", value: "identity")
         return out
+    }
+
+    /// Whether an answer's body is in a content coding the sidecar cannot read (anything but none
+    /// or `identity`): such an answer is forwarded as it is, never cached, and its usage unknown.
+    public static func isEncoded(_ headers: HTTPHeaders) -> Bool {
+        headers[canonicalForm: "content-encoding"].contains { !equalsIgnoringASCIICase($0, "identity") }
     }
 
     /// The headers sent to the client for an upstream response: hop-by-hop removed.

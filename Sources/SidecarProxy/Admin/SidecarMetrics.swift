@@ -41,6 +41,9 @@ final class SidecarMetrics: Sendable {
     /// `llm_sidecar_unpriced_requests_total{outcome}`: requests for a model without a price under
     /// a budget, "rejected" or "allowed" (`budgets.unpriced`). The model is logged, not labelled.
     private let unpricedRequests: CounterFamily
+    /// `llm_sidecar_unmetered_answers_total`: 2xx answers under a budget whose usage could not be
+    /// read (cut short, or compressed), charged their whole reservation.
+    private let unmeteredAnswers: Metrics.Counter
     /// Unpriced models already logged (bounded: a client naming endless models cannot grow it).
     private let unpricedLogged = NIOLockedValueBox<Set<String>>([])
 
@@ -52,6 +55,8 @@ final class SidecarMetrics: Sendable {
             return seen.insert(model).inserted
         }
     }
+
+    func unmeteredAnswer() { unmeteredAnswers.increment() }
 
     /// A deployment's in-flight requests and whether it is ejected (1) or not (0), by `UPSTREAM/MODEL`.
     func deployment(_ name: String, inFlight: Int, ejected: Bool) {
@@ -93,6 +98,7 @@ final class SidecarMetrics: Sendable {
         deploymentInFlight = MeterFamily(label: "llm_sidecar_deployment_in_flight", dimension: "deployment", factory: factory)
         deploymentEjected = MeterFamily(label: "llm_sidecar_deployment_ejected", dimension: "deployment", factory: factory)
         unpricedRequests = CounterFamily(label: "llm_sidecar_unpriced_requests_total", dimension: "outcome", factory: factory)
+        unmeteredAnswers = Metrics.Counter(label: "llm_sidecar_unmetered_answers_total", factory: factory)
         for outcome in ["rejected", "allowed"] { _ = unpricedRequests[outcome] }  // exported at 0 from the start
     }
 

@@ -22,6 +22,9 @@ final class Flight: Sendable {
         case failed(ProxyError)
         /// The answer broke after it started: followers' responses are cut the same way.
         case aborted
+        /// The leader will not call upstream for a reason of its own (its budget): followers go
+        /// on alone.
+        case withdrawn
     }
 
     typealias Deliver = @Sendable ([Event]) -> Void
@@ -90,7 +93,7 @@ final class Flight: Sendable {
             }
             if s.recording { s.events.append(event) }
             switch event {
-            case .end, .failed, .aborted: s.finished = true
+            case .end, .failed, .aborted, .withdrawn: s.finished = true
             case .head, .body: break
             }
             for deliver in s.subscribers.values { deliver([event]) }

@@ -204,6 +204,8 @@ final class ResponseCache: Sendable {
         var isStream: Bool
         /// Framed by Content-Length or chunked encoding (a close-delimited body may be truncated).
         var framed: Bool
+        /// In a content coding (`Content-Encoding`): replayed bytes would lack it, so never stored.
+        var encoded = false
         var ttl: Int
         /// nil when the answer is not to be stored (too large, or not complete).
         var body: [ByteBuffer]?
@@ -246,7 +248,7 @@ final class ResponseCache: Sendable {
                     p.counters[c.model] = d
                 }
             }
-            guard (200..<300).contains(c.status), c.framed || c.isStream,
+            guard (200..<300).contains(c.status), c.framed || c.isStream, !c.encoded,
                   !c.isStream || ResponseInspector.streamIsComplete(bytes) else { return }
             let entry = CacheEntry(
                 key: c.key.bytes, scope: c.scope, model: c.model, endpoint: c.endpoint, status: c.status, contentType: c.contentType,

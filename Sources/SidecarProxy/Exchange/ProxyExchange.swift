@@ -60,6 +60,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
         var status = 0
         var contentType: String?
         var framed = false
+        var encoded = false
     }
 
     private let downstream: DownstreamHandler
@@ -76,6 +77,9 @@ final class ProxyExchange: UpstreamResponseDelegate {
     /// The deployment slot taken for this request: given back exactly once (`releaseSlot`).
     private var slot: (route: ModelRoute, index: Int)?
     private var responseStatus = 0
+    /// The answer came in a content coding (`Content-Encoding` other than identity) although the
+    /// sidecar asked for none: forwarded as it is, never cached, its usage unread.
+    private var encodedAnswer = false
     private var retryAfter: TimeAmount?
     private let maxBodyBytes: Int
     private let metrics: SidecarMetrics
@@ -700,6 +704,12 @@ final class ProxyExchange: UpstreamResponseDelegate {
                 phase = .done
                 downstream.abortResponse()
                 return
+            case .withdrawn:
+                // The leader was refused for a reason of its own: this request goes on alone.
+                phase = .done
+                cacheLabel = "miss"
+                downstream.access.cache = "miss"
+                return lease(fresh: false)
             }
         }
         downstream.flush()
@@ -831,6 +841,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
         let contentType = head.headers.first(name: "content-type")
         isStream = contentType?.hasPrefix("text/event-stream") ?? false
         responseStatus = Int(head.status.code)
+        encodedAnswer = HeaderPolicy.isEncoded(head.headers)
         if responseStatus == 429 { retryAfter = head.headers.first(name: "retry-after").flatMap(Self.retryAfterSeconds).map { .seconds($0) } }
         var headers = HeaderPolicy.downstreamResponseHeaders(from: head.headers)
         headers.add(name: "x-sidecar-cache", value: cacheLabel)
@@ -844,6 +855,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
             c.contentType = contentType
             c.framed = head.headers.contains(name: "content-length")
                 || head.headers[canonicalForm: "transfer-encoding"].contains { HeaderPolicy.equalsIgnoringASCIICase($0, "chunked") }
+            c.encoded = encodedAnswer
             cacheState = c
             flight.publish(.head(head.status, headers))
         }
@@ -963,12 +975,12 @@ final class ProxyExchange: UpstreamResponseDelegate {
         releaseSlot(outcome)
         recordCompletion()
         recordSpend(deployment: deployment, billedModel: billedModel)
-        settleBudget(actual: 0)  // no usage in the answer: nothing known to bill
+        settleBudget(actual: 0)  // not a 2xx answer: nothing billed
         if let c = cacheState, let flight = c.flight, let key = c.key {
             flight.publish(.end)
             c.cache.finish(.init(
                 key: key, scope: c.scope, model: c.model, endpoint: Self.barePath(c.path), status: c.status, contentType: c.contentType,
-                isStream: isStream, framed: c.framed, ttl: c.ttl, body: flight.recordedBody, coalesced: flight.joinedCount,
+                isStream: isStream, framed: c.framed, encoded: c.encoded, ttl: c.ttl, body: flight.recordedBody, coalesced: flight.joinedCount,
                 usage: answerUsage, flight: c.registered ? flight : nil))
             cacheState = nil
         }
@@ -999,7 +1011,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
     private func reserveBudget() -> Bool {
         guard let budget else { return true }
         if let why = budget.unavailable {
-            cacheState = nil
+            withdrawFromFlight()
             fail(.budgetUnavailable(why))
             return false
         }
@@ -1020,7 +1032,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
                     "fix": "add [prices.\"\(model.prefix(200))\"]"])
             }
             if !allow {
-                cacheState = nil
+                withdrawFromFlight()
                 fail(.modelNotPriced(model))
                 return false
             }
@@ -1035,10 +1047,22 @@ final class ProxyExchange: UpstreamResponseDelegate {
                 downgrade(to: cheaper)
                 return true
             }
-            cacheState = nil
+            withdrawFromFlight()
             fail(.budgetExceeded(refusal.refusal))
             return false
         }
+    }
+
+    /// This request will not go upstream, for a reason of its own (its budget, its model's price):
+    /// a flight it leads is withdrawn, and its followers go on alone, each against its own budget.
+    /// (Ending the request without this left the flight registered: every identical request
+    /// after a budget refusal joined it and waited forever.)
+    private func withdrawFromFlight() {
+        guard let c = cacheState else { return }
+        cacheState = nil
+        guard let flight = c.flight else { return }
+        flight.publish(.withdrawn)
+        if c.registered { c.cache.endFlight(flight) }
     }
 
     /// The model a request for `model` is billed as: its group's first deployment's, else itself.
@@ -1061,6 +1085,26 @@ final class ProxyExchange: UpstreamResponseDelegate {
         requestModel = model
     }
 
+    /// The upstream began a 2xx answer whose usage cannot be read (cut short by either side, or in
+    /// a content coding the sidecar does not read): the provider billed something, and nothing
+    /// says how little, so the budget keeps the whole reservation (the most the request could
+    /// cost) and spend records it, so a restart restores the same total. Before any 2xx head
+    /// (an error, a refusal, a retry elsewhere) nothing was billed: the reservation is returned.
+    private func settleUnmetered(deployment: String? = nil) {
+        guard let r = reservation else { return }
+        guard (200..<300).contains(responseStatus) else { return settleBudget(actual: 0) }
+        settleBudget(actual: r.amount)
+        guard r.amount > 0 else { return }
+        metrics.unmeteredAnswer()
+        logger?.notice("answer without readable usage: charged its reservation", metadata: [
+            "model": "\(requestModel?.prefix(200) ?? "-")", "usd": "\(r.amount)", "encoded": "\(encodedAnswer)"])
+        var spend = ResponseCacheStore.Spend()
+        spend.requests = 1
+        spend.usd = r.amount
+        let deployment = deployment ?? slot.map { $0.route.name($0.index) } ?? group?.configuration.name ?? "-"
+        accounting?.recordSpend(.init(model: requestModel ?? "-", deployment: deployment, client: downstream.scope(of: clientHead.headers)), spend)
+    }
+
     /// Replaces the reservation with what the request really cost, once.
     private func settleBudget(actual: Double) {
         guard let r = reservation, let budget else { return }
@@ -1073,12 +1117,14 @@ final class ProxyExchange: UpstreamResponseDelegate {
     /// The answer's usage and cost, for `llm-sidecar spend` (only answers from upstream: a cache
     /// hit or a coalesced follower costs nothing).
     private func recordSpend(deployment: String, billedModel: String?) {
-        guard accounting != nil || budget != nil || charged != nil, (200..<300).contains(responseStatus), !usageTail.isEmpty else { return }
+        guard accounting != nil || budget != nil || charged != nil, (200..<300).contains(responseStatus) else { return }
         var tail: [UInt8] = []
         tail.reserveCapacity(usageTailBytes)
         for part in usageTail { tail += part.readableBytesView }
         usageTail = []
-        guard let usage = ResponseInspector.usage(body: tail, isStream: isStream) else { return }
+        guard !encodedAnswer, let usage = ResponseInspector.usage(body: tail, isStream: isStream) else {
+            return settleUnmetered(deployment: deployment)
+        }
         answerUsage = usage
         var spend = ResponseCacheStore.Spend()
         spend.requests = 1
@@ -1204,7 +1250,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
         }
         phase = .done
         releaseSlot(.neutral)
-        settleBudget(actual: 0)
+        settleUnmetered()
     }
 
     // MARK: the single exit for failures
@@ -1215,7 +1261,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
     }
 
     private func answer(_ error: ProxyError) {
-        settleBudget(actual: 0)
+        settleUnmetered()
         if let c = cacheState, let flight = c.flight {
             // Followers get the same end: the same error, or the same cut.
             flight.publish(responseStarted ? .aborted : .failed(error))
