@@ -1,0 +1,66 @@
+import DequeModule
+import Logging
+import NIOCore
+import NIOHTTP1
+import SidecarCore
+
+/// The admin endpoints: /healthz, /readyz, /metrics, /stats (loopback and unix-socket clients, or the admin token).
+extension DownstreamHandler {
+    func admin(_ head: HTTPRequestHead, path: Substring) {
+        guard trustedClient || (runtime.adminAuthorization != nil && head.headers.first(name: "authorization") == runtime.adminAuthorization) else {
+            return respondWithError(.forbidden(
+                "admin endpoints answer loopback and unix-socket clients only; set server.admin_token_env or admin_token_file for remote access"),
+                closeAfter: false)
+        }
+        guard head.method == .GET || head.method == .HEAD else {
+            return respondWithError(.methodNotAllowed(head.method.rawValue, path: String(path), allow: "GET, HEAD"), closeAfter: false)
+        }
+        let headOnly = head.method == .HEAD
+        switch path {
+        case "/healthz":
+            respondLocally(status: .ok, contentType: "application/json", body: ByteBuffer(string: #"{"status":"ok"}"#), headOnly: headOnly)
+        case "/readyz":
+            var reasons: [String] = []
+            if state.isDraining { reasons.append("draining: the sidecar is stopping") }
+            if runtime.defaultUpstream == nil { reasons.append("no default upstream is configured") }
+            if !runtime.configuration.budgets.limits.isEmpty, let why = state.budget.unavailable { reasons.append(why) }
+            for (name, group) in runtime.groups.sorted(by: { $0.key < $1.key }) {
+                if let problem = group.health.problem { reasons.append("upstream \(name): \(problem)") }
+            }
+            var json = reasons.isEmpty ? #"{"status":"ready""# : #"{"status":"not ready","reasons":["#
+            for (i, r) in reasons.enumerated() {
+                if i > 0 { json += "," }
+                JSONString.append(r, to: &json)
+            }
+            json += reasons.isEmpty ? "}" : "]}"
+            respondLocally(status: reasons.isEmpty ? .ok : .serviceUnavailable, contentType: "application/json",
+                           body: ByteBuffer(string: json), headOnly: headOnly)
+        case "/stats":
+            let configuration = runtime.configuration
+            var groups: [String: any Sendable] = [:]
+            for (name, route) in runtime.routes {
+                groups[name] = route.snapshot.map { d -> [String: any Sendable] in ["deployment": d.name, "in_flight": d.inFlight, "health": d.health] }
+            }
+            let routing = groups
+            guard let cache = state.cache, let context else {
+                var report = CacheStatsReport(database: "", entries: 0, bytes: 0, models: [:], days: [], prices: configuration.priceTable,
+                                              live: ["mode": "off"])
+                report.routing = routing
+                respondLocally(status: .ok, contentType: "application/json", body: ByteBuffer(string: report.json()), headOnly: headOnly)
+                return
+            }
+            // The database part is read on the database thread; the answer is written when it is back.
+            context.eventLoop.makeFutureWithTask {
+                var report = await cache.report(prices: configuration.priceTable, mode: configuration.cache.mode.rawValue,
+                                                scope: configuration.cache.scope.rawValue)
+                report.routing = routing
+                return report.json()
+            }.assumeIsolated().whenSuccess { [self] json in
+                self.respondLocally(status: .ok, contentType: "application/json", body: ByteBuffer(string: json), headOnly: headOnly)
+            }
+        default:
+            respondLocally(status: .ok, contentType: "text/plain; version=0.0.4; charset=utf-8",
+                           body: ByteBuffer(bytes: state.metrics.render()), headOnly: headOnly)
+        }
+    }
+}

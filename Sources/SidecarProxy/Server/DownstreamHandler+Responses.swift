@@ -1,0 +1,159 @@
+import DequeModule
+import Logging
+import NIOCore
+import NIOHTTP1
+import SidecarCore
+
+/// Writing responses to the client (for the exchange, and for answers of the sidecar's own), and ending the request cycle.
+extension DownstreamHandler {
+    // MARK: responses (called by the exchange)
+
+    func writeResponseHead(_ head: HTTPResponseHead) {
+        access.status = Int(head.status.code)
+        context?.write(wrapOutboundOut(.head(head)), promise: nil)
+    }
+
+    func writeResponseBody(_ buffer: ByteBuffer) {
+        context?.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+    }
+
+    func flush() {
+        context?.flush()
+    }
+
+    /// The response is complete.
+    func finishResponse(trailers: HTTPHeaders?) {
+        guard let context else { return }
+        if exchange != nil { state.requestFinished() }
+        exchange = nil
+        logAccess()
+        let done = context.writeAndFlush(wrapOutboundOut(.end(trailers)))
+        responseFinished(done)
+    }
+
+    /// A whole response already in wire form (a cache hit): written past the HTTP encoder, on
+    /// its context (the encoder keeps no state between responses), head and body in one flush.
+    /// False (nothing written) when there is no encoder to write past: the caller writes parts.
+    func writePreparedResponse(status: Int, head: ByteBuffer, body: ByteBuffer) -> Bool {
+        guard context != nil, let raw = encoderContext else { return false }
+        access.status = status
+        if exchange != nil { state.requestFinished() }
+        exchange = nil
+        logAccess()
+        raw.write(NIOAny(head), promise: nil)
+        responseFinished(raw.writeAndFlush(NIOAny(body)))
+        return true
+    }
+
+    /// Something was already sent and the rest cannot be: end the connection so the client sees a
+    /// truncated response (no fake end of stream).
+    func abortResponse() {
+        logAccess(outcome: "aborted")
+        if exchange != nil { state.requestFinished() }
+        exchange = nil
+        responseOpen = false
+        queued.removeAll()
+        // What was already written still goes out; then the connection ends.
+        context?.flush()
+        context?.close(promise: nil)
+    }
+
+    /// Answers the current request with `error`'s OpenAI-shaped body.
+    func respondWithError(_ error: ProxyError, closeAfter: Bool, extraHeaders: [(String, String)] = []) {
+        if exchange == nil { state.metrics.error(error.codeString) }  // the exchange counts its own
+        if exchange != nil { state.requestFinished() }
+        exchange = nil
+        if closeAfter { closeAfterResponse = true }
+        let (head, body) = ErrorResponses.head(for: error, keepAlive: keepAlive && !closeAfterResponse, extra: extraHeaders)
+        writeLocal(head: head, body: body)
+    }
+
+    /// Refuses the current request and closes the connection once the answer is written.
+    func refuse(_ error: ProxyError, method: HTTPMethod) {
+        if method == .CONNECT {
+            // NIO's encoder writes any response to a CONNECT without framing or body (what a 2xx,
+            // the start of a tunnel, needs); a refusal is an ordinary response (RFC 9110 §9.3.6)
+            // and keeps its Content-Length and body, so it is written past the encoder.
+            closeAfterResponse = true
+            let (head, body) = ErrorResponses.head(for: error, keepAlive: false)
+            if writePreparedResponse(status: error.status, head: ErrorResponses.wireForm(head), body: body) {
+                state.metrics.error(error.codeString)
+                return
+            }
+        }
+        respondWithError(error, closeAfter: true)
+    }
+
+    func respondLocally(status: HTTPResponseStatus, contentType: String, body: ByteBuffer, headOnly: Bool) {
+        var headers = HTTPHeaders()
+        headers.add(name: "content-type", value: contentType)
+        headers.add(name: "content-length", value: String(body.readableBytes))
+        if !keepAlive { headers.add(name: "connection", value: "close") }
+        writeLocal(head: HTTPResponseHead(version: .http1_1, status: status, headers: headers), body: headOnly ? nil : body)
+    }
+
+    func writeLocal(head: HTTPResponseHead, body: ByteBuffer?) {
+        guard let context else { return }
+        access.status = Int(head.status.code)
+        logAccess()
+        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        if let body { context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
+        responseFinished(context.writeAndFlush(wrapOutboundOut(.end(nil))))
+    }
+
+    /// The current response is written: close if the request asked for it, else serve what was
+    /// queued or wait for the next request.
+    func responseFinished(_ written: EventLoopFuture<Void>) {
+        responseOpen = false
+        guard let context else { return }
+        if pendingRefusal != nil, queued.isEmpty {
+            // Bad bytes followed this request: their answer is next, and closes the connection.
+            return refuseWhenDue()
+        }
+        if !keepAlive || closeAfterResponse {
+            queued.removeAll()
+            if requestOpen {
+                // The client may still be sending (a body we refused, or garbage): closing with
+                // unread input makes the kernel send a RST that can destroy our answer before the
+                // client reads it. Close our side only, drain theirs for a moment, then close.
+                written.assumeIsolated().whenComplete { [self] _ in self.lingeringClose(context: context) }
+            } else {
+                written.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+            }
+            return
+        }
+        if !requestOpen { requestCycleDone() }
+    }
+
+    /// Request and response are both done: take the next queued request, or go idle.
+    func requestCycleDone() {
+        readsPausedByUpstream = false
+        while !requestOpen && !responseOpen, let next = queued.popFirst() {
+            handle(next)
+        }
+        // Parts of the request now current that were queued behind it.
+        while !queued.isEmpty && !(!requestOpen && responseOpen) {
+            handle(queued.removeFirst())
+        }
+        if readPending, mayRead, let context {
+            readPending = false
+            context.read()
+        }
+        // The last request queued before bad bytes may now be current, its body never to come.
+        if pendingRefusal != nil { return refuseWhenDue() }
+        if !requestOpen && !responseOpen {
+            if quiescing { context?.close(promise: nil); return }
+            armIdleTimer()
+        }
+    }
+
+
+    func lingeringClose(context: ChannelHandlerContext) {
+        lingering = true
+        context.close(mode: .output, promise: nil)
+        context.eventLoop.assumeIsolated().scheduleTask(in: .seconds(2)) {
+            context.close(promise: nil)
+        }
+        context.read()
+    }
+}
