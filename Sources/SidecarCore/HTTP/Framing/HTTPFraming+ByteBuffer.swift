@@ -1,0 +1,22 @@
+import NIOCore
+
+// ByteBuffer entry points. Offsets in the results count from the buffer's readerIndex. Kept in
+// their own file so the rest of Framing/ builds without NIO (the fuzz harness compiles it alone).
+
+extension HTTPRequestHeadScanner {
+    /// Scans the readable bytes of `buffer` (see `scan(_:)` for the contract).
+    public mutating func scan(_ buffer: ByteBuffer) throws(HTTPFramingError) -> ScannedRequestHead? {
+        try buffer.withUnsafeReadableBytes { bytes in
+            Result { () throws(HTTPFramingError) in try self.scan(bytes) }
+        }.get()
+    }
+}
+
+extension HTTPResponseHeadScanner {
+    /// Scans the readable bytes of `buffer` (see `scan(_:)` for the contract).
+    public mutating func scan(_ buffer: ByteBuffer) throws(HTTPFramingError) -> ScannedResponseHead? {
+        try buffer.withUnsafeReadableBytes { bytes in
+            Result { () throws(HTTPFramingError) in try self.scan(bytes) }
+        }.get()
+    }
+}
