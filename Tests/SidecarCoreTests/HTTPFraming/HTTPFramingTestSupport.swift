@@ -47,6 +47,43 @@ func scanResponseIncrementally(_ bytes: [UInt8], cuts: [Int], limits: HTTPHeadLi
     return .needMore
 }
 
+/// What a body framer made of a message: the body bytes, where the message ended (relative to
+/// the start of the body), or the error.
+struct FramedBody: Equatable {
+    var body: [UInt8] = []
+    var framingBytes = 0
+    var end: Int?
+    var error: HTTPFramingError?
+}
+
+/// Runs a framer over `bytes` cut into pieces at `cuts` (ascending offsets), then closes the
+/// input when `close` is set.
+func frameBody(_ bytes: [UInt8], _ framing: HTTPBodyFraming, cuts: [Int] = [], close: Bool = false,
+               limits: HTTPChunkLimits = HTTPChunkLimits()) -> FramedBody {
+    var framer = HTTPBodyFramer(framing, limits: limits)
+    var result = FramedBody()
+    var offset = 0
+    for end in cuts + [bytes.count] where end >= offset {
+        let piece = Array(bytes[offset..<end])
+        var at = 0
+        pieceLoop: while true {
+            let step = piece.withUnsafeBytes { b in Result { () throws(HTTPFramingError) in try framer.step(b, from: at) } }
+            switch step {
+            case .failure(let error): result.error = error; return result
+            case .success(.data(let r)): result.body += piece[r]; at = r.upperBound
+            case .success(.framing(let r)): result.framingBytes += r.count; at = r.upperBound
+            case .success(.end(let r)): result.framingBytes += r.count; result.end = offset + r.upperBound; return result
+            case .success(.needMore): break pieceLoop
+            }
+        }
+        offset = end
+    }
+    if close {
+        do throws(HTTPFramingError) { try framer.inputClosed(); result.end = bytes.count } catch { result.error = error }
+    }
+    return result
+}
+
 extension String {
     /// The string with every `\n` turned into CRLF (the tests write heads with plain newlines).
     var crlf: [UInt8] { Array(replacingOccurrences(of: "\n", with: "\r\n").utf8) }

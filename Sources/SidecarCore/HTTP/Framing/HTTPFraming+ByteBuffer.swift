@@ -20,3 +20,12 @@ extension HTTPResponseHeadScanner {
         }.get()
     }
 }
+
+extension HTTPBodyFramer {
+    /// One step over the readable bytes of `buffer`, from `position` (relative to readerIndex).
+    public mutating func step(_ buffer: ByteBuffer, from position: Int) throws(HTTPFramingError) -> HTTPBodyStep {
+        try buffer.withUnsafeReadableBytes { bytes in
+            Result { () throws(HTTPFramingError) in try self.step(bytes, from: position) }
+        }.get()
+    }
+}
