@@ -29,3 +29,30 @@ extension HTTPBodyFramer {
         }.get()
     }
 }
+
+extension ByteBuffer {
+    /// Appends `head` (scanned from `source`'s readable bytes) rewritten by `rewrite`, reserving
+    /// the upper bound once and writing in place. Returns the bytes written.
+    @discardableResult
+    public mutating func writeRewrittenHead(
+        _ head: ScannedRequestHead, from source: ByteBuffer, _ rewrite: HTTPHeadRewrite
+    ) -> Int {
+        source.withUnsafeReadableBytes { bytes in
+            self.writeWithUnsafeMutableBytes(minimumWritableBytes: rewrite.maximumLength(headLength: head.length)) {
+                HTTPHeadRewriter.rewrite(bytes, request: head, rewrite, into: $0)
+            }
+        }
+    }
+
+    /// Appends the response `head` (scanned from `source`'s readable bytes) rewritten by `rewrite`.
+    @discardableResult
+    public mutating func writeRewrittenHead(
+        _ head: ScannedResponseHead, from source: ByteBuffer, _ rewrite: HTTPHeadRewrite
+    ) -> Int {
+        source.withUnsafeReadableBytes { bytes in
+            self.writeWithUnsafeMutableBytes(minimumWritableBytes: rewrite.maximumLength(headLength: head.length)) {
+                HTTPHeadRewriter.rewrite(bytes, response: head, rewrite, into: $0)
+            }
+        }
+    }
+}
