@@ -48,7 +48,8 @@ func scanResponseIncrementally(_ bytes: [UInt8], cuts: [Int], limits: HTTPHeadLi
 }
 
 /// What a body framer made of a message: the body bytes, where the message ended (relative to
-/// the start of the body), or the error.
+/// the start of the body), or the error. On an error `framingBytes` is 0: a step that fails
+/// reports no range, so how many framing bytes came before depends on the pieces.
 struct FramedBody: Equatable {
     var body: [UInt8] = []
     var framingBytes = 0
@@ -69,7 +70,7 @@ func frameBody(_ bytes: [UInt8], _ framing: HTTPBodyFraming, cuts: [Int] = [], c
         pieceLoop: while true {
             let step = piece.withUnsafeBytes { b in Result { () throws(HTTPFramingError) in try framer.step(b, from: at) } }
             switch step {
-            case .failure(let error): result.error = error; return result
+            case .failure(let error): result.error = error; result.framingBytes = 0; return result
             case .success(.data(let r)): result.body += piece[r]; at = r.upperBound
             case .success(.framing(let r)): result.framingBytes += r.count; at = r.upperBound
             case .success(.end(let r)): result.framingBytes += r.count; result.end = offset + r.upperBound; return result
