@@ -29,7 +29,7 @@ struct HTTPMessageGenerator {
     private mutating func pick<T>(_ xs: [T]) -> T { xs[int(0...(xs.count - 1))] }
 
     private static let tokenBytes = Array("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ".utf8)
-    private static let pathBytes = Array("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:@%".utf8)
+    private static let pathBytes = Array("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:@%[]{}|^`\"<>\\".utf8)
     private static let names = [
         "Accept", "User-Agent", "Content-Type", "X-Stainless-Lang", "X-Stainless-Package-Version", "Accept-Encoding",
         "Cache-Control", "x-sidecar-cache-ttl", "X-Sidecar-Cache", "traceparent", "X-Request-ID", "Date", "Server",
@@ -95,7 +95,11 @@ struct HTTPMessageGenerator {
 
     private mutating func assemble(startLine: String, fields: [(name: String, value: String)]) -> [UInt8] {
         var head = startLine + "\r\n"
-        for f in fields { head += "\(f.name):\(ows())\(f.value)\(ows())\r\n" }
+        for f in fields {
+            // Framing fields never end in HT: we refuse that, llhttp misreads it.
+            let isFraming = ["content-length", "transfer-encoding"].contains(f.name.lowercased())
+            head += "\(f.name):\(ows())\(f.value)\(isFraming ? pick(["", " "]) : ows())\r\n"
+        }
         return Array((head + "\r\n").utf8)
     }
 

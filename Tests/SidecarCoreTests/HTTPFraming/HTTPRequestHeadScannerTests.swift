@@ -210,6 +210,21 @@ final class HTTPRequestHeadScannerTests: XCTestCase {
         assertRequestRefused("POST / HTTP/1.1\nHost: h\nContent-Length: 5\nContent-Length: 6\n\n", .repeatedContentLength, status: 400)
     }
 
+    /// Decision: RFC 9110 allows trailing HT (OWS) and empty list elements, but llhttp frames
+    /// `chunked<HT>` and `chunked,` differently (and refuses `5<HT>`), so they are refused.
+    func testRefusesFramingFieldsThatLLHTTPReadsDifferently() {
+        assertRequestRefused("POST / HTTP/1.1\nHost: h\nContent-Length: 5\t\n\n", .invalidContentLength)
+        assertRequestRefused("POST / HTTP/1.1\nHost: h\nContent-Length: 5 \t \n\n", .invalidContentLength)
+        for value in ["chunked\t", "chunked,", "chunked , ", ",chunked", "gzip,,chunked"] {
+            assertRequestRefused("POST / HTTP/1.1\nHost: h\nTransfer-Encoding: \(value)\n\n", .invalidTransferEncoding)
+        }
+        assertResponseRefused("HTTP/1.1 200 OK\nTransfer-Encoding: chunked\t\n\n", .invalidTransferEncoding)
+        assertResponseRefused("HTTP/1.1 200 OK\nTransfer-Encoding: gzip, chunked,\n\n", .invalidTransferEncoding)
+        XCTAssertNotNil(requestHead("POST / HTTP/1.1\nHost: h\nContent-Length:\t5  \n\n"))
+        XCTAssertNotNil(requestHead("POST / HTTP/1.1\nHost: h\nTransfer-Encoding: \tchunked \n\n"))
+        XCTAssertNotNil(responseHead("HTTP/1.1 200 OK\nTransfer-Encoding: gzip\t,\tchunked\n\n"))
+    }
+
     func testRefusesContentLengthWithTransferEncoding() {
         assertRequestRefused("POST / HTTP/1.1\nHost: h\nContent-Length: 5\nTransfer-Encoding: chunked\n\n",
                              .contentLengthWithTransferEncoding, status: 400)

@@ -39,9 +39,21 @@ struct HTTPTransferCodings: Sendable, Hashable {
     private(set) var malformed = false
 
     /// Adds one `Transfer-Encoding` value. An element is a coding name, optionally followed by
-    /// `;` parameters (`chunked` takes none); quoted strings are refused.
+    /// `;` parameters (`chunked` takes none); quoted strings and empty elements are refused.
     mutating func add(_ bytes: UnsafeRawBufferPointer, _ value: Range<Int>) {
         present = true
+        // No empty elements: llhttp does not take `chunked,` as chunked (a request fails, a
+        // response is read until close), so a list with a hole is refused rather than read two ways.
+        var element = false
+        for i in value {
+            if bytes[i] == HTTPSyntax.comma {
+                if !element { malformed = true }
+                element = false
+            } else if !HTTPSyntax.isWhitespace(bytes[i]) {
+                element = true
+            }
+        }
+        if !element { malformed = true }
         HTTPSyntax.forEachListElement(bytes, value) { (e: Range<Int>) in
             var nameEnd = e.lowerBound
             while nameEnd < e.upperBound, HTTPSyntax.isToken(bytes[nameEnd]) { nameEnd += 1 }
@@ -92,6 +104,17 @@ extension HTTPKnownField {
     static func setOnce(_ slot: inout Range<Int>?, _ value: Range<Int>, _ error: HTTPFramingError) throws(HTTPFramingError) {
         guard slot == nil else { throw error }
         slot = value
+    }
+
+    /// A framing field (Content-Length, Transfer-Encoding) must not end in HT. RFC 9110 allows it
+    /// (OWS), but llhttp — Node's parser and NIO's — refuses `Content-Length: 5<HT>` and does not
+    /// read `Transfer-Encoding: chunked<HT>` as chunked; framing two parsers read differently is
+    /// how smuggling starts, so we refuse it.
+    @inline(__always)
+    static func checkFramingFieldEnd(
+        _ bytes: UnsafeRawBufferPointer, _ field: HTTPFieldRange, line: Range<Int>, _ error: HTTPFramingError
+    ) throws(HTTPFramingError) {
+        for i in field.value.upperBound..<line.upperBound where bytes[i] == HTTPSyntax.ht { throw error }
     }
 
     /// `Content-Length` (RFC 9112 §6.3 rule 5, RFC 9110 §8.6): exactly one field line of 1*DIGIT.

@@ -70,6 +70,7 @@ public struct ScannedRequestHead: Sendable, Hashable {
 /// - version exactly `HTTP/1.1` or `HTTP/1.0` (another `HTTP/d.d` is 505);
 /// - Host: missing on HTTP/1.1, repeated, or with bytes outside host syntax;
 /// - Content-Length: not 1*DIGIT, a list, repeated, or together with Transfer-Encoding;
+/// - either of them ending in HT (llhttp reads those differently: see `checkFramingFieldEnd`);
 /// - Transfer-Encoding: on HTTP/1.0; anything but exactly `chunked` (another coding before a
 ///   final chunked is 501);
 /// - Authorization, api-key, x-api-key, Expect, OpenAI-Organization, OpenAI-Project repeated:
@@ -168,7 +169,9 @@ public struct HTTPRequestHeadScanner: Sendable {
             for i in value where !HTTPSyntax.isHostByte(bytes[i]) { throw .invalidHost }
         case .contentLength:
             try HTTPKnownField.setContentLength(&head.contentLength, bytes, value)
+            try HTTPKnownField.checkFramingFieldEnd(bytes, field, line: line, .invalidContentLength)
         case .transferEncoding:
+            try HTTPKnownField.checkFramingFieldEnd(bytes, field, line: line, .invalidTransferEncoding)
             transferCodings.add(bytes, value)
         case .connection:
             try head.connection.add(bytes, value)

@@ -61,8 +61,8 @@ public struct ScannedResponseHead: Sendable, Hashable {
 /// Refused: the line and field rules of requests; a status line other than
 /// `HTTP/1.x SP 3DIGIT [SP reason]` with the code in 100–599 (a missing reason, even without its
 /// space, is accepted: upstreams send it and it carries nothing); Content-Length not 1*DIGIT,
-/// a list, repeated, or beside Transfer-Encoding; Transfer-Encoding on HTTP/1.0, or without
-/// a single, final `chunked`.
+/// a list, repeated, or beside Transfer-Encoding; either ending in HT; Transfer-Encoding on
+/// HTTP/1.0, with an empty element, or without a single, final `chunked`.
 public struct HTTPResponseHeadScanner: Sendable {
     public let limits: HTTPHeadLimits
     private var lines = HTTPLineFinder()
@@ -142,7 +142,9 @@ public struct HTTPResponseHeadScanner: Sendable {
         switch known {
         case .contentLength:
             try HTTPKnownField.setContentLength(&head.contentLength, bytes, field.value)
+            try HTTPKnownField.checkFramingFieldEnd(bytes, field, line: line, .invalidContentLength)
         case .transferEncoding:
+            try HTTPKnownField.checkFramingFieldEnd(bytes, field, line: line, .invalidTransferEncoding)
             if head.transferEncoding == nil { head.transferEncoding = field.value }
             transferCodings.add(bytes, field.value)
         case .connection:
