@@ -1,23 +1,23 @@
 /// Byte-level grammar of HTTP/1.1 (RFC 9110 §5.6, RFC 9112 §2–§5), shared by the scanners, the
-/// body framer and the rewriter. Character classes are two 64-bit masks (no table, so no lazy
-/// global initialisation on the hot path); comparisons are against lowercase literals.
+/// body framer and the rewriter. Character classes are two 64-bit masks and the byte constants
+/// computed properties (no table or global, so no lazy initialisation on the hot path); the
+/// long runs (finding LF, checking a value) go eight bytes at a time.
 enum HTTPSyntax {
-    static let cr: UInt8 = 0x0D
-    static let lf: UInt8 = 0x0A
-    static let sp: UInt8 = 0x20
-    static let ht: UInt8 = 0x09
-    static let colon: UInt8 = 0x3A
-    static let comma: UInt8 = 0x2C
-    static let semicolon: UInt8 = 0x3B
-    static let slash: UInt8 = 0x2F
-    static let star: UInt8 = 0x2A
-    static let quote: UInt8 = 0x22
+    static var cr: UInt8 { 0x0D }
+    static var lf: UInt8 { 0x0A }
+    static var sp: UInt8 { 0x20 }
+    static var ht: UInt8 { 0x09 }
+    static var colon: UInt8 { 0x3A }
+    static var comma: UInt8 { 0x2C }
+    static var semicolon: UInt8 { 0x3B }
+    static var slash: UInt8 { 0x2F }
+    static var star: UInt8 { 0x2A }
+    static var quote: UInt8 { 0x22 }
 
     @inline(__always)
     private static func inMask(_ b: UInt8, _ low: UInt64, _ high: UInt64) -> Bool {
-        if b < 64 { return (low >> UInt64(b)) & 1 == 1 }
-        if b < 128 { return (high >> UInt64(b &- 64)) & 1 == 1 }
-        return false
+        let word = b < 64 ? low : high
+        return b < 128 && (word >> UInt64(b & 63)) & 1 == 1
     }
 
     /// tchar: `!#$%&'*+-.^_`|~`, DIGIT, ALPHA (RFC 9110 §5.6.2).
@@ -42,6 +42,47 @@ enum HTTPSyntax {
 
     @inline(__always)
     static func isWhitespace(_ b: UInt8) -> Bool { b == sp || b == ht }
+
+    /// High bit set in each byte of `x` that is zero. Exact for the lowest such byte (a borrow
+    /// can only mark bytes above a real zero), which is all `firstLF` uses; exact as a boolean.
+    @inline(__always)
+    private static func zeroBytes(_ x: UInt64) -> UInt64 {
+        (x &- 0x0101_0101_0101_0101) & ~x & 0x8080_8080_8080_8080
+    }
+
+    /// The first LF in `bytes[from..<to]`, or `to`. Eight bytes at a time.
+    @inline(__always)
+    static func firstLF(_ bytes: UnsafeRawBufferPointer, from: Int, to: Int) -> Int {
+        var i = from
+        while i + 8 <= to {
+            let w = UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: i, as: UInt64.self))
+            let m = zeroBytes(w ^ 0x0A0A_0A0A_0A0A_0A0A)
+            if m != 0 { return i + m.trailingZeroBitCount / 8 }
+            i += 8
+        }
+        while i < to, bytes[i] != lf { i += 1 }
+        return i
+    }
+
+    /// The first index in `bytes[from..<to]` whose byte may not be in a field value unchecked
+    /// (a CTL, HT included, or DEL), or `to`: eight bytes at a time through the common case.
+    @inline(__always)
+    static func firstNonPlainValueByte(_ bytes: UnsafeRawBufferPointer, from: Int, to: Int) -> Int {
+        var i = from
+        while i + 8 <= to {
+            let w = bytes.loadUnaligned(fromByteOffset: i, as: UInt64.self)
+            // A byte below 0x20 (hasless), or a 0x7F byte.
+            let ctl = (w &- 0x2020_2020_2020_2020) & ~w & 0x8080_8080_8080_8080
+            if ctl | zeroBytes(w ^ 0x7F7F_7F7F_7F7F_7F7F) != 0 { break }
+            i += 8
+        }
+        while i < to {
+            let b = bytes[i]
+            if b < sp || b == 0x7F { return i }
+            i += 1
+        }
+        return i
+    }
 
     @inline(__always)
     static func lowercased(_ b: UInt8) -> UInt8 { b &- 0x41 < 26 ? b | 0x20 : b }
@@ -147,16 +188,13 @@ struct HTTPLineFinder: Sendable {
     /// The next complete line, without its CRLF; nil when `bytes` ends first.
     mutating func nextLine(_ bytes: UnsafeRawBufferPointer, limit: Int) throws(HTTPFramingError) -> Range<Int>? {
         let end = min(bytes.count, limit)
-        var i = position
-        while i < end {
-            if bytes[i] == HTTPSyntax.lf {
-                guard i > lineStart, bytes[i - 1] == HTTPSyntax.cr else { throw .bareLF }
-                let line = lineStart..<(i - 1)
-                lineStart = i + 1
-                position = i + 1
-                return line
-            }
-            i += 1
+        let i = HTTPSyntax.firstLF(bytes, from: position, to: end)
+        if i < end {
+            guard i > lineStart, bytes[i - 1] == HTTPSyntax.cr else { throw .bareLF }
+            let line = lineStart..<(i - 1)
+            lineStart = i + 1
+            position = i + 1
+            return line
         }
         position = i
         if i >= limit { throw .headTooLarge }
@@ -184,31 +222,27 @@ extension HTTPFieldRange {
         let end = line.upperBound
         var i = line.lowerBound
         if HTTPSyntax.isWhitespace(bytes[i]) { throw .obsFold }
-        while i < end {
-            let b = bytes[i]
-            if b == HTTPSyntax.colon { break }
-            if !HTTPSyntax.isToken(b) {
-                if HTTPSyntax.isWhitespace(b) { throw .whitespaceBeforeColon }
-                throw b == HTTPSyntax.cr ? .bareCR : .invalidFieldName
-            }
-            i += 1
-        }
+        while i < end, HTTPSyntax.isToken(bytes[i]) { i += 1 }
         guard i < end else { throw .missingColon }
+        let b = bytes[i]
+        if b != HTTPSyntax.colon {
+            if HTTPSyntax.isWhitespace(b) { throw .whitespaceBeforeColon }
+            throw b == HTTPSyntax.cr ? .bareCR : .invalidFieldName
+        }
         guard i > line.lowerBound else { throw .emptyFieldName }
         let name = line.lowerBound..<i
         i += 1
         while i < end, HTTPSyntax.isWhitespace(bytes[i]) { i += 1 }
         let valueStart = i
-        var valueEnd = i
         while i < end {
+            i = HTTPSyntax.firstNonPlainValueByte(bytes, from: i, to: end)
+            guard i < end else { break }
             let b = bytes[i]
-            if b > HTTPSyntax.sp && b != 0x7F {
-                valueEnd = i + 1
-            } else if b != HTTPSyntax.sp && b != HTTPSyntax.ht {
-                throw b == HTTPSyntax.cr ? .bareCR : .invalidFieldValue
-            }
+            if b != HTTPSyntax.ht { throw b == HTTPSyntax.cr ? .bareCR : .invalidFieldValue }
             i += 1
         }
+        var valueEnd = end
+        while valueEnd > valueStart, HTTPSyntax.isWhitespace(bytes[valueEnd - 1]) { valueEnd -= 1 }
         return HTTPFieldRange(name: name, value: valueStart..<valueEnd)
     }
 
@@ -219,25 +253,21 @@ extension HTTPFieldRange {
         in bytes: UnsafeRawBufferPointer, fields: Range<Int>, _ body: (HTTPFieldRange, _ line: Range<Int>) -> Void
     ) {
         var lineStart = fields.lowerBound
-        var i = lineStart
-        var colon = -1
-        while i < fields.upperBound {
-            let b = bytes[i]
-            if b == HTTPSyntax.colon, colon < 0 { colon = i }
-            if b == HTTPSyntax.lf {
-                let contentEnd = i > lineStart && bytes[i - 1] == HTTPSyntax.cr ? i - 1 : i
-                if contentEnd == lineStart { return }
-                if colon >= 0 {
-                    var vs = colon + 1
-                    while vs < contentEnd, HTTPSyntax.isWhitespace(bytes[vs]) { vs += 1 }
-                    var ve = contentEnd
-                    while ve > vs, HTTPSyntax.isWhitespace(bytes[ve - 1]) { ve -= 1 }
-                    body(HTTPFieldRange(name: lineStart..<colon, value: vs..<ve), lineStart..<(i + 1))
-                }
-                lineStart = i + 1
-                colon = -1
+        while lineStart < fields.upperBound {
+            let lf = HTTPSyntax.firstLF(bytes, from: lineStart, to: fields.upperBound)
+            guard lf < fields.upperBound else { return }
+            let contentEnd = lf > lineStart && bytes[lf - 1] == HTTPSyntax.cr ? lf - 1 : lf
+            if contentEnd == lineStart { return }
+            var colon = lineStart
+            while colon < contentEnd, bytes[colon] != HTTPSyntax.colon { colon += 1 }
+            if colon < contentEnd {
+                var vs = colon + 1
+                while vs < contentEnd, HTTPSyntax.isWhitespace(bytes[vs]) { vs += 1 }
+                var ve = contentEnd
+                while ve > vs, HTTPSyntax.isWhitespace(bytes[ve - 1]) { ve -= 1 }
+                body(HTTPFieldRange(name: lineStart..<colon, value: vs..<ve), lineStart..<(lf + 1))
             }
-            i += 1
+            lineStart = lf + 1
         }
     }
 }
