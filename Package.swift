@@ -106,7 +106,13 @@ let package = Package(
         ),
         .testTarget(
             name: "SidecarCoreTests",
-            dependencies: ["SidecarCore"],
+            dependencies: [
+                "SidecarCore",
+                // The framing tests compare our parser with NIO's llhttp-based decoders.
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
             swiftSettings: strict
         ),
         .testTarget(
