@@ -148,17 +148,26 @@ public final class SQLiteConnection {
 
     /// Applies `migrations[n...]` where n is the current `user_version`, each in a transaction
     /// that also bumps the version. A database from a newer version is refused.
+    ///
+    /// The version is read again inside each (write-locked) transaction: two connections opening
+    /// a new file at once (the reader and the writer, after the file was replaced) both saw
+    /// version 0, and the second failed on "table already exists".
     public func migrate(_ migrations: [String]) throws {
-        let current = try userVersion
-        guard current <= migrations.count else {
-            throw SQLiteError(operation: "migrating \(path)", code: SQLITE_ERROR,
-                              message: "schema version \(current) is newer than this llm-sidecar (\(migrations.count))")
-        }
-        for (i, sql) in migrations.enumerated().dropFirst(current) {
-            try transaction {
-                try execute(sql)
-                try execute("PRAGMA user_version = \(i + 1)")
+        // Up to date: no write lock taken (a read-only file, `llm-sidecar stats`).
+        if try userVersion == migrations.count { return }
+        while true {
+            let done = try transaction { () throws -> Bool in
+                let current = try userVersion
+                guard current <= migrations.count else {
+                    throw SQLiteError(operation: "migrating \(path)", code: SQLITE_ERROR,
+                                      message: "schema version \(current) is newer than this llm-sidecar (\(migrations.count))")
+                }
+                guard current < migrations.count else { return true }
+                try execute(migrations[current])
+                try execute("PRAGMA user_version = \(current + 1)")
+                return false
             }
+            if done { return }
         }
     }
 }

@@ -55,6 +55,8 @@ final class Flight: Sendable {
     func join(_ deliver: @escaping Deliver) -> Int? {
         state.withLockedValue { s in
             guard s.recording, !s.closedToJoiners else { return nil }
+            // Ended otherwise than complete (failed, withdrawn, cut): nothing to share any more.
+            if s.finished, case .end? = s.events.last {} else if s.finished { return nil }
             s.joined += 1
             if !s.events.isEmpty { deliver(s.events) }
             if s.finished { return -1 }
@@ -103,6 +105,24 @@ final class Flight: Sendable {
 
     /// How many followers joined (each one is an upstream call saved).
     var joinedCount: Int { state.withLockedValue { $0.joined } }
+
+    /// The recorded answer's body as one array and whether it is a stream, when it ended normally
+    /// and was small enough to keep (a late joiner's hit counts what it saved from it).
+    var recordedAnswer: (body: [UInt8], isStream: Bool)? {
+        state.withLockedValue { s in
+            guard s.recording, s.finished, case .end? = s.events.last else { return nil }
+            var body: [UInt8] = []
+            var isStream = false
+            for event in s.events {
+                switch event {
+                case .head(_, let headers): isStream = headers.first(name: "content-type")?.hasPrefix("text/event-stream") ?? false
+                case .body(let b): body += b.readableBytesView
+                default: break
+                }
+            }
+            return (body, isStream)
+        }
+    }
 
     /// The recorded body parts, when the answer ended normally and was small enough to keep.
     var recordedBody: [ByteBuffer]? {

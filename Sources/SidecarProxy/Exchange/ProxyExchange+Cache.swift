@@ -96,7 +96,15 @@ extension ProxyExchange {
             cacheLabel = "hit"
             downstream.access.cache = "hit"
             metrics.cacheResult("hit")
-            cache.count(model: model) { $0.hits += 1 }
+            // Saved what any hit saves (a hit from the store counts the same from its entry).
+            let answer = flight.recordedAnswer
+            let usage = answer.flatMap { ResponseInspector.usage(body: $0.body, isStream: $0.isStream) }
+            cache.count(model: model) { d in
+                d.hits += 1
+                d.bytesServed += Int64(answer?.body.count ?? 0)
+                d.promptTokensSaved += usage?.promptTokens ?? 0
+                d.completionTokensSaved += usage?.completionTokens ?? 0
+            }
             cache.touch(flight.key, now: cache.clock())
             return
         }
