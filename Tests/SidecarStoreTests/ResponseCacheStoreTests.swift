@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOPosix
 import SidecarStore
 import SidecarTestSupport
@@ -17,6 +18,21 @@ final class ResponseCacheStoreTests: XCTestCase {
         CacheEntry(key: [UInt8](repeating: n, count: 32), scope: "scope-\(n % 2)", model: model, endpoint: "/v1/chat/completions",
                    status: 200, contentType: "application/json", body: [UInt8](repeating: n, count: size), isStream: false,
                    createdAt: created, expiresAt: created + ttl, promptTokens: 19, completionTokens: 28)
+    }
+
+    /// Connections opening a new file at the same moment (the reader and the writer after the
+    /// file was replaced) each migrate it: the schema version is read again under the write
+    /// lock, so the second finds the work done instead of failing on "table already exists".
+    func testConcurrentOpensOfANewFileMigrateItOnce() throws {
+        for round in 0..<25 {
+            let file = pki.directory + "/state/race-\(round).sqlite3"
+            let failures = NIOLockedValueBox<[String]>([])
+            DispatchQueue.concurrentPerform(iterations: 4) { _ in
+                do { _ = try ResponseCacheStore(path: file) } catch { failures.withLockedValue { $0.append("\(error)") } }
+            }
+            XCTAssertEqual(failures.withLockedValue { $0 }, [], "round \(round)")
+            XCTAssertEqual(try ResponseCacheStore(path: file).sizes().0, 0)
+        }
     }
 
     func testRoundTripIsExactAndSurvivesReopening() throws {
@@ -97,6 +113,22 @@ final class ResponseCacheStoreTests: XCTestCase {
         XCTAssertThrowsError(try ResponseCacheStore(path: "/proc/llm-sidecar/cache.sqlite3")) { error in
             XCTAssertTrue((error as? SQLiteError)?.isUnwritable ?? false, "\(error)")
         }
+    }
+
+    /// Batched writes must not compete with the event loops as equals: the writer thread runs at
+    /// nice +10 over the process, the reader (whose lookups a request waits for) and everyone else
+    /// at the process's.
+    func testTheWriterThreadYieldsTheCPUAndTheReaderDoesNot() async throws {
+        let base = CacheDatabase.currentThreadNiceness()  // the process's (not always 0)
+        let db = await CacheDatabase.open(path: path, logger: Logger(label: "test"))
+        let writer = try await db.run { _ in CacheDatabase.currentThreadNiceness() }
+        XCTAssertEqual(writer, min(19, base + CacheDatabase.writerNiceness))
+        XCTAssertEqual(CacheDatabase.writerNiceness, 10)
+        let reader = NIOLockedValueBox<Int32?>(nil)
+        db.performRead { _ in reader.withLockedValue { $0 = CacheDatabase.currentThreadNiceness() } }
+        await db.close()  // runs on the reader after the read queued before it
+        XCTAssertEqual(reader.withLockedValue { $0 }, base)
+        XCTAssertEqual(CacheDatabase.currentThreadNiceness(), base, "the caller's own priority is untouched")
     }
 
     func testWorkRunsOnTheDatabaseThreadNotTheCaller() async throws {

@@ -29,6 +29,10 @@ final class SidecarMetrics: Sendable {
     /// What `cacheReopened` has counted so far: the database keeps totals, the counters are
     /// moved on by the difference before each scrape.
     let cacheReopenedReported = NIOLockedValueBox<[String: Int]>([:])
+    /// `llm_sidecar_cache_store_skipped_total`: answers not stored because the database thread
+    /// was too far behind (`ResponseCache.maxQueuedBytes` queued).
+    let cacheStoreSkipped: Metrics.Counter
+    let cacheStoreSkippedReported = NIOLockedValueBox(0)
     /// Refreshes the gauges that are read rather than counted (the cache's), before a scrape.
     let beforeRender = NIOLockedValueBox<[@Sendable () -> Void]>([])
     /// `llm_sidecar_routing_retries_total{reason}`: "connect", "connection", "status_NNN", "first_token".
@@ -90,6 +94,7 @@ final class SidecarMetrics: Sendable {
             reopened[r] = Metrics.Counter(label: "llm_sidecar_cache_reopened_total", dimensions: [("reason", r)], factory: factory)
         }
         cacheReopened = reopened
+        cacheStoreSkipped = Metrics.Counter(label: "llm_sidecar_cache_store_skipped_total", factory: factory)
         let built = factory
         upstreams = LabeledFamily { UpstreamMetrics(name: $0, factory: built) }
         errors = CounterFamily(label: "llm_sidecar_errors_total", dimension: "code", factory: factory)
@@ -111,6 +116,14 @@ final class SidecarMetrics: Sendable {
                 cacheReopened[reason]?.increment(by: Int64(n - reported[reason, default: 0]))
                 reported[reason] = n
             }
+        }
+    }
+
+    /// Moves `llm_sidecar_cache_store_skipped_total` on to the cache's total.
+    func cacheStoreSkipped(total: Int) {
+        cacheStoreSkippedReported.withLockedValue { reported in
+            if total > reported { cacheStoreSkipped.increment(by: Int64(total - reported)) }
+            reported = max(reported, total)
         }
     }
 

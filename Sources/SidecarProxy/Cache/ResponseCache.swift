@@ -218,6 +218,24 @@ final class ResponseCache: Sendable {
         var flight: Flight?
     }
 
+    /// Answer bytes handed to the database thread and not yet taken in, and the answers not stored
+    /// because that was over `maxQueuedBytes`: the writer runs at a lower priority than the event
+    /// loops, and a writer that falls behind costs cache entries, never unbounded memory.
+    private let writerQueue = NIOLockedValueBox<(bytes: Int, skipped: Int)>((0, 0))
+    static let maxQueuedBytes = 32 << 20
+    var storesSkipped: Int { writerQueue.withLockedValue { $0.skipped } }
+
+    private func admitToWriter(bytes: Int) -> Bool {
+        writerQueue.withLockedValue { q in
+            guard q.bytes + bytes <= Self.maxQueuedBytes else {
+                q.skipped += 1
+                return false
+            }
+            q.bytes += bytes
+            return true
+        }
+    }
+
     /// Off the event loop: counts what the followers saved and stores a complete 2xx answer
     /// (a stream only if it reached its final event) in SQLite and the hot tier.
     func finish(_ c: Completed) {
@@ -225,7 +243,11 @@ final class ResponseCache: Sendable {
         let maxBytes = settings.maxBytes
         let hot = self.hot
         let pending = self.pending
-        database.perform { [self] _ in
+        var c = c
+        let charge = c.body.map { parts in parts.reduce(0) { $0 + $1.readableBytes } } ?? 0
+        if c.body != nil, !admitToWriter(bytes: charge) { c.body = nil }  // counted, not stored
+        database.perform { [self, c] _ in
+            defer { if c.body != nil { self.writerQueue.withLockedValue { $0.bytes -= charge } } }
             var queued = false
             defer { if !queued, let f = c.flight { self.endFlight(f) } }
             guard let parts = c.body else {

@@ -66,6 +66,7 @@ public final class SidecarServer: Sendable {
                 metrics.cacheDatabaseUp.set(health.ok ? 1 : 0)
                 metrics.cacheDatabaseErrors.set(health.errors)
                 metrics.cacheReopened(totals: health.reopened)
+                metrics.cacheStoreSkipped(total: opened.storesSkipped)
                 metrics.cacheFlights.set(opened.flightsInProgress)
             } }
         }
