@@ -4,7 +4,7 @@
 #   upstream : nginx over TLS answering a fixed ~600-byte chat completion   (CPU 0, with wrk)
 #   direct   : wrk -> upstream (https)
 #   nginx    : wrk -> nginx reverse proxy, keep-alive TLS pool to upstream  (CPU 1)
-#   sidecar  : wrk -> llm-sidecar --threads 1, keep-alive TLS pool          (CPU 1)
+#   sidecar  : wrk -> llm-sidecar (default threads: the CPUs it may use, 1 when pinned), keep-alive TLS pool  (CPU 1)
 #   pass-through scenarios send a sampled request (no temperature: not cacheable)
 #
 # Cache scenarios (same run):
@@ -114,7 +114,6 @@ CONF
 cat > "$OUT/sidecar.toml" <<CONF
 [server]
 listen = "127.0.0.1:$SIDECAR_PORT"
-threads = 1
 default_upstream = "bench"
 [upstreams.bench]
 url = "https://127.0.0.1:$UP_PORT"
