@@ -101,7 +101,9 @@ final class UpstreamConnection {
                     if let tlsContext {
                         try sync.addHandler(TLSHandler(client: tlsContext, serverName: serverName, handshakeTimeout: handshakeTimeout))
                     }
-                    try sync.addHTTPClientHandlers(leftOverBytesStrategy: .fireError)
+                    // NIO's encoder writes the request; our own strict framing reads the response.
+                    try sync.addHandler(HTTPRequestEncoder())
+                    try sync.addHandler(UpstreamResponseFramer())
                     try sync.addHandler(UpstreamConnectionHandler(
                         ready: ready, tls: tlsContext != nil, firstByteTimeout: firstByte, readIdleTimeout: readIdle, metrics: metrics))
                     return channel.eventLoop.makeSucceededVoidFuture()
@@ -321,7 +323,7 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
         let proxyError: ProxyError
         if let t = error as? TLSError {
             proxyError = .upstreamClosed("upstream TLS failed: \(t.reason)")
-        } else if error is HTTPParserError {
+        } else if error is HTTPParserError || error is UpstreamFramingError {
             proxyError = .upstreamProtocol("\(error)")
         } else {
             proxyError = .upstreamClosed("upstream connection failed: \(error)")

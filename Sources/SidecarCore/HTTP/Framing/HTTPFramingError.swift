@@ -22,6 +22,8 @@ public struct HTTPFramingError: Error, Hashable, Sendable, CustomStringConvertib
         // Body.
         case invalidChunkSize, chunkSizeOverflow, chunkLineTooLong, invalidChunkExtension
         case missingCRLFAfterChunk, invalidTrailer, trailersTooLarge, truncatedBody
+        // Exchange.
+        case unsolicitedResponse
     }
 
     private let code: Code
@@ -81,6 +83,7 @@ public struct HTTPFramingError: Error, Hashable, Sendable, CustomStringConvertib
         case .invalidTrailer: return "invalid trailer field"
         case .trailersTooLarge: return "trailer section too large"
         case .truncatedBody: return "connection closed before the body ended"
+        case .unsolicitedResponse: return "a response no request asked for (or an unrequested 101)"
         }
     }
 
@@ -124,4 +127,5 @@ public struct HTTPFramingError: Error, Hashable, Sendable, CustomStringConvertib
     public static let invalidTrailer = Self(.invalidTrailer)
     public static let trailersTooLarge = Self(.trailersTooLarge)
     public static let truncatedBody = Self(.truncatedBody)
+    public static let unsolicitedResponse = Self(.unsolicitedResponse)
 }
