@@ -56,7 +56,8 @@ final class WriterBacklogTests: XCTestCase {
         }
         cache.database.perform(hold)
         let answer = ByteBuffer(repeating: UInt8(ascii: "x"), count: 1 << 20)
-        let count = ResponseCache.maxQueuedBytes / (1 << 20) + 8
+        let admitted = ResponseCache.maxQueuedBytes / ((1 << 20) + ResponseCache.queuedAnswerOverhead)
+        let count = admitted + 8
         for i in 0..<count {
             var key = Array(repeating: UInt8(0), count: 32)
             key[0] = UInt8(i)
@@ -64,14 +65,14 @@ final class WriterBacklogTests: XCTestCase {
                 key: CacheKey(digest: key), scope: "s", model: "m", endpoint: "/v1/embeddings", status: 200, contentType: "application/json",
                 isStream: false, framed: true, ttl: 60, body: [answer], coalesced: 0, usage: nil, flight: nil))
         }
-        XCTAssertEqual(cache.storesSkipped, 8, "32 MiB queued at most: the last 8 answers are not stored")
+        XCTAssertEqual(cache.storesSkipped, 8, "16 MiB queued at most: the last 8 answers are not stored")
         gate.lock()
         gate.unlock(withValue: 1)
         // Everything queued is written: the batch write is queued by the first answer taken in,
         // so it is ahead of the second of these two turns on the database thread.
         _ = try await cache.database.run { _ in () }
         let stored = try await cache.database.run { try $0.sizes().0 }
-        XCTAssertEqual(Int(stored), count - 8)
+        XCTAssertEqual(Int(stored), admitted)
         cache.finish(.init(
             key: CacheKey(digest: Array(repeating: 0xFF, count: 32)), scope: "s", model: "m", endpoint: "/v1/embeddings", status: 200,
             contentType: "application/json", isStream: false, framed: true, ttl: 60, body: [answer], coalesced: 0, usage: nil, flight: nil))

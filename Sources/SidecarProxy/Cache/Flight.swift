@@ -103,7 +103,18 @@ final class Flight: Sendable {
         }
     }
 
-    /// How many followers joined (each one is an upstream call saved).
+    /// Replaces the recorded body parts of a complete answer by `body` (the same bytes, in one
+    /// exact buffer), so the recording no longer holds the connection's read buffers.
+    func replaceRecordedBody(with body: ByteBuffer) {
+        state.withLockedValue { s in
+            guard s.recording, s.finished, case .end? = s.events.last else { return }
+            var events = s.events.filter { if case .body = $0 { return false } else { return true } }
+            events.insert(.body(body), at: events.count - 1)
+            s.events = events
+        }
+    }
+
+        /// How many followers joined (each one is an upstream call saved).
     var joinedCount: Int { state.withLockedValue { $0.joined } }
 
     /// The recorded answer's body as one array and whether it is a stream, when it ended normally
