@@ -78,16 +78,10 @@ public struct ScannedRequestHead: Sendable, Hashable {
 /// - Connection elements that are not tokens.
 public struct HTTPRequestHeadScanner: Sendable {
     public let limits: HTTPHeadLimits
-    private var lines = HTTPLineFinder()
-    private var head = ScannedRequestHead()
+    var lines = HTTPLineFinder()
+    var head = ScannedRequestHead()
     private var transferCodings = HTTPTransferCodings()
-    private var state = State.requestLine
-
-    private enum State: Sendable {
-        case requestLine, fields
-        case done(ScannedRequestHead)
-        case failed(HTTPFramingError)
-    }
+    var state = HTTPHeadScanState<ScannedRequestHead>.startLine
 
     public init(limits: HTTPHeadLimits = HTTPHeadLimits()) {
         self.limits = limits
@@ -95,38 +89,11 @@ public struct HTTPRequestHeadScanner: Sendable {
 
     /// The head when `bytes` contains all of it, nil when more bytes are needed.
     public mutating func scan(_ bytes: UnsafeRawBufferPointer) throws(HTTPFramingError) -> ScannedRequestHead? {
-        switch state {
-        case .done(let head): return head
-        case .failed(let error): throw error
-        case .requestLine, .fields: break
-        }
-        if bytes.count < lines.position { self = HTTPRequestHeadScanner(limits: limits) }
-        do throws(HTTPFramingError) {
-            while let line = try lines.nextLine(bytes, limit: limits.maxHeadBytes) {
-                if case .requestLine = state {
-                    try parseRequestLine(bytes, line)
-                    head.fieldsStart = line.upperBound + 2
-                    state = .fields
-                } else if line.isEmpty {
-                    head.length = line.upperBound + 2
-                    try finish()
-                    state = .done(head)
-                    return head
-                } else {
-                    head.fieldCount += 1
-                    guard head.fieldCount <= limits.maxFieldCount else { throw HTTPFramingError.tooManyFields }
-                    try parseField(bytes, line)
-                }
-            }
-            return nil
-        } catch {
-            state = .failed(error)
-            throw error
-        }
+        try scanHead(bytes)
     }
 
     /// `method SP request-target SP HTTP-version` (RFC 9112 §3), single spaces.
-    private mutating func parseRequestLine(_ bytes: UnsafeRawBufferPointer, _ line: Range<Int>) throws(HTTPFramingError) {
+    mutating func parseStartLine(_ bytes: UnsafeRawBufferPointer, _ line: Range<Int>) throws(HTTPFramingError) {
         guard !line.isEmpty else { throw .emptyStartLine }
         let end = line.upperBound
         var i = line.lowerBound
@@ -159,7 +126,7 @@ public struct HTTPRequestHeadScanner: Sendable {
         }
     }
 
-    private mutating func parseField(_ bytes: UnsafeRawBufferPointer, _ line: Range<Int>) throws(HTTPFramingError) {
+    mutating func parseField(_ bytes: UnsafeRawBufferPointer, _ line: Range<Int>) throws(HTTPFramingError) {
         let field = try HTTPFieldRange.parse(bytes, line: line)
         guard let known = HTTPKnownField.identify(bytes, field.name) else { return }
         let value = field.value
@@ -199,7 +166,7 @@ public struct HTTPRequestHeadScanner: Sendable {
     }
 
     /// The checks that need the whole head (RFC 9112 §3.2, §6.1, §6.3).
-    private mutating func finish() throws(HTTPFramingError) {
+    mutating func finish() throws(HTTPFramingError) {
         if head.version == .http1_1, head.host == nil { throw .missingHost }
         guard transferCodings.present else { return }
         if head.contentLength != nil { throw .contentLengthWithTransferEncoding }
@@ -208,3 +175,6 @@ public struct HTTPRequestHeadScanner: Sendable {
         head.isChunked = true
     }
 }
+
+extension HTTPRequestHeadScanner: HTTPHeadScanning {}
+extension ScannedRequestHead: HTTPScannedHeadShape {}

@@ -65,16 +65,10 @@ public struct ScannedResponseHead: Sendable, Hashable {
 /// HTTP/1.0, with an empty element, or without a single, final `chunked`.
 public struct HTTPResponseHeadScanner: Sendable {
     public let limits: HTTPHeadLimits
-    private var lines = HTTPLineFinder()
-    private var head = ScannedResponseHead()
+    var lines = HTTPLineFinder()
+    var head = ScannedResponseHead()
     private var transferCodings = HTTPTransferCodings()
-    private var state = State.statusLine
-
-    private enum State: Sendable {
-        case statusLine, fields
-        case done(ScannedResponseHead)
-        case failed(HTTPFramingError)
-    }
+    var state = HTTPHeadScanState<ScannedResponseHead>.startLine
 
     public init(limits: HTTPHeadLimits = HTTPHeadLimits()) {
         self.limits = limits
@@ -82,38 +76,11 @@ public struct HTTPResponseHeadScanner: Sendable {
 
     /// The head when `bytes` contains all of it, nil when more bytes are needed.
     public mutating func scan(_ bytes: UnsafeRawBufferPointer) throws(HTTPFramingError) -> ScannedResponseHead? {
-        switch state {
-        case .done(let head): return head
-        case .failed(let error): throw error
-        case .statusLine, .fields: break
-        }
-        if bytes.count < lines.position { self = HTTPResponseHeadScanner(limits: limits) }
-        do throws(HTTPFramingError) {
-            while let line = try lines.nextLine(bytes, limit: limits.maxHeadBytes) {
-                if case .statusLine = state {
-                    try parseStatusLine(bytes, line)
-                    head.fieldsStart = line.upperBound + 2
-                    state = .fields
-                } else if line.isEmpty {
-                    head.length = line.upperBound + 2
-                    try finish()
-                    state = .done(head)
-                    return head
-                } else {
-                    head.fieldCount += 1
-                    guard head.fieldCount <= limits.maxFieldCount else { throw HTTPFramingError.tooManyFields }
-                    try parseField(bytes, line)
-                }
-            }
-            return nil
-        } catch {
-            state = .failed(error)
-            throw error
-        }
+        try scanHead(bytes)
     }
 
     /// `HTTP-version SP status-code SP reason-phrase` (RFC 9112 §4).
-    private mutating func parseStatusLine(_ bytes: UnsafeRawBufferPointer, _ line: Range<Int>) throws(HTTPFramingError) {
+    mutating func parseStartLine(_ bytes: UnsafeRawBufferPointer, _ line: Range<Int>) throws(HTTPFramingError) {
         guard !line.isEmpty else { throw .emptyStartLine }
         for i in line where bytes[i] == HTTPSyntax.cr { throw .bareCR }
         let s = line.lowerBound
@@ -136,7 +103,7 @@ public struct HTTPResponseHeadScanner: Sendable {
         head.reason = (afterCode + 1)..<line.upperBound
     }
 
-    private mutating func parseField(_ bytes: UnsafeRawBufferPointer, _ line: Range<Int>) throws(HTTPFramingError) {
+    mutating func parseField(_ bytes: UnsafeRawBufferPointer, _ line: Range<Int>) throws(HTTPFramingError) {
         let field = try HTTPFieldRange.parse(bytes, line: line)
         guard let known = HTTPKnownField.identify(bytes, field.name) else { return }
         switch known {
@@ -157,7 +124,7 @@ public struct HTTPResponseHeadScanner: Sendable {
     }
 
     /// The checks that need the whole head (RFC 9112 §6.1, §6.3).
-    private mutating func finish() throws(HTTPFramingError) {
+    mutating func finish() throws(HTTPFramingError) {
         guard transferCodings.present else { return }
         if head.contentLength != nil { throw .contentLengthWithTransferEncoding }
         if head.version == .http1_0 { throw .transferEncodingInHTTP10 }
@@ -165,3 +132,6 @@ public struct HTTPResponseHeadScanner: Sendable {
         head.isChunked = true
     }
 }
+
+extension HTTPResponseHeadScanner: HTTPHeadScanning {}
+extension ScannedResponseHead: HTTPScannedHeadShape {}
