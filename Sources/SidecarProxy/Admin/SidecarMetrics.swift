@@ -25,14 +25,10 @@ final class SidecarMetrics: Sendable {
     let cacheFlights: Metrics.Meter
     /// `llm_sidecar_cache_reopened_total{reason}`: the database file was found removed or
     /// replaced and opened anew (see `CacheDatabase.reopenChangedFile`).
-    let cacheReopened: [String: Metrics.Counter]
-    /// What `cacheReopened` has counted so far: the database keeps totals, the counters are
-    /// moved on by the difference before each scrape.
-    let cacheReopenedReported = NIOLockedValueBox<[String: Int]>([:])
+    let cacheReopened: [String: CounterFollowingTotal]
     /// `llm_sidecar_cache_store_skipped_total`: answers not stored because the database thread
     /// was too far behind (`ResponseCache.maxQueuedBytes` queued).
-    let cacheStoreSkipped: Metrics.Counter
-    let cacheStoreSkippedReported = NIOLockedValueBox(0)
+    let cacheStoreSkipped: CounterFollowingTotal
     /// Refreshes the gauges that are read rather than counted (the cache's), before a scrape.
     let beforeRender = NIOLockedValueBox<[@Sendable () -> Void]>([])
     /// `llm_sidecar_routing_retries_total{reason}`: "connect", "connection", "status_NNN", "first_token".
@@ -89,12 +85,12 @@ final class SidecarMetrics: Sendable {
         cacheDatabaseUp = Metrics.Meter(label: "llm_sidecar_cache_database_up", factory: factory)
         cacheDatabaseErrors = Metrics.Meter(label: "llm_sidecar_cache_database_errors", factory: factory)
         cacheFlights = Metrics.Meter(label: "llm_sidecar_cache_flights_in_progress", factory: factory)
-        var reopened: [String: Metrics.Counter] = [:]
+        var reopened: [String: CounterFollowingTotal] = [:]
         for r in ["removed", "replaced"] {
-            reopened[r] = Metrics.Counter(label: "llm_sidecar_cache_reopened_total", dimensions: [("reason", r)], factory: factory)
+            reopened[r] = CounterFollowingTotal(Metrics.Counter(label: "llm_sidecar_cache_reopened_total", dimensions: [("reason", r)], factory: factory))
         }
         cacheReopened = reopened
-        cacheStoreSkipped = Metrics.Counter(label: "llm_sidecar_cache_store_skipped_total", factory: factory)
+        cacheStoreSkipped = CounterFollowingTotal(Metrics.Counter(label: "llm_sidecar_cache_store_skipped_total", factory: factory))
         let built = factory
         upstreams = LabeledFamily { UpstreamMetrics(name: $0, factory: built) }
         errors = CounterFamily(label: "llm_sidecar_errors_total", dimension: "code", factory: factory)
@@ -111,21 +107,11 @@ final class SidecarMetrics: Sendable {
 
     /// Moves `llm_sidecar_cache_reopened_total` on to the database's totals, by reason.
     func cacheReopened(totals: [String: Int]) {
-        cacheReopenedReported.withLockedValue { reported in
-            for (reason, n) in totals where n > reported[reason, default: 0] {
-                cacheReopened[reason]?.increment(by: Int64(n - reported[reason, default: 0]))
-                reported[reason] = n
-            }
-        }
+        for (reason, n) in totals { cacheReopened[reason]?.follow(n) }
     }
 
     /// Moves `llm_sidecar_cache_store_skipped_total` on to the cache's total.
-    func cacheStoreSkipped(total: Int) {
-        cacheStoreSkippedReported.withLockedValue { reported in
-            if total > reported { cacheStoreSkipped.increment(by: Int64(total - reported)) }
-            reported = max(reported, total)
-        }
-    }
+    func cacheStoreSkipped(total: Int) { cacheStoreSkipped.follow(total) }
 
     /// An attempt moved to another deployment.
     func retry(_ reason: String) { retries[reason].increment() }
@@ -213,5 +199,22 @@ final class UpstreamMetrics: Sendable {
     func response(status: Int) {
         let i = min(max(status / 100, 1), 5) - 1
         requests[i].increment()
+    }
+}
+
+/// A counter for something another part keeps a running total of (the database, the cache):
+/// before each scrape it is moved on by what the total grew since.
+final class CounterFollowingTotal: Sendable {
+    private let counter: Metrics.Counter
+    private let reported = NIOLockedValueBox(0)
+
+    init(_ counter: Metrics.Counter) { self.counter = counter }
+
+    func follow(_ total: Int) {
+        reported.withLockedValue { reported in
+            guard total > reported else { return }
+            counter.increment(by: Int64(total - reported))
+            reported = total
+        }
     }
 }

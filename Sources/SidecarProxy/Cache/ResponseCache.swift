@@ -253,16 +253,6 @@ final class ResponseCache: Sendable {
         // and entry); counting bytes alone let 55,000 small answers (300 MB) wait for the writer.
         let charge = bodyBytes + Self.queuedAnswerOverhead
         if c.body != nil, !admitToWriter(bytes: charge) { c.body = nil }  // counted, not stored
-        if let parts = c.body, parts.count != 1 || parts[0].capacity > parts[0].readableBytes * 2 {
-            // The parts are slices of the connection's read buffers (often 16-64 KiB for a
-            // 600-byte answer): one exact copy now lets those go at once, rather than when the
-            // writer gets to this answer; the flight's recording shares the copy.
-            var whole = ByteBuffer()
-            whole.reserveCapacity(bodyBytes)
-            for p in parts { whole.writeImmutableBuffer(p) }
-            c.body = [whole]
-            c.flight?.replaceRecordedBody(with: whole)
-        }
         guard let parts = c.body else {
             // Nothing to store: counted and let go here, without a trip to the writer (a closure
             // queued for it would hold the flight and its recording until the writer got to it).
@@ -270,13 +260,21 @@ final class ResponseCache: Sendable {
             if let f = c.flight { endFlight(f) }
             return
         }
-        database.perform { [self, c] _ in
+        // The parts are slices of the connection's read buffers (often 16-64 KiB for a 600-byte
+        // answer): one exact copy now lets those go at once, rather than when the writer gets to
+        // this answer; the flight's recording shares the copy.
+        var buffer = parts.count == 1 ? parts[0] : ByteBuffer()
+        if parts.count != 1 || buffer.capacity > buffer.readableBytes * 2 {
+            buffer = ByteBuffer()
+            buffer.reserveCapacity(bodyBytes)
+            for p in parts { buffer.writeImmutableBuffer(p) }
+            c.flight?.replaceRecordedBody(with: buffer)
+            c.body = [buffer]  // the closure below must not hold the slices either
+        }
+        database.perform { [self, c, buffer] _ in
             defer { self.writerQueue.withLockedValue { $0.bytes -= charge } }
             var queued = false
             defer { if !queued, let f = c.flight { self.endFlight(f) } }
-            var buffer = ByteBuffer()
-            buffer.reserveCapacity(parts.reduce(0) { $0 + $1.readableBytes })
-            for p in parts { buffer.writeImmutableBuffer(p) }
             let bytes = Array(buffer.readableBytesView)
             let usage = (200..<300).contains(c.status) ? c.usage ?? ResponseInspector.usage(body: bytes, isStream: c.isStream) : nil
             if c.coalesced > 0 {
