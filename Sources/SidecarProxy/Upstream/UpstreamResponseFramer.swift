@@ -84,7 +84,7 @@ final class UpstreamResponseFramer: ChannelDuplexHandler {
                 case .interim:
                     state = .head(HTTPResponseHeadScanner(limits: Self.limits))
                 case .switchingProtocols:
-                    throw .unsolicitedResponse
+                    throw .unrequestedUpgrade
                 case .final:
                     state = .body(HTTPBodyFramer(scanned.framing(requestIsHEAD: requestIsHEAD)))
                     context.fireChannelRead(wrapInboundOut(.head(head)))

@@ -23,7 +23,7 @@ public struct HTTPFramingError: Error, Hashable, Sendable, CustomStringConvertib
         case invalidChunkSize, chunkSizeOverflow, chunkLineTooLong, invalidChunkExtension
         case missingCRLFAfterChunk, invalidTrailer, trailersTooLarge, truncatedBody
         // Exchange.
-        case unsolicitedResponse
+        case unsolicitedResponse, unrequestedUpgrade
     }
 
     private let code: Code
@@ -83,7 +83,8 @@ public struct HTTPFramingError: Error, Hashable, Sendable, CustomStringConvertib
         case .invalidTrailer: return "invalid trailer field"
         case .trailersTooLarge: return "trailer section too large"
         case .truncatedBody: return "connection closed before the body ended"
-        case .unsolicitedResponse: return "a response no request asked for (or an unrequested 101)"
+        case .unsolicitedResponse: return "bytes that answer no request (sent after the response ended, or before any request)"
+        case .unrequestedUpgrade: return "101 Switching Protocols, though no upgrade was asked for"
         }
     }
 
@@ -128,4 +129,5 @@ public struct HTTPFramingError: Error, Hashable, Sendable, CustomStringConvertib
     public static let trailersTooLarge = Self(.trailersTooLarge)
     public static let truncatedBody = Self(.truncatedBody)
     public static let unsolicitedResponse = Self(.unsolicitedResponse)
+    public static let unrequestedUpgrade = Self(.unrequestedUpgrade)
 }
