@@ -101,6 +101,10 @@ final class RefusalTests: XCTestCase {
         // Bytes right behind the head (a client that does not wait for 200) change nothing.
         _ = try await refusal("CONNECT 127.0.0.1:\(fake.port) HTTP/1.1\r\nHost: x\r\n\r\nGET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n",
                               on: h, status: 405, code: "method_not_allowed")
+        // CONNECT with an origin-form target is a request head like any other: its 405 still
+        // carries the JSON error (only a 2xx answer to CONNECT has no body).
+        let originForm = try await refusal("CONNECT /v1/models HTTP/1.1\r\nHost: x\r\n\r\n", on: h, status: 405, code: "method_not_allowed")
+        XCTAssertEqual(originForm?.header("content-length"), originForm.map { String($0.body.utf8.count) })
         for target in ["/v1/chat/completions", "/healthz", "*"] {
             let trace = try await refusal("TRACE \(target) HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-client-secret\r\n\r\n",
                                           on: h, status: 405, code: "method_not_allowed")
@@ -128,14 +132,33 @@ final class RefusalTests: XCTestCase {
         XCTAssertEqual(fake.counters.requests, 0, "neither the request nor the one behind it reached the upstream: \(fake.requests.map(\.body))")
     }
 
+    // MARK: framing the sidecar does not speak (issue 10, item 2)
+
+    func testUnknownTransferCodingsAre501AndOtherHTTPVersions505() async throws {
+        let (fake, h) = try await start()
+        let gzip = try await refusal("POST /v1/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+                                     on: h, status: 501, code: "transfer_coding_not_implemented")
+        XCTAssertTrue(gzip.flatMap { openAIError($0.body) }?.message.contains("only chunked") ?? false, "\(String(describing: gzip?.body))")
+        let version = try await refusal("GET /v1/models HTTP/1.2\r\nHost: x\r\n\r\n", on: h, status: 505, code: "http_version_not_supported")
+        XCTAssertEqual(version.flatMap { openAIError($0.body) }?.message, "the sidecar speaks HTTP/1.1 and HTTP/1.0")
+        _ = try await refusal("POST /v1/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n{}",
+                              on: h, status: 400, code: "bad_request")
+        _ = try await refusal("GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n b\r\n\r\n", on: h, status: 400, code: "bad_request")
+        _ = try await refusal("GET /v1/models HTTP/1.1\r\n\r\n", on: h, status: 400, code: "bad_request")
+        XCTAssertEqual(fake.counters.requests, 0)
+        let next = try await h.request()
+        XCTAssertEqual(next.status, 200, "the sidecar keeps serving")
+    }
+
     // MARK: header fields (issue 11, item 7)
 
     func testTenThousandTinyHeaderFieldsAre431AndNeverForwarded() async throws {
         let (fake, h) = try await start()
-        // 10,000 fields of 6 bytes: 60 KB, under the decoder's 80 KiB, so only the count stops them.
-        let fields = (0..<10_000).map { "x\($0 % 10_000): 1\r\n" }.joined()
+        // 10,000 fields of 6 bytes: 60 KB, under the head's 80 KiB, so only the count stops them
+        // (the scan stops at the 129th field, so the message cannot name the total).
+        let fields = String(repeating: "x: 1\r\n", count: 10_000)
         let r = try await refusal("GET /v1/models HTTP/1.1\r\nHost: x\r\n\(fields)\r\n", on: h, status: 431, code: "request_header_fields_too_large")
-        XCTAssertEqual(r.flatMap { openAIError($0.body) }?.message, "the request has 10001 header fields; server.max_header_fields is 128")
+        XCTAssertEqual(r.flatMap { openAIError($0.body) }?.message, "the request has more than 128 header fields; server.max_header_fields is 128")
         XCTAssertEqual(fake.counters.requests, 0)
     }
 
@@ -150,7 +173,7 @@ final class RefusalTests: XCTestCase {
         XCTAssertTrue(at.hasPrefix("HTTP/1.1 200 OK\r\n"), at)
         XCTAssertEqual(fake.counters.requests, 1)
         let r = try await refusal(request(fields: 40), on: h, status: 431, code: "request_header_fields_too_large")
-        XCTAssertEqual(r.flatMap { openAIError($0.body) }?.message, "the request has 41 header fields; server.max_header_fields is 40")
+        XCTAssertEqual(r.flatMap { openAIError($0.body) }?.message, "the request has more than 40 header fields; server.max_header_fields is 40")
         XCTAssertEqual(fake.counters.requests, 1)
     }
 

@@ -18,6 +18,7 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
 
     private enum Code: Hashable, Sendable {
         case badRequest, payloadTooLarge, notFound, forbidden, pathTraversal, invalidFraming, headerFieldsTooLarge
+        case notImplemented, httpVersionNotSupported
         case methodNotAllowed(allow: String)
         case upstreamConnect, upstreamTLS, upstreamClosed, upstreamProtocol, upstreamTimeout(Timeout)
         case poolExhausted, shuttingDown, internalError
@@ -48,6 +49,10 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
     /// A request whose body framing cannot be trusted: where it ends, and so where the next
     /// request starts, is ambiguous (request smuggling).
     public static func invalidFraming(_ why: String) -> ProxyError { .init(.invalidFraming, why) }
+    /// A request in a transfer coding the sidecar does not decode (RFC 9112 §6.1: 501).
+    public static func notImplemented(_ why: String) -> ProxyError { .init(.notImplemented, why) }
+    /// A well-formed HTTP version other than 1.0 and 1.1 (RFC 9110 §15.6.6: 505).
+    public static func httpVersionNotSupported(_ why: String) -> ProxyError { .init(.httpVersionNotSupported, why) }
     /// A request target whose dot segments lead outside `/v1` (`TargetPath`).
     public static func pathTraversal(_ target: String, resolved: String) -> ProxyError {
         .init(.pathTraversal, "the request target \(target.prefix(200)) resolves to \(resolved.prefix(200)) once its dot segments are removed (RFC 3986 §5.2.4): the sidecar forwards only /v1/...")
@@ -115,7 +120,7 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
     public var source: Source {
         switch code {
         case .badRequest, .payloadTooLarge, .notFound, .methodNotAllowed, .forbidden, .pathTraversal, .invalidFraming,
-             .headerFieldsTooLarge: return .client
+             .headerFieldsTooLarge, .notImplemented, .httpVersionNotSupported: return .client
         case .upstreamConnect, .upstreamTLS, .upstreamClosed, .upstreamProtocol: return .upstream
         case .upstreamTimeout(let t): return t == .poolQueue ? .internal : .upstream
         case .poolExhausted, .shuttingDown, .internalError, .budgetUnavailable: return .internal
@@ -158,6 +163,8 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
         case .methodNotAllowed: return 405
         case .payloadTooLarge: return 413
         case .headerFieldsTooLarge: return 431
+        case .notImplemented: return 501
+        case .httpVersionNotSupported: return 505
         case .upstreamConnect, .upstreamTLS, .upstreamClosed, .upstreamProtocol: return 502
         case .upstreamTimeout(let t): return t == .poolQueue ? 503 : 504
         case .poolExhausted, .shuttingDown, .budgetUnavailable: return 503
@@ -186,6 +193,8 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
         case .pathTraversal: return "path_traversal"
         case .invalidFraming: return "invalid_framing"
         case .headerFieldsTooLarge: return "request_header_fields_too_large"
+        case .notImplemented: return "transfer_coding_not_implemented"
+        case .httpVersionNotSupported: return "http_version_not_supported"
         case .payloadTooLarge: return "request_too_large"
         case .forbidden: return "forbidden"
         case .notFound: return "not_found"

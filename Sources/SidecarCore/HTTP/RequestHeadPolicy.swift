@@ -29,13 +29,8 @@ public enum RequestHeadPolicy {
             return .refuse(.invalidFraming("an HTTP/1.0 request with Transfer-Encoding has untrustworthy framing (RFC 9112 §6.1)"))
         }
         switch head.method {
-        case .CONNECT:
-            // NIO's decoder stops parsing after a CONNECT head (what follows would be tunnel
-            // bytes), so this connection can serve nothing else.
-            return .refuse(.methodNotAllowed("CONNECT", path: head.uri, allow: forwardedMethods, why: "the sidecar forwards /v1/... requests; it opens no tunnels"))
-        case .TRACE:
-            // TRACE echoes the request back, credentials included (RFC 9110 §9.3.8): never forwarded.
-            return .refuse(.methodNotAllowed("TRACE", path: head.uri, allow: forwardedMethods, why: "it would echo the request, credentials included"))
+        case .CONNECT, .TRACE:
+            return .refuse(refusal(method: head.method.rawValue, target: head.uri))
         default:
             break
         }
@@ -46,5 +41,17 @@ public enum RequestHeadPolicy {
         case .escapes(let resolved): return .refuse(.pathTraversal(head.uri, resolved: resolved))
         }
         return .route(head)
+    }
+
+    /// The 405 for CONNECT and TRACE, whatever their target (the framing refuses their
+    /// authority-form and `*` targets before a head exists, and answers with this too).
+    public static func refusal(method: String, target: String) -> ProxyError {
+        if method == "CONNECT" {
+            // Whatever follows a CONNECT head would be tunnel bytes, so this connection can
+            // serve nothing else.
+            return .methodNotAllowed("CONNECT", path: target, allow: forwardedMethods, why: "the sidecar forwards /v1/... requests; it opens no tunnels")
+        }
+        // TRACE echoes the request back, credentials included (RFC 9110 §9.3.8): never forwarded.
+        return .methodNotAllowed(method, path: target, allow: forwardedMethods, why: "it would echo the request, credentials included")
     }
 }

@@ -25,22 +25,17 @@ extension DownstreamHandler {
     /// would do with more input is report it as another error).
     var mayRead: Bool { queued.count < Self.maxQueuedParts && pendingRefusal == nil }
 
+    /// A socket error: nothing to answer on this connection any more.
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        if lingering {
-            if error is HTTPParserError || error is ByteToMessageDecoderError { return }  // input being drained
-            context.close(promise: nil)
-            return
-        }
-        // Malformed HTTP from the client: answered (400, or 431 for an oversized head) in its turn,
-        // after the requests before it, then the connection is closed. Other clients are
-        // unaffected: each connection has its own decoder.
-        guard error is HTTPParserError || error is ByteToMessageDecoderError else {
-            context.close(promise: nil)
-            return
-        }
-        // The decoder reports every later read as an error too: the first error is the answer.
+        context.close(promise: nil)
+    }
+
+    /// Malformed HTTP from the client: answered (400, 431, 501, 505, or 405 for CONNECT and
+    /// TRACE) in its turn, after the requests before it, then the connection is closed. The
+    /// reader stops at the bad bytes, so this happens once per connection.
+    func framingFailed(_ error: DownstreamFramingError) {
         guard pendingRefusal == nil else { return }
-        pendingRefusal = Self.refusal(for: error)
+        pendingRefusal = error.refusal
         refuseWhenDue()
     }
 
@@ -69,38 +64,16 @@ extension DownstreamHandler {
         closeAfterResponse = true
         responseOpen = true
         requestOpen = true  // whatever follows the bad bytes is unread input
-        if !inBody { access = AccessRecord(method: "-", path: "-") }  // bad bytes where a request head should be
+        if !inBody {
+            access = AccessRecord(method: "-", path: "-")  // bad bytes where a request head should be
+            respondingTo = nil
+        }
         state.metrics.error(refusal.codeString)
         let (head, body) = ErrorResponses.head(for: refusal, keepAlive: false)
         writeLocal(head: head, body: body)
     }
 
-    /// What a request the HTTP decoder rejected is answered with.
-    static func refusal(for error: Error) -> ProxyError {
-        if let e = error as? HTTPParserError, e == .headerOverflow {
-            // NIO's limits (NIOHTTPDecoderLimitConfiguration): 80 KiB for one field and for all of
-            // them, 65,534 fields.
-            return .headerFieldsTooLarge("the request's header fields exceed 80 KiB (one field, or all of them together)")
-        }
-        return .badRequest("malformed HTTP request: \(describe(error))")
-    }
-
-    static func describe(_ error: Error) -> String {
-        guard let e = error as? HTTPParserError else { return "\(error)" }
-        switch e {
-        case .invalidContentLength: return "invalid Content-Length"
-        case .unexpectedContentLength: return "both Content-Length and Transfer-Encoding"
-        case .invalidChunkSize: return "invalid chunk size"
-        case .invalidMethod: return "invalid method"
-        case .invalidURL: return "invalid request target"
-        case .invalidVersion: return "invalid HTTP version"
-        case .invalidHeaderToken: return "invalid header"
-        default: return "\(e)"
-        }
-    }
-
     func channelInactive(context: ChannelHandlerContext) {
-        encoderContext = nil
         idleTimer?.cancel()
         queued.removeAll()
         if let exchange {
@@ -119,7 +92,11 @@ extension DownstreamHandler {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let e = event as? ChannelEvent, e == .inputClosed {
-            // The client finished sending (half-close). Answer what is under way, then close.
+            // The client finished sending (half-close). Answer what is under way, then close; a
+            // request cut short is malformed (answered in its turn, like other bad bytes).
+            if !lingering {
+                do { try reader.inputClosed() } catch { return framingFailed(error) }
+            }
             if lingering || (!requestOpen && !responseOpen && queued.isEmpty) {
                 context.close(promise: nil)
             } else {

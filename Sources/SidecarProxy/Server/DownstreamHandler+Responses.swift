@@ -10,11 +10,36 @@ extension DownstreamHandler {
 
     func writeResponseHead(_ head: HTTPResponseHead) {
         access.status = Int(head.status.code)
-        context?.write(wrapOutboundOut(.head(head)), promise: nil)
+        guard let context else { return }
+        var bytes = context.channel.allocator.buffer(capacity: 512)
+        writer.writeHead(head, requestMethod: respondingTo, into: &bytes)
+        context.write(wrapOutboundOut(bytes), promise: nil)
+    }
+
+    /// An interim (1xx) response, sent at once; the final response follows.
+    func writeInterim(_ head: HTTPResponseHead) {
+        guard let context else { return }
+        var bytes = context.channel.allocator.buffer(capacity: 64)
+        writer.writeHead(head, requestMethod: respondingTo, into: &bytes)
+        context.writeAndFlush(wrapOutboundOut(bytes), promise: nil)
     }
 
     func writeResponseBody(_ buffer: ByteBuffer) {
-        context?.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+        guard let context, writer.sendsBody else { return }
+        if let size = writer.chunkPrefix(count: buffer.readableBytes, allocator: context.channel.allocator) {
+            context.write(wrapOutboundOut(size), promise: nil)
+            context.write(wrapOutboundOut(buffer), promise: nil)
+            context.write(wrapOutboundOut(HTTPResponseWriter.chunkEnd), promise: nil)
+        } else if buffer.readableBytes > 0 {
+            context.write(wrapOutboundOut(buffer), promise: nil)
+        }
+    }
+
+    /// Ends the body (the last chunk, if chunked) and flushes; the future completes when every
+    /// byte of the response is written.
+    private func writeEnd(trailers: HTTPHeaders?, context: ChannelHandlerContext) -> EventLoopFuture<Void> {
+        let end = writer.end(trailers: trailers, allocator: context.channel.allocator)
+        return context.writeAndFlush(wrapOutboundOut(end ?? context.channel.allocator.buffer(capacity: 0)))
     }
 
     func flush() {
@@ -27,21 +52,19 @@ extension DownstreamHandler {
         if exchange != nil { state.requestFinished() }
         exchange = nil
         logAccess()
-        let done = context.writeAndFlush(wrapOutboundOut(.end(trailers)))
-        responseFinished(done)
+        responseFinished(writeEnd(trailers: trailers, context: context))
     }
 
-    /// A whole response already in wire form (a cache hit): written past the HTTP encoder, on
-    /// its context (the encoder keeps no state between responses), head and body in one flush.
-    /// False (nothing written) when there is no encoder to write past: the caller writes parts.
+    /// A whole response already in wire form (a cache hit): head and body as they are, in one
+    /// flush. False (nothing written) when the connection is gone.
     func writePreparedResponse(status: Int, head: ByteBuffer, body: ByteBuffer) -> Bool {
-        guard context != nil, let raw = encoderContext else { return false }
+        guard let context else { return false }
         access.status = status
         if exchange != nil { state.requestFinished() }
         exchange = nil
         logAccess()
-        raw.write(NIOAny(head), promise: nil)
-        responseFinished(raw.writeAndFlush(NIOAny(body)))
+        context.write(wrapOutboundOut(head), promise: nil)
+        responseFinished(context.writeAndFlush(wrapOutboundOut(body)))
         return true
     }
 
@@ -71,9 +94,9 @@ extension DownstreamHandler {
     /// Refuses the current request and closes the connection once the answer is written.
     func refuse(_ error: ProxyError, method: HTTPMethod) {
         if method == .CONNECT {
-            // NIO's encoder writes any response to a CONNECT without framing or body (what a 2xx,
+            // The writer frames any response to a CONNECT without framing or body (what a 2xx,
             // the start of a tunnel, needs); a refusal is an ordinary response (RFC 9110 §9.3.6)
-            // and keeps its Content-Length and body, so it is written past the encoder.
+            // and keeps its Content-Length and body, so it is written as prepared bytes.
             closeAfterResponse = true
             let (head, body) = ErrorResponses.head(for: error, keepAlive: false)
             if writePreparedResponse(status: error.status, head: ErrorResponses.wireForm(head), body: body) {
@@ -96,9 +119,9 @@ extension DownstreamHandler {
         guard let context else { return }
         access.status = Int(head.status.code)
         logAccess()
-        context.write(wrapOutboundOut(.head(head)), promise: nil)
-        if let body { context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
-        responseFinished(context.writeAndFlush(wrapOutboundOut(.end(nil))))
+        writeResponseHead(head)
+        if let body { writeResponseBody(body) }
+        responseFinished(writeEnd(trailers: nil, context: context))
     }
 
     /// The current response is written: close if the request asked for it, else serve what was

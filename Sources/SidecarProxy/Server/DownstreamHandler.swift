@@ -4,7 +4,9 @@ import NIOCore
 import NIOHTTP1
 import SidecarCore
 
-/// The proxy's per-client-connection handler, right after NIO's HTTP/1.1 decoder and encoder.
+/// The proxy's per-client-connection handler, the only one in the connection's pipeline: it
+/// reads requests with our own strict framing (`DownstreamRequestReader`) and writes responses as
+/// bytes (`HTTPResponseWriter`), with no HTTP codec handlers between it and the socket.
 /// Checks each request head first (`RequestHeadPolicy`: refusals close the connection), then
 /// routes it (admin endpoint, `/v1/...` to an exchange, or 404), writes responses, and turns
 /// malformed HTTP into a 400 with an OpenAI-shaped body before closing the connection.
@@ -13,9 +15,9 @@ import SidecarCore
 /// would do that by pausing reads around every response, which costs two `epoll_ctl` calls per
 /// request; we only stop reading when the queue is long.)
 final class DownstreamHandler: ChannelDuplexHandler {
-    typealias InboundIn = HTTPServerRequestPart
-    typealias OutboundIn = HTTPServerResponsePart
-    typealias OutboundOut = HTTPServerResponsePart
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
 
     /// Queued parts of pipelined requests beyond which we stop reading from the client.
     static let maxQueuedParts = 64
@@ -36,10 +38,18 @@ final class DownstreamHandler: ChannelDuplexHandler {
     var readPending = false
     var idleTimer: Scheduled<Void>?
     var quiescing = false
+    /// Frames the client's bytes into request parts.
+    var reader: DownstreamRequestReader
+    /// Encodes response heads and frames response bodies.
+    var writer = HTTPResponseWriter()
+    /// The method of the request being answered (HEAD's answer has no body); nil when the answer
+    /// is to bytes that were not a request.
+    var respondingTo: HTTPMethod?
 
     init(state: ServerState) {
         self.state = state
         self.runtime = state.runtime
+        self.reader = DownstreamRequestReader(maxFieldCount: runtime.maxHeaderFields)
     }
 
     var access = AccessRecord()
@@ -67,12 +77,8 @@ final class DownstreamHandler: ChannelDuplexHandler {
     /// The client connection's loop (set before any request is handled).
     private(set) var eventLoop: EventLoop!
 
-    /// The HTTP response encoder's context: prepared responses are written on it, past the encoder.
-    var encoderContext: ChannelHandlerContext?
-
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        encoderContext = try? context.pipeline.syncOperations.context(handlerType: HTTPResponseEncoder.self)
         self.eventLoop = context.eventLoop
         trustedClient = Self.isLocal(context.channel.remoteAddress)
         armIdleTimer()
@@ -103,13 +109,28 @@ final class DownstreamHandler: ChannelDuplexHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         if lingering { return }
         inReadBurst = true
-        let part = unwrapInboundIn(data)
-        // A part belongs to a later request when the current one is complete but not yet answered.
-        if !queued.isEmpty || (!requestOpen && responseOpen) {
-            queued.append(part)
-            return
+        reader.append(unwrapInboundIn(data))
+        readParts()
+    }
+
+    /// Takes every complete part out of the reader: handled now, or queued behind the request
+    /// being answered. Bad bytes stop reading; they are answered in their turn.
+    func readParts() {
+        while !lingering {
+            let part: HTTPServerRequestPart?
+            do {
+                part = try reader.next()
+            } catch {
+                return framingFailed(error)
+            }
+            guard let part else { return }
+            // A part belongs to a later request when the current one is complete but not yet answered.
+            if !queued.isEmpty || (!requestOpen && responseOpen) {
+                queued.append(part)
+            } else {
+                handle(part)
+            }
         }
-        handle(part)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -125,7 +146,9 @@ final class DownstreamHandler: ChannelDuplexHandler {
             idleDeadline = nil
             requestOpen = true
             responseOpen = true
+            respondingTo = head.method
             runtime = state.runtime
+            reader.maxFieldCount = runtime.maxHeaderFields
             access = AccessRecord(method: head.method.rawValue, path: head.uri)
             keepAlive = head.isKeepAlive && !state.isDraining && !quiescing
             closeAfterResponse = false
@@ -161,7 +184,7 @@ final class DownstreamHandler: ChannelDuplexHandler {
         if let length = head.headers.first(name: "content-length").flatMap({ Int($0) }), length > runtime.maxBodyBytes {
             return respondWithError(.payloadTooLarge(limit: runtime.maxBodyBytes), closeAfter: true)
         }
-        guard let context, runtime.defaultUpstream != nil || !runtime.routes.isEmpty else {
+        guard context != nil, runtime.defaultUpstream != nil || !runtime.routes.isEmpty else {
             return respondWithError(.notFound(path: path), closeAfter: false)
         }
         if let limits = runtime.clientLimits {
@@ -180,7 +203,7 @@ final class DownstreamHandler: ChannelDuplexHandler {
         let group = runtime.defaultUpstream
         if head.headers[canonicalForm: "expect"].contains(where: { HeaderPolicy.equalsIgnoringASCIICase($0, "100-continue") }) {
             // The client waits for this before sending its body (curl does, for bodies over 1 KiB).
-            context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))), promise: nil)
+            writeInterim(HTTPResponseHead(version: head.version, status: .continue))
         }
         let exchange = ProxyExchange(
             downstream: self, head: head, group: group, routes: runtime.routes, maxBodyBytes: runtime.maxBodyBytes,

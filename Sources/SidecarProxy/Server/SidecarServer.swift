@@ -125,9 +125,8 @@ public final class SidecarServer: Sendable {
             .childChannelInitializer { channel in
                 box.register(channel)
                 do {
-                    let sync = channel.pipeline.syncOperations
-                    try sync.configureHTTPServerPipeline(withPipeliningAssistance: false, withErrorHandling: false)
-                    try sync.addHandler(DownstreamHandler(state: state))
+                    // One handler: our own framing reads the requests and writes the responses.
+                    try channel.pipeline.syncOperations.addHandler(DownstreamHandler(state: state))
                     return channel.eventLoop.makeSucceededVoidFuture()
                 } catch {
                     return channel.eventLoop.makeFailedFuture(error)

@@ -163,8 +163,21 @@ final class HTTPRequestHeadScannerTests: XCTestCase {
         assertRequestRefused("GET\n\n", .invalidMethod)
     }
 
-    func testRefusesTargetsThatAreNotOriginForm() {
-        assertRequestRefused("GET http://example.com/ HTTP/1.1\nHost: h\n\n", .unsupportedTargetForm, status: 400)
+    func testAcceptsAbsoluteFormAsRFC9112Requires() {
+        // §3.2.2: a server must accept absolute-form; the router decides what it names (a 404).
+        for target in ["http://example.com/", "https://example.com/v1/models?x=1", "h2c+x-1.y://a"] {
+            let request = "GET \(target) HTTP/1.1\nHost: h\n\n"
+            let head = requestHead(request)
+            XCTAssertEqual(head.flatMap { text(request.crlf, $0.target) }, target)
+        }
+    }
+
+    func testRefusesTargetsThatAreNotOriginOrAbsoluteForm() {
+        assertRequestRefused("GET example.com/ HTTP/1.1\nHost: h\n\n", .unsupportedTargetForm, status: 400)
+        assertRequestRefused("GET 1http://example.com/ HTTP/1.1\nHost: h\n\n", .unsupportedTargetForm)
+        assertRequestRefused("GET http:/example.com/ HTTP/1.1\nHost: h\n\n", .unsupportedTargetForm)
+        assertRequestRefused("GET http:// HTTP/1.1\nHost: h\n\n", .unsupportedTargetForm)
+        assertRequestRefused("GET ht_tp://x/ HTTP/1.1\nHost: h\n\n", .unsupportedTargetForm)
         assertRequestRefused("CONNECT example.com:443 HTTP/1.1\nHost: h\n\n", .unsupportedTargetForm)
         assertRequestRefused("GET * HTTP/1.1\nHost: h\n\n", .unsupportedTargetForm)
         assertRequestRefused("options * HTTP/1.1\nHost: h\n\n", .unsupportedTargetForm)

@@ -58,7 +58,7 @@ public struct HTTPFramingError: Error, Hashable, Sendable, CustomStringConvertib
         case .invalidFieldValue: return "invalid character in field value"
         case .invalidMethod: return "invalid method"
         case .invalidTarget: return "invalid request target"
-        case .unsupportedTargetForm: return "request target must be origin-form (or * for OPTIONS)"
+        case .unsupportedTargetForm: return "request target must be origin-form or absolute-form (or * for OPTIONS)"
         case .invalidVersion: return "invalid HTTP version"
         case .unsupportedVersion: return "HTTP version not supported"
         case .invalidStatusLine: return "invalid status line"

@@ -120,10 +120,25 @@ public struct HTTPRequestHeadScanner: Sendable {
         head.isHEAD = HTTPSyntax.equalsExactly(bytes, head.method, "HEAD")
         if bytes[targetStart] != HTTPSyntax.slash {
             let isOptions = HTTPSyntax.equalsExactly(bytes, head.method, "OPTIONS")
-            guard head.target.count == 1, bytes[targetStart] == HTTPSyntax.star, isOptions else {
-                throw .unsupportedTargetForm
-            }
+            let isAsterisk = head.target.count == 1 && bytes[targetStart] == HTTPSyntax.star && isOptions
+            guard isAsterisk || Self.isAbsoluteForm(bytes, head.target) else { throw .unsupportedTargetForm }
         }
+    }
+
+    /// `scheme "://" ...` (RFC 9112 §3.2.2: a server must accept absolute-form; what it names is
+    /// the router's business, which answers anything outside `/v1` with a 404). Authority-form
+    /// (CONNECT) and `*` outside OPTIONS stay refused.
+    static func isAbsoluteForm(_ bytes: UnsafeRawBufferPointer, _ target: Range<Int>) -> Bool {
+        var i = target.lowerBound
+        guard i < target.upperBound, HTTPSyntax.isAlpha(bytes[i]) else { return false }
+        i += 1
+        while i < target.upperBound {
+            let b = bytes[i]
+            if b == UInt8(ascii: ":") { break }
+            guard HTTPSyntax.isAlpha(b) || (b >= 0x30 && b <= 0x39) || b == UInt8(ascii: "+") || b == UInt8(ascii: "-") || b == UInt8(ascii: ".") else { return false }
+            i += 1
+        }
+        return target.upperBound - i > 3 && bytes[i] == UInt8(ascii: ":") && bytes[i + 1] == HTTPSyntax.slash && bytes[i + 2] == HTTPSyntax.slash
     }
 
     mutating func parseField(_ bytes: UnsafeRawBufferPointer, _ line: Range<Int>) throws(HTTPFramingError) {

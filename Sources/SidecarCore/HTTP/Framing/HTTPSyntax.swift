@@ -43,6 +43,9 @@ enum HTTPSyntax {
     @inline(__always)
     static func isWhitespace(_ b: UInt8) -> Bool { b == sp || b == ht }
 
+    @inline(__always)
+    static func isAlpha(_ b: UInt8) -> Bool { (b | 0x20) >= 0x61 && (b | 0x20) <= 0x7A }
+
     /// High bit set in each byte of `x` that is zero. Exact for the lowest such byte (a borrow
     /// can only mark bytes above a real zero), which is all `firstLF` uses; exact as a boolean.
     @inline(__always)

@@ -1,0 +1,98 @@
+import NIOCore
+import NIOHTTP1
+
+/// Encodes responses for the proxy's clients into bytes, the way NIO's `HTTPResponseEncoder`
+/// does (the same bytes and the same framing corrections, checked against it in
+/// `HTTPResponseWriterTests`), so the client connection writes `ByteBuffer`s straight to the
+/// socket instead of passing response parts through a pipeline handler.
+///
+/// One per client connection; responses are written one after another (the head decides how
+/// the body parts that follow are framed, the end resets that).
+public struct HTTPResponseWriter: Sendable {
+    /// How the body of the response being written goes on the wire.
+    public enum BodyFraming: Sendable, Equatable {
+        /// As given: the head carries Content-Length (or the message has no framing of its own).
+        case asIs
+        /// In chunks (`Transfer-Encoding: chunked`, added when the head had neither framing field).
+        case chunked
+        /// Not at all: the answer to a HEAD (or CONNECT) request, whose body is never sent.
+        case suppressed
+    }
+
+    public private(set) var framing = BodyFraming.asIs
+
+    public init() {}
+
+    /// Appends `head` to `buffer` and decides the body's framing. `requestMethod` is the method of
+    /// the request this answers (for HEAD and CONNECT no body follows; RFC 9110 §9.3.2, §9.3.6).
+    ///
+    /// NIO's corrections, kept: a status that has no body (1xx, 204, 304) or a 2xx answer to
+    /// CONNECT loses Content-Length and Transfer-Encoding; otherwise Content-Length wins over
+    /// Transfer-Encoding, and an HTTP/1.1 head with neither gets `transfer-encoding: chunked`. An
+    /// interim (1xx but 101) head leaves the framing of the final one alone.
+    public mutating func writeHead(_ head: HTTPResponseHead, requestMethod: HTTPMethod?, into buffer: inout ByteBuffer) {
+        var headers = head.headers
+        let code = head.status.code
+        let interim = (100..<200).contains(code) && code != 101
+        // Only a 2xx answer to CONNECT switches to a tunnel (RFC 9110 §9.3.6); a refusal (the
+        // 405 the sidecar gives) carries its error body like any other. NIO's encoder drops it.
+        let connect = (200..<300).contains(code) && requestMethod == .CONNECT
+        let suppress = !interim && (requestMethod == .HEAD || connect)
+        var chunked = false
+        if connect || !head.status.mayHaveResponseBody {
+            headers.remove(name: "content-length")
+            headers.remove(name: "transfer-encoding")
+        } else if headers.contains(name: "content-length") {
+            headers.remove(name: "transfer-encoding")
+        } else if head.version.major == 1 && head.version.minor >= 1 {
+            headers.replaceOrAdd(name: "transfer-encoding", value: "chunked")
+            chunked = true
+        }
+        if !interim { framing = suppress ? .suppressed : (chunked ? .chunked : .asIs) }
+
+        buffer.writeStaticString(head.version.minor == 0 && head.version.major == 1 ? "HTTP/1.0 " : "HTTP/1.1 ")
+        buffer.writeString(String(code))
+        buffer.writeStaticString(" ")
+        buffer.writeString(head.status.reasonPhrase)
+        buffer.writeStaticString("\r\n")
+        for (name, value) in headers {
+            buffer.writeString(name)
+            buffer.writeStaticString(": ")
+            buffer.writeString(value)
+            buffer.writeStaticString("\r\n")
+        }
+        buffer.writeStaticString("\r\n")
+    }
+
+    /// The chunk-size line that goes before `count` body bytes, or nil when none does (not
+    /// chunked, or an empty part, which would end a chunked body).
+    public func chunkPrefix(count: Int, allocator: ByteBufferAllocator) -> ByteBuffer? {
+        guard framing == .chunked, count > 0 else { return nil }
+        var line = allocator.buffer(capacity: 18)
+        line.writeString(String(count, radix: 16))
+        line.writeStaticString("\r\n")
+        return line
+    }
+
+    /// Whether body bytes are sent at all.
+    public var sendsBody: Bool { framing != .suppressed }
+
+    /// The bytes that end the body (the last chunk and trailers), or nil; resets for the next response.
+    public mutating func end(trailers: HTTPHeaders?, allocator: ByteBufferAllocator) -> ByteBuffer? {
+        defer { framing = .asIs }
+        guard framing == .chunked else { return nil }
+        var last = allocator.buffer(capacity: 8)
+        last.writeStaticString("0\r\n")
+        for (name, value) in trailers ?? [:] {
+            last.writeString(name)
+            last.writeStaticString(": ")
+            last.writeString(value)
+            last.writeStaticString("\r\n")
+        }
+        last.writeStaticString("\r\n")
+        return last
+    }
+
+    /// The CRLF after a chunk's data (shared storage: no allocation per chunk).
+    public static let chunkEnd: ByteBuffer = ByteBuffer(string: "\r\n")
+}
