@@ -74,7 +74,7 @@ extension DownstreamHandler {
         logAccess(outcome: "aborted")
         if exchange != nil { state.requestFinished() }
         exchange = nil
-        responseOpen = false
+        connection.responseAborted()
         queued.removeAll()
         // What was already written still goes out; then the connection ends.
         context?.flush()
@@ -86,24 +86,14 @@ extension DownstreamHandler {
         if exchange == nil { state.metrics.error(error.codeString) }  // the exchange counts its own
         if exchange != nil { state.requestFinished() }
         exchange = nil
-        if closeAfter { closeAfterResponse = true }
-        let (head, body) = ErrorResponses.head(for: error, keepAlive: keepAlive && !closeAfterResponse, extra: extraHeaders)
+        if closeAfter { connection.closeAfterResponse() }
+        let (head, body) = ErrorResponses.head(for: error, keepAlive: connection.keepAlive, extra: extraHeaders)
         writeLocal(head: head, body: body)
     }
 
-    /// Refuses the current request and closes the connection once the answer is written.
-    func refuse(_ error: ProxyError, method: HTTPMethod) {
-        if method == .CONNECT {
-            // The writer frames any response to a CONNECT without framing or body (what a 2xx,
-            // the start of a tunnel, needs); a refusal is an ordinary response (RFC 9110 §9.3.6)
-            // and keeps its Content-Length and body, so it is written as prepared bytes.
-            closeAfterResponse = true
-            let (head, body) = ErrorResponses.head(for: error, keepAlive: false)
-            if writePreparedResponse(status: error.status, head: ErrorResponses.wireForm(head), body: body) {
-                state.metrics.error(error.codeString)
-                return
-            }
-        }
+    /// Refuses the current request and closes the connection once the answer is written. (A
+    /// refused CONNECT's 405 keeps its body: only a 2xx answer to CONNECT has none.)
+    func refuse(_ error: ProxyError) {
         respondWithError(error, closeAfter: true)
     }
 
@@ -127,52 +117,62 @@ extension DownstreamHandler {
     /// The current response is written: close if the request asked for it, else serve what was
     /// queued or wait for the next request.
     func responseFinished(_ written: EventLoopFuture<Void>) {
-        responseOpen = false
+        after(connection.responseFinished(now: .now()), written: written)
+    }
+
+    /// Does what follows the end of a response (or of a request answered before its end).
+    func after(_ next: ClientConnectionStateMachine.AfterResponse, written: EventLoopFuture<Void>? = nil) {
         guard let context else { return }
-        if pendingRefusal != nil, queued.isEmpty {
+        switch next {
+        case .awaitRequestEnd:
+            return
+        case .refuse:
             // Bad bytes followed this request: their answer is next, and closes the connection.
-            return refuseWhenDue()
-        }
-        if !keepAlive || closeAfterResponse {
+            refuseWhenDue()
+        case .closeAfterWrite:
             queued.removeAll()
-            if requestOpen {
-                // The client may still be sending (a body we refused, or garbage): closing with
-                // unread input makes the kernel send a RST that can destroy our answer before the
-                // client reads it. Close our side only, drain theirs for a moment, then close.
+            if let written {
+                written.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+            } else {
+                context.close(promise: nil)
+            }
+        case .lingerAfterWrite:
+            // The client may still be sending (a body we refused, or garbage): closing with
+            // unread input makes the kernel send a RST that can destroy our answer before the
+            // client reads it. Close our side only, drain theirs for a moment, then close.
+            queued.removeAll()
+            if let written {
                 written.assumeIsolated().whenComplete { [self] _ in self.lingeringClose(context: context) }
             } else {
-                written.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+                lingeringClose(context: context)
             }
-            return
+        case .nextRequest:
+            requestCycleDone()
         }
-        if !requestOpen { requestCycleDone() }
     }
 
     /// Request and response are both done: take the next queued request, or go idle.
     func requestCycleDone() {
-        readsPausedByUpstream = false
-        while !requestOpen && !responseOpen, let next = queued.popFirst() {
-            handle(next)
-        }
-        // Parts of the request now current that were queued behind it.
-        while !queued.isEmpty && !(!requestOpen && responseOpen) {
+        connection.clearUpstreamPause()
+        while connection.takeQueued() {
             handle(queued.removeFirst())
         }
-        if readPending, mayRead, let context {
-            readPending = false
-            context.read()
-        }
+        if connection.resumeReads() { context?.read() }
+        switch connection.cycleDone(idleTimeout: runtime.clientIdleTimeout) {
+        case .busy: return
         // The last request queued before bad bytes may now be current, its body never to come.
-        if pendingRefusal != nil { return refuseWhenDue() }
-        if !requestOpen && !responseOpen {
-            if quiescing { context?.close(promise: nil); return }
-            armIdleTimer()
+        case .refuse: refuseWhenDue()
+        case .close: context?.close(promise: nil)
+        case .armIdleCheck(let deadline): armIdleTimer(deadline: deadline)
         }
     }
 
-
     func lingeringClose(context: ChannelHandlerContext) {
-        lingering = true
+        if connection.lingerStarted() {
+            // The client had already finished sending: nothing to drain.
+            context.close(promise: nil)
+            return
+        }
         context.close(mode: .output, promise: nil)
         context.eventLoop.assumeIsolated().scheduleTask(in: .seconds(2)) {
             context.close(promise: nil)

@@ -19,25 +19,17 @@ final class DownstreamHandler: ChannelDuplexHandler {
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    /// Queued parts of pipelined requests beyond which we stop reading from the client.
-    static let maxQueuedParts = 64
-
     let state: ServerState
     /// The snapshot of the request being served (taken when its head arrives).
     var runtime: ProxyRuntime
     var context: ChannelHandlerContext?
     var exchange: ProxyExchange?
-    /// The current request's `Connection` semantics (HTTP/1.0 and `Connection: close` end the connection).
-    var keepAlive = true
-    /// The current request's head arrived and its end has not.
-    var requestOpen = false
-    /// The current request's response is not finished.
-    var responseOpen = false
-    var closeAfterResponse = false
+    /// The request/response cycle, pipelining, the refusal's turn, reads, idleness and the close.
+    var connection = ClientConnectionStateMachine(now: .now())
+    /// The parts of pipelined requests waiting behind the answer being written (`connection`
+    /// counts them and says when the next may go).
     var queued: Deque<HTTPServerRequestPart> = []
-    var readPending = false
     var idleTimer: Scheduled<Void>?
-    var quiescing = false
     /// Frames the client's bytes into request parts.
     var reader: DownstreamRequestReader
     /// Encodes response heads and frames response bodies.
@@ -45,6 +37,10 @@ final class DownstreamHandler: ChannelDuplexHandler {
     /// The method of the request being answered (HEAD's answer has no body); nil when the answer
     /// is to bytes that were not a request.
     var respondingTo: HTTPMethod?
+
+    /// Whether the current answer lets the connection serve another request (else it says
+    /// `Connection: close`).
+    var keepAlive: Bool { connection.keepAlive }
 
     init(state: ServerState) {
         self.state = state
@@ -81,7 +77,7 @@ final class DownstreamHandler: ChannelDuplexHandler {
         self.context = context
         self.eventLoop = context.eventLoop
         trustedClient = Self.isLocal(context.channel.remoteAddress)
-        armIdleTimer()
+        armIdleTimer(deadline: .now() + runtime.clientIdleTimeout)
     }
 
     static func isLocal(_ address: SocketAddress?) -> Bool {
@@ -107,7 +103,7 @@ final class DownstreamHandler: ChannelDuplexHandler {
     private(set) var inReadBurst = false
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if lingering { return }
+        guard connection.readsRequests else { return }  // lingering: read and dropped
         inReadBurst = true
         reader.append(unwrapInboundIn(data))
         readParts()
@@ -116,7 +112,7 @@ final class DownstreamHandler: ChannelDuplexHandler {
     /// Takes every complete part out of the reader: handled now, or queued behind the request
     /// being answered. Bad bytes stop reading; they are answered in their turn.
     func readParts() {
-        while !lingering {
+        while connection.readsRequests {
             let part: HTTPServerRequestPart?
             do {
                 part = try reader.next()
@@ -124,11 +120,10 @@ final class DownstreamHandler: ChannelDuplexHandler {
                 return framingFailed(error)
             }
             guard let part else { return }
-            // A part belongs to a later request when the current one is complete but not yet answered.
-            if !queued.isEmpty || (!requestOpen && responseOpen) {
-                queued.append(part)
-            } else {
-                handle(part)
+            switch connection.receive() {
+            case .deliver: handle(part)
+            case .queue: queued.append(part)
+            case .drop: return
             }
         }
     }
@@ -143,27 +138,23 @@ final class DownstreamHandler: ChannelDuplexHandler {
     func handle(_ part: HTTPServerRequestPart) {
         switch part {
         case .head(let head):
-            idleDeadline = nil
-            requestOpen = true
-            responseOpen = true
             respondingTo = head.method
             runtime = state.runtime
             reader.maxFieldCount = runtime.maxHeaderFields
             access = AccessRecord(method: head.method.rawValue, path: head.uri)
-            keepAlive = head.isKeepAlive && !state.isDraining && !quiescing
-            closeAfterResponse = false
+            connection.headDelivered(keepAlive: head.isKeepAlive && !state.isDraining)
             switch RequestHeadPolicy.check(head, maxHeaderFields: runtime.maxHeaderFields) {
             case .route(let checked): route(checked)
-            case .refuse(let error): refuse(error, method: head.method)
+            case .refuse(let error): refuse(error)
             }
         case .body(let buffer):
             exchange?.requestBody(buffer)  // bodies of locally answered requests are dropped
         case .end:
-            requestOpen = false
             if let exchange {
+                _ = connection.endDelivered(now: .now())  // its answer is under way
                 exchange.requestEnd()
-            } else if !responseOpen {
-                requestCycleDone()
+            } else if let next = connection.endDelivered(now: .now()) {
+                after(next)
             }
         }
     }
@@ -223,13 +214,6 @@ final class DownstreamHandler: ChannelDuplexHandler {
     /// per request.
     var lastClient: (scope: CacheScope, name: String)?
     var lastCacheScope: (scope: CacheScope, name: String)?
-    /// After a final answer: input is read and dropped, the output half is closed, and the
-    /// connection is closed when the client closes or after two seconds (nginx's lingering close).
-    var lingering = false
-    /// Set while the upstream cannot take more of the request body.
-    var readsPausedByUpstream = false
-    /// What the decoder rejected, waiting for the requests before it to be answered.
+    /// What bad bytes in the input are answered with, waiting for the requests before them.
     var pendingRefusal: ProxyError?
-    /// When the connection, idle since the last response, should be closed.
-    var idleDeadline: NIODeadline?
 }
