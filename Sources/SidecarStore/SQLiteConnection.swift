@@ -73,7 +73,7 @@ public final class SQLiteConnection {
         sqlite3_extended_result_codes(db, 1)
         sqlite3_busy_timeout(db, busyTimeoutMilliseconds)
         do {
-            try execute("PRAGMA journal_mode = WAL")
+            try enableWAL(within: busyTimeoutMilliseconds)
             try execute("PRAGMA synchronous = NORMAL")
         } catch {
             sqlite3_close_v2(db)
@@ -82,6 +82,24 @@ public final class SQLiteConnection {
     }
 
     deinit { sqlite3_close_v2(db) }
+
+    /// `PRAGMA journal_mode = WAL`, retried while another connection holds the lock. Switching a
+    /// new file to WAL needs an exclusive lock, and SQLite answers SQLITE_BUSY at once, without
+    /// calling the busy handler, when two connections that both read the file race for it (the
+    /// handler would deadlock them). Once one has switched, the mode is in the file and the
+    /// others' pragma takes no lock. Bounded by the busy timeout.
+    private func enableWAL(within milliseconds: Int32) throws {
+        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(max(milliseconds, 0)) * 1_000_000
+        var pause: UInt32 = 1_000
+        while true {
+            do {
+                return try execute("PRAGMA journal_mode = WAL")
+            } catch let error as SQLiteError where error.isBusy && DispatchTime.now().uptimeNanoseconds < deadline {
+                usleep(pause)
+                pause = min(pause * 2, 50_000)
+            }
+        }
+    }
 
     /// Whether `path` still names the file this connection has open. A removed or replaced
     /// database raises no error: SQLite (in WAL mode too) goes on reading and writing the file it
