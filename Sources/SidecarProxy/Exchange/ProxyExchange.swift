@@ -7,7 +7,10 @@ import SidecarStore
 import SidecarTLS
 import Foundation
 
-/// One client request on its way through the proxy, in named phases:
+/// One client request on its way through the proxy. Where it is and what has happened to it is
+/// `ExchangeStateMachine` (SidecarCore, pure, tested on its own); this class is its IO shell: it
+/// holds the leases, timers, buffers and flights, tells the machine what happened, and carries
+/// out what it decides. The phases:
 ///
 ///   `start` (choose the upstream, rewrite the head) -> `lease` (a pooled connection)
 ///   -> `send` (head, body so far, then the rest as it arrives) -> `upstreamResponse*` (stream back)
@@ -15,14 +18,16 @@ import Foundation
 ///
 /// A failure in any phase goes to `fail`, the single exit that either answers with an
 /// OpenAI-shaped error (nothing was sent to the client yet) or cuts the client's response (something
-/// was, so the client must see an abnormal end, never a fake complete answer).
+/// was, so the client must see an abnormal end, never a fake complete answer). A failed attempt
+/// first asks the machine's one retry policy (`attemptFailed`): replay once on a fresh connection,
+/// another deployment, or that exit.
 ///
 /// A request the cache may answer goes through more phases first (docs/caching.md):
 ///
-///   `collecting` (the whole body: the key is a hash of it) -> `decide` -> a hot-tier hit is
-///   replayed at once; an identical request in flight is followed (`following`); otherwise this
-///   request leads a flight: `lookingUp` (SQLite, off the loop) -> replay a hit, or go upstream and
-///   publish the answer to the followers as it arrives, then store it if it is complete.
+///   `collectingBody` (the key is a hash of it) -> `decide` -> a hot-tier hit is replayed at once;
+///   an identical request in flight is followed (`followingFlight`); otherwise this request leads a
+///   flight: `cacheLookup` (SQLite, off the loop) -> replay a hit, or go upstream and publish the
+///   answer to the followers as it arrives, then store it if it is complete.
 ///
 /// Lives on the client connection's event loop, as does its pooled upstream connection.
 ///
