@@ -156,6 +156,31 @@ final class ExchangeStateMachineTests: XCTestCase {
         XCTAssertTrue(m.isFinished, "finished is terminal")
     }
 
+    func testAttemptMovedOffBeforeAnyByte() {
+        var m = forwarding(collects: true)
+        m.deploymentChosen()
+        XCTAssertTrue(m.mayMoveElsewhere(limits: limits, elapsed: .zero))
+        m.attemptAbandoned()
+        XCTAssertEqual(m.phase, .choosingDeployment)
+        m.deploymentChosen()
+        m.backoffStarted()
+        XCTAssertEqual(m.abandon(), .cancelBackoff)
+        var late = forwarding(collects: true)
+        late.deploymentChosen()
+        late.responseBegan(forwarded: true)
+        XCTAssertFalse(late.mayMoveElsewhere(limits: limits, elapsed: .zero), "never after the response started")
+    }
+
+    func testHeldHeadThenErrorAnswers() {
+        var m = forwarding()
+        _ = m.requestEnded()
+        m.responseBegan(forwarded: false)  // a model list held for merging
+        XCTAssertEqual(m.phase, .responseStreaming)
+        XCTAssertEqual(m.attemptFailed(closed, upstreamAnswered: true, reusedConnection: true, limits: nil, elapsed: .zero), .fail(closed),
+                       "the upstream answered: no replay")
+        XCTAssertEqual(m.fail(closed), .init(abandon: .nothing, exit: .answer(closed)))
+    }
+
     func testCacheLookupAndDetachedLeader() {
         var hit = SM(collectsBody: true)
         _ = hit.requestEnded()
@@ -229,7 +254,7 @@ final class ExchangeStateMachineTests: XCTestCase {
 
             for step in 0..<60 {
                 let what = "step \(step)"
-                switch rng.next() % 14 {
+                switch rng.next() % 15 {
                 case 0:
                     let r = m.requestEnded()
                     received = true
@@ -306,6 +331,14 @@ final class ExchangeStateMachineTests: XCTestCase {
                         let ok = m.responseEnded()
                         XCTAssertEqual(ok, hadConnection && !was, "round \(round): \(what) end")
                         if ok { ends(what) }
+                    }
+                case 13:
+                    // A status the group retries, or no first token in time: the shell moves the attempt.
+                    if forwarding, m.mayMoveElsewhere(limits: lim, elapsed: .zero) {
+                        XCTAssertFalse(sent, "round \(round): \(what) moved after the response started")
+                        m.attemptAbandoned()
+                        held = .nothing
+                        forwarding = false
                     }
                 default:
                     XCTAssertFalse(m.mayMoveElsewhere(limits: lim, elapsed: .zero) && (sent || !received || !kept || detached || lim == nil),
