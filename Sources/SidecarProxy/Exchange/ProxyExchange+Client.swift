@@ -103,10 +103,10 @@ extension ProxyExchange {
     func fail(_ error: ProxyError) {
         let failure = machine.fail(error)
         giveUp(failure.abandon)
-        exit(failure.exit, error)
+        tellClient(failure.exit, error)
     }
 
-    private func exit(_ exit: ExchangeStateMachine.Exit, _ error: ProxyError) {
+    private func tellClient(_ exit: ExchangeStateMachine.Exit, _ error: ProxyError) {
         settleUnmetered()
         if let c = cacheState, let flight = c.flight {
             // Followers get the same end: the same error, or the same cut.
