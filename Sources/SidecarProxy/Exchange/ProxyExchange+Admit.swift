@@ -15,7 +15,7 @@ extension ProxyExchange {
     /// cache candidate, waits for the whole body first.
     func start() {
         if listModelsIfNeeded() { return }
-        if case .collecting = phase { return }
+        guard machine.start() else { return }  // the whole body first
         lease(fresh: false)
     }
 
@@ -127,7 +127,7 @@ extension ProxyExchange {
             c.flight = flight
             c.registered = true
             cacheState = c
-            phase = .lookingUp
+            machine.cacheLookupStarted()
             // A key the database certainly does not hold: a miss now, no trip to SQLite's thread.
             guard c.cache.mayBeStored(key) else { return lookedUp(nil, now: now) }
             c.cache.diskLookup(key, now: now, on: downstream.eventLoop).assumeIsolated().whenSuccess { [self] answer in

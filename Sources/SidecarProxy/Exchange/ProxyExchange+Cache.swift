@@ -20,7 +20,7 @@ extension ProxyExchange {
 
     /// The SQLite lookup of a flight leader came back.
     func lookedUp(_ answer: CachedAnswer?, now: Int64) {
-        guard case .lookingUp = phase, let c = cacheState, let flight = c.flight else { return }
+        guard machine.phase == .cacheLookup, let c = cacheState, let flight = c.flight else { return }
         if let answer {
             // Followers that joined meanwhile get the stored answer too.
             var headers = HTTPHeaders()
@@ -31,16 +31,17 @@ extension ProxyExchange {
             c.cache.endFlight(flight)
             cacheState = nil
             countHit(c.cache, answer)
-            if detached { phase = .done; return }
+            guard machine.lookupFinished(hit: true) == .replay else { return }  // detached: the followers have it
             return replay(answer, age: now - answer.createdAt)
         }
         cacheLabel = "miss"
         metrics.cacheResult("miss")
         c.cache.count(model: c.model) { $0.misses += 1 }
+        _ = machine.lookupFinished(hit: false)
         if detached, flight.leaderLeft() {
             c.cache.endFlight(flight)
             cacheState = nil
-            phase = .done
+            machine.end()
             return
         }
         lease(fresh: false)
@@ -48,8 +49,7 @@ extension ProxyExchange {
 
     /// Answers from memory: the stored status, content type and exact bytes.
     func replay(_ answer: CachedAnswer, age: Int64) {
-        phase = .done
-        responseStarted = true
+        machine.answeredLocally()
         cacheLabel = "hit"
         metrics.cacheResult("hit")
         downstream.access.cache = "hit"
@@ -89,7 +89,8 @@ extension ProxyExchange {
         let loop: EventLoop = downstream.eventLoop
         cacheLabel = "coalesced"
         downstream.access.cache = "coalesced"
-        phase = .following(flight, -1)
+        machine.followStarted()
+        followed = (flight, -1)
         let joined = flight.join({ events in loop.execute { bound.value.flightEvents(events) } })
         if joined == -1 {
             // The answer was complete (and is being stored) when we joined: a hit, not a shared call.
@@ -114,19 +115,21 @@ extension ProxyExchange {
             downstream.access.cache = "miss"
             metrics.cacheResult("miss")
             cache.count(model: model) { $0.misses += 1 }
+            machine.followAbandoned()
+            followed = nil
             return lease(fresh: false)
         }
         metrics.cacheResult("coalesced")
-        if case .following = phase { phase = .following(flight, id) }
+        if machine.isFollowing { followed = (flight, id) }
     }
 
     /// The leader's answer, as it arrives (on this request's loop).
     func flightEvents(_ events: [Flight.Event]) {
-        guard case .following = phase else { return }
+        guard machine.isFollowing else { return }
         for event in events {
             switch event {
             case .head(let status, var headers):
-                responseStarted = true
+                machine.followedHeadSent()
                 if cacheLabel == "hit", !(200..<300).contains(Int(status.code)) { cacheLabel = "coalesced" }  // an error is never a hit
                 headers.replaceOrAdd(name: "x-sidecar-cache", value: cacheLabel)
                 if !downstream.keepAlive { headers.replaceOrAdd(name: "connection", value: "close") }
@@ -136,21 +139,24 @@ extension ProxyExchange {
             case .body(let buffer):
                 writeFiltered(buffer)
             case .end:
-                phase = .done
+                followed = nil
+                machine.end()
                 flushFilter()
                 downstream.finishResponse(trailers: nil)
                 return
             case .failed(let error):
-                phase = .done
-                answer(error)
+                followed = nil  // the flight is over: nothing to leave
+                fail(error)
                 return
             case .aborted:
-                phase = .done
+                followed = nil
+                machine.end()
                 downstream.abortResponse()
                 return
             case .withdrawn:
                 // The leader was refused for a reason of its own: this request goes on alone.
-                phase = .done
+                followed = nil
+                machine.followAbandoned()
                 cacheLabel = "miss"
                 downstream.access.cache = "miss"
                 return lease(fresh: false)

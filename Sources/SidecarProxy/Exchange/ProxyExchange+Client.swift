@@ -17,7 +17,7 @@ extension ProxyExchange {
         if bodyBytes <= Self.maxReplayBytes {
             body.append(buffer)
         } else {
-            replayable = false
+            machine.bodyReleased()
             body.removeAll()
         }
     }
@@ -31,68 +31,82 @@ extension ProxyExchange {
     /// followers do not pause it: what they have not read yet waits in their own buffers, at most
     /// `max_entry_bytes` for late joiners.)
     func downstreamWritabilityChanged(writable: Bool) {
-        if case .forwarding(let lease) = phase, !detached { lease.connection.setReadsPaused(!writable) }
+        if machine.isForwarding, !detached, let lease = upstream { lease.connection.setReadsPaused(!writable) }
     }
 
     /// The client went away: stop waiting, or close the upstream connection (never pool a
     /// connection whose response was not read to its end). A flight leader with followers goes on
     /// without its client: the followers still need the answer.
     func downstreamClosed() {
-        switch phase {
-        case .following(let flight, let id):
-            flight.leave(id)
-            phase = .done
-            return
-        case .lookingUp, .waitingForConnection, .forwarding:
+        switch machine.clientClosed() {
+        case .leaveFlight:
+            if let f = followed { f.flight.leave(f.id) }
+            followed = nil
+        case .askFollowers:
             if let c = cacheState, c.registered, let flight = c.flight {
                 if !flight.leaderLeft() {
-                    detached = true
+                    machine.detach()
                     retainedWhileDetached = self
-                    if case .forwarding(let lease) = phase { lease.connection.setReadsPaused(false) }
+                    if machine.isForwarding, let lease = upstream { lease.connection.setReadsPaused(false) }
                     return
                 }
                 c.cache.endFlight(flight)
                 cacheState = nil
             }
-            if case .lookingUp = phase { phase = .done; return }
-        default:
-            break
+            if machine.phase == .cacheLookup { return machine.end() }
+            abandonUpstream()
+        case .abandon(let held):
+            giveUp(held)
         }
-        abandonUpstream()
     }
 
-    /// Stops waiting for a connection, or closes the leased one (never pooled half-read).
+    /// Stops waiting for a connection, or closes the leased one (never pooled half-read): ends here.
     func abandonUpstream() {
+        giveUp(machine.abandon())
+    }
+
+    /// Gives up what the request held where it ended (the machine says what), its deployment
+    /// slot, and a reservation the answer did not settle.
+    func giveUp(_ held: ExchangeStateMachine.Abandon) {
         firstTokenTimer?.cancel()
         firstTokenTimer = nil
-        switch phase {
-        case .waitingForConnection(let waiter):
-            pool?.cancel(waiter)
-        case .forwarding(let lease):
-            drop(lease)
-        case .backingOff(let timer):
-            timer.cancel()
-        case .waitingForDeployment(let r, let id, let timer):
-            timer.cancel()
-            _ = r.cancel(waiter: id)  // if already granted, the grant sees we left and gives it back
-        case .done, .collecting, .lookingUp:
+        switch held {
+        case .nothing:
             break
-        case .following(let flight, let id):
-            flight.leave(id)
+        case .cancelConnectionWait:
+            if let waiter = connectionWaiter { pool?.cancel(waiter) }
+        case .closeConnection:
+            if let lease = upstream { drop(lease) }
+        case .cancelBackoff:
+            backoffTimer?.cancel()
+        case .cancelDeploymentWait:
+            if let wait = deploymentWait {
+                wait.timer.cancel()
+                _ = wait.route.cancel(waiter: wait.id)  // if already granted, the grant sees we left and gives it back
+            }
+        case .leaveFlight:
+            if let f = followed { f.flight.leave(f.id) }
         }
-        phase = .done
+        connectionWaiter = nil
+        upstream = nil
+        backoffTimer = nil
+        deploymentWait = nil
+        followed = nil
         releaseSlot(.neutral)
         settleUnmetered()
     }
 
     // MARK: the single exit for failures
 
+    /// Ends the request with `error` (the machine's one exit): gives up what it holds, then
+    /// answers the error if nothing was sent, or cuts the response if something was.
     func fail(_ error: ProxyError) {
-        abandonUpstream()
-        answer(error)
+        let failure = machine.fail(error)
+        giveUp(failure.abandon)
+        tellClient(failure.exit, error)
     }
 
-    func answer(_ error: ProxyError) {
+    private func tellClient(_ exit: ExchangeStateMachine.Exit, _ error: ProxyError) {
         settleUnmetered()
         if let c = cacheState, let flight = c.flight {
             // Followers get the same end: the same error, or the same cut.
@@ -103,12 +117,15 @@ extension ProxyExchange {
                 ttl: 0, body: nil, coalesced: flight.joinedCount, usage: nil, flight: nil)) }
             cacheState = nil
         }
-        if detached { return }
-        metrics.error(error.codeString)
-        if !responseStarted { group?.metrics.response(status: error.status) }
-        if responseStarted {
+        switch exit {
+        case .none:
+            return  // a detached leader: only its followers hear of it
+        case .cut:
+            metrics.error(error.codeString)
             downstream.abortResponse()
-        } else {
+        case .answer(let error):
+            metrics.error(error.codeString)
+            group?.metrics.response(status: error.status)
             // 413: the rest of a too-large body is not worth reading; close instead.
             downstream.respondWithError(error, closeAfter: error.status == 413,
                                         extraHeaders: attempt > 0 ? [("x-sidecar-attempts", String(attempt))] : [])

@@ -23,8 +23,7 @@ extension ProxyExchange {
             upstreamHead.headers.remove(name: "accept-encoding")
             return false
         }
-        phase = .done
-        responseStarted = true
+        machine.answeredLocally()
         // Our own list of plain strings always serialises.
         let body = ByteBuffer(bytes: Self.mergeModels(names, into: nil) ?? Array(#"{"object":"list","data":[]}"#.utf8))
         var headers = HTTPHeaders()

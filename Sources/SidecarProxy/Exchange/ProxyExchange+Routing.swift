@@ -37,11 +37,12 @@ extension ProxyExchange {
             return true
         case .queued(let id):
             let timer = downstream.eventLoop.assumeIsolated().scheduleTask(in: route.group.queueTimeout) { [self] in
-                guard case .waitingForDeployment(let r, let id, _) = self.phase, r.cancel(waiter: id) else { return }
-                self.phase = .done
-                self.fail(.deploymentsBusy(r.group.name))
+                guard self.machine.phase == .waitingForDeployment, let wait = self.deploymentWait, wait.route.cancel(waiter: wait.id) else { return }
+                self.deploymentWait = nil  // left the queue: nothing more to give up
+                self.fail(.deploymentsBusy(wait.route.group.name))
             }
-            phase = .waitingForDeployment(route, id: id, timer: timer)
+            deploymentWait = (route, id, timer)
+            machine.queuedForDeployment()
             return false
         case .refused:
             // Out of rate everywhere (rpm/tpm): wait for the first deployment to have room again,
@@ -49,12 +50,7 @@ extension ProxyExchange {
             let deadline = rateWaitDeadline ?? NIODeadline.now() + route.group.queueTimeout
             rateWaitDeadline = deadline
             if let wait = route.rateLimitWait(tokens: needsTokens(route) ? estimatedTokens : 0), NIODeadline.now() + wait <= deadline {
-                let timer = downstream.eventLoop.assumeIsolated().scheduleTask(in: wait) { [self] in
-                    guard case .backingOff = self.phase else { return }
-                    self.phase = .done
-                    self.lease(fresh: false)
-                }
-                phase = .backingOff(timer)
+                waitThenLease(wait)
                 return false
             }
             fail(.deploymentsBusy(route.group.name))
@@ -64,12 +60,12 @@ extension ProxyExchange {
 
     /// A queued request got a deployment (on this loop).
     func deploymentGranted(_ r: ModelRoute, _ i: Int) {
-        guard case .waitingForDeployment(_, _, let timer) = phase else {
+        guard machine.deploymentGranted() else {
             r.release(i, .neutral)  // we left meanwhile: give it to the next one
             return
         }
-        timer.cancel()
-        phase = .done
+        deploymentWait?.timer.cancel()
+        deploymentWait = nil
         install(r, i)
         if let c = charged { charged = (c.route, c.index, 0) }  // a granted slot charged no tokens
         lease(fresh: false)
@@ -111,17 +107,16 @@ extension ProxyExchange {
         slot = (r, i)
         charged = r.group.deployments[i].tpm != nil ? (r, i, estimatedTokens) : nil
         tried.append((ObjectIdentifier(r), i))
-        attempt += 1
+        machine.deploymentChosen()
         target(r.upstreams[i])
         downstream.access.upstream = r.name(i)
         rewriteModel(to: r.group.deployments[i].model)
     }
 
     /// Whether another attempt may start: routed, nothing sent to the client yet, the body kept,
-    /// attempts and the group's deadline left.
+    /// attempts and the group's deadline left (the machine's one policy).
     var mayRetry: Bool {
-        guard let route, !detached, requestEnded, !body.isEmpty || bodyBytes == 0 else { return false }
-        return attempt < route.group.maxAttempts && NIODeadline.now() - started < route.group.retryDeadline
+        machine.mayMoveElsewhere(limits: retryLimits, elapsed: NIODeadline.now() - started)
     }
 
     /// Closes a leased connection whose response will not be read to its end (never pooled).
@@ -134,8 +129,9 @@ extension ProxyExchange {
     /// unread, its slot given back with `outcome`) and starts the next on `next`.
     func moveAttempt(off lease: UpstreamPool.Lease, outcome: DeploymentSelector.Outcome, reason: String, to next: (ModelRoute, Int)) {
         drop(lease)
+        upstream = nil
         releaseSlot(outcome)
-        phase = .done
+        machine.attemptAbandoned()
         _ = retryElsewhere(reason: reason, next: next)
     }
 
@@ -145,14 +141,18 @@ extension ProxyExchange {
         guard mayRetry, let (r, i) = next ?? nextDeployment() else { return false }
         install(r, i)
         metrics.retry(reason)
-        let delay = Self.retryBackoff.delay(attempt: attempt - 2, random: &random)
-        let timer = downstream.eventLoop.assumeIsolated().scheduleTask(in: delay) { [self] in
-            guard case .backingOff = self.phase else { return }
-            self.phase = .done
+        waitThenLease(Self.retryBackoff.delay(attempt: attempt - 2, random: &random))
+        return true
+    }
+
+    /// Backs off for `delay` (a retry's backoff, or a deployment's rate), then leases again.
+    func waitThenLease(_ delay: TimeAmount) {
+        backoffTimer = downstream.eventLoop.assumeIsolated().scheduleTask(in: delay) { [self] in
+            guard self.machine.backoffElapsed() else { return }
+            self.backoffTimer = nil
             self.lease(fresh: false)
         }
-        phase = .backingOff(timer)
-        return true
+        machine.backoffStarted()
     }
 
 
@@ -165,7 +165,7 @@ extension ProxyExchange {
         guard wantsStream, let timeout = slot?.route.group.firstTokenTimeout else { return }
         firstTokenTimer = downstream.eventLoop.assumeIsolated().scheduleTask(in: timeout) { [self] in
             self.firstTokenTimer = nil
-            guard case .forwarding(let lease) = self.phase, !self.responseStarted, self.mayRetry, let next = self.nextDeployment() else {
+            guard self.machine.isForwarding, let lease = self.upstream, self.mayRetry, let next = self.nextDeployment() else {
                 return  // nowhere else to go: keep waiting on this one
             }
             self.deferredHead = nil

@@ -10,34 +10,53 @@ import Foundation
 /// The upstream request and its response: lease a connection, send, stream the answer back, finish.
 extension ProxyExchange {
     func lease(fresh: Bool) {
-        if !budgetChecked {
-            budgetChecked = true
+        if machine.budgetCheckDue() {
             guard reserveBudget() else { return }
         }
         if route != nil, slot == nil, !bindDeployment() { return }
         guard let pool else { return fail(.modelNotFound(nil)) }
         var granted = false
+        machine.connectionRequested()
         let waiter = pool.lease(fresh: fresh) { [self] result in
             granted = true
+            self.connectionWaiter = nil
             switch result {
             case .success(let lease): self.send(on: lease)
             case .failure(let error):
                 // Connect, TLS and pool-queue failures: the deployment could not take the request,
                 // and the provider never saw it: safe to try another.
-                self.releaseSlot(error.source == .upstream ? .failure : .neutral)
-                self.phase = .done
-                if RetryPolicy.afterFailure(error, responseStarted: false, reusedConnection: false, replayedAlready: self.replayed,
-                                            bodyKept: self.replayable) == .tryElsewhere,
-                   self.retryElsewhere(reason: "connect") { return }
-                self.fail(error)
+                self.attemptFailed(error, upstreamAnswered: false, reused: false, slotOutcome: error.source == .upstream ? .failure : .neutral,
+                                   reason: "connect")
             }
         }
-        if !granted { phase = .waitingForConnection(waiter) }
+        if !granted { connectionWaiter = waiter }
+    }
+
+    /// An attempt failed: the machine's one retry policy says replay, try elsewhere, or fail.
+    /// The deployment slot is given back with `slotOutcome` unless the same request is replayed.
+    func attemptFailed(_ error: ProxyError, upstreamAnswered: Bool, reused: Bool, slotOutcome: DeploymentSelector.Outcome, reason: String) {
+        let decision = machine.attemptFailed(error, upstreamAnswered: upstreamAnswered, reusedConnection: reused, limits: retryLimits,
+                                             elapsed: NIODeadline.now() - started)
+        switch decision {
+        case .ignore:
+            return
+        case .replayOnFreshConnection:
+            group?.metrics.staleConnectionRetries.increment()
+            lease(fresh: true)
+        case .tryElsewhere:
+            releaseSlot(slotOutcome)
+            if retryElsewhere(reason: reason) { return }
+            fail(error)
+        case .fail(let error):
+            releaseSlot(slotOutcome)
+            fail(error)
+        }
     }
 
     /// Sends the head, what body has arrived, and the end if it has arrived too.
     func send(on lease: UpstreamPool.Lease) {
-        phase = .forwarding(lease)
+        guard machine.connectionGranted() else { return drop(lease) }  // no longer waiting for it
+        upstream = lease
         let connection = lease.connection
         connection.delegate = self
         sentAt = .now()
@@ -51,7 +70,7 @@ extension ProxyExchange {
         for part in body { connection.sendBody(part) }
         if bodyBytes > Self.maxReplayBytes, route == nil {
             // Routed requests keep their (already collected) body for attempts elsewhere.
-            replayable = false
+            machine.bodyReleased()
             body.removeAll()
         }
         // Flushed at the end of this read burst (`flushUpstream`), or by `sendEnd`.
@@ -60,7 +79,7 @@ extension ProxyExchange {
 
     /// The client's read burst is over: send what was written upstream in it, in one write.
     func flushUpstream() {
-        if case .forwarding(let lease) = phase { lease.connection.flush() }
+        if machine.isForwarding, let lease = upstream { lease.connection.flush() }
     }
 
     /// More of the client's body.
@@ -74,7 +93,7 @@ extension ProxyExchange {
             fail(.payloadTooLarge(limit: maxBodyBytes))
             return
         }
-        if case .collecting = phase {
+        if machine.phase == .collectingBody {
             body.append(buffer)
             if bodyBytes > Self.maxKeyedBodyBytes, let c = cacheState {
                 // Too large to hold for a key: forward it as it streams, uncached, with backpressure.
@@ -82,34 +101,37 @@ extension ProxyExchange {
                 metrics.cacheResult("bypass")
                 c.cache.count(model: "-") { $0.bypasses += 1 }
                 if routes.isEmpty, budget == nil {
-                    phase = .done
+                    machine.stopCollecting()
                     lease(fresh: false)
                 }  // else routing needs the whole body to read its model, and a budget to price it
             }
             return
         }
+        let forwarding = machine.isForwarding ? upstream : nil
         if !responseStarted {
-            if case .forwarding = phase {
-                if replayable { keepForReplay(buffer) }
+            if forwarding != nil {
+                if machine.bodyKept { keepForReplay(buffer) }
             } else {
                 body.append(buffer)  // not sent yet: kept until a connection is granted
             }
         }
-        if case .forwarding(let lease) = phase { lease.connection.sendBody(buffer) }  // flushed by `flushUpstream`
+        forwarding?.connection.sendBody(buffer)  // flushed by `flushUpstream`
     }
 
     /// The client's request is complete.
     func requestEnd() {
-        requestEnded = true
-        if case .collecting = phase { return decide() }
-        if case .forwarding(let lease) = phase { lease.connection.sendEnd() }
+        switch machine.requestEnded() {
+        case .decide: decide()
+        case .sendEnd: upstream?.connection.sendEnd()
+        case .none: break
+        }
     }
 
     // MARK: the response
 
     func upstreamResponseHead(_ head: HTTPResponseHead) {
         let status = Int(head.status.code)
-        if let s = slot, s.route.group.retryOn.contains(status), mayRetry, let next = nextDeployment(), case .forwarding(let lease) = phase {
+        if let s = slot, s.route.group.retryOn.contains(status), machine.isForwarding, let lease = upstream, mayRetry, let next = nextDeployment() {
             // A status the group retries, and another deployment is free: this answer is dropped
             // (its connection closed unread) and never reaches the client.
             responseStatus = status
@@ -126,7 +148,8 @@ extension ProxyExchange {
     }
 
     func processResponseHead(_ head: HTTPResponseHead) {
-        responseStarted = true
+        // A model list to merge is held back (sent merged at the end, or replaced by an error).
+        machine.responseBegan(forwarded: !(modelsToMerge != nil && head.status.code == 200 && !detached))
         body.removeAll()
         let now = NIODeadline.now()
         headAt = now
@@ -208,9 +231,9 @@ extension ProxyExchange {
     }
 
     func upstreamResponseEnd(_ trailers: HTTPHeaders?) {
-        guard case .forwarding(let lease) = phase else { return }
+        guard machine.isForwarding, let lease = upstream else { return }
         releaseDeferredHead()
-        phase = .done
+        upstream = nil
         let keepAlive = lease.connection.lastResponseKeepAlive
         // A connection whose request was not sent to its end cannot carry another request.
         pool?.release(lease.connection, reusable: keepAlive.reusable && requestEnded, keepAlive: keepAlive.timeout)
@@ -232,8 +255,7 @@ extension ProxyExchange {
             heldHead = nil
             guard let list = Self.mergeModels(names, into: heldBody) else {
                 // Nothing was written to the client yet: it gets a proper error, not an empty 200.
-                responseStarted = false
-                return answer(.upstreamProtocol("the default upstream's GET /v1/models answer is not a JSON model list (an object with a `data` array), so the [[models]] groups could not be added to it"))
+                return fail(.upstreamProtocol("the default upstream's GET /v1/models answer is not a JSON model list (an object with a `data` array), so the [[models]] groups could not be added to it"))
             }
             let merged = ByteBuffer(bytes: list)
             head.headers.remove(name: "transfer-encoding")
@@ -241,6 +263,7 @@ extension ProxyExchange {
             downstream.writeResponseHead(head)
             downstream.writeResponseBody(merged)
         }
+        _ = machine.responseEnded()
         if !detached {
             flushFilter()
             downstream.finishResponse(trailers: trailers)
@@ -252,24 +275,14 @@ extension ProxyExchange {
         firstTokenTimer = nil
         deferredHead = nil
 
-        guard case .forwarding(let lease) = phase else { return }
+        guard machine.isForwarding, let lease = upstream else { return }
+        upstream = nil
         pool?.release(lease.connection, reusable: false, keepAlive: nil)
         // The server may close a keep-alive connection just as we reuse it: nothing reached the
         // provider's application, so one replay on a fresh connection is safe. Closed, refused or
         // broken before any response byte: another deployment may be tried. Nothing else is
         // retried (a POST that reached the provider may already be billed).
-        let decision = RetryPolicy.afterFailure(error, responseStarted: !beforeResponse, reusedConnection: lease.reused,
-                                                replayedAlready: replayed, bodyKept: replayable)
-        if decision == .replayOnFreshConnection {
-            replayed = true
-            group?.metrics.staleConnectionRetries.increment()
-            phase = .done
-            self.lease(fresh: true)
-            return
-        }
-        phase = .done
-        releaseSlot(beforeResponse ? .failure : outcome)
-        if decision == .tryElsewhere, retryElsewhere(reason: "connection") { return }
-        answer(error)
+        attemptFailed(error, upstreamAnswered: !beforeResponse, reused: lease.reused, slotOutcome: beforeResponse ? .failure : outcome,
+                      reason: "connection")
     }
 }

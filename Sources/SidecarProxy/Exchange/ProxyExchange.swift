@@ -7,7 +7,10 @@ import SidecarStore
 import SidecarTLS
 import Foundation
 
-/// One client request on its way through the proxy, in named phases:
+/// One client request on its way through the proxy. Where it is and what has happened to it is
+/// `ExchangeStateMachine` (SidecarCore, pure, tested on its own); this class is its IO shell: it
+/// holds the leases, timers, buffers and flights, tells the machine what happened, and carries
+/// out what it decides. The phases:
 ///
 ///   `start` (choose the upstream, rewrite the head) -> `lease` (a pooled connection)
 ///   -> `send` (head, body so far, then the rest as it arrives) -> `upstreamResponse*` (stream back)
@@ -15,14 +18,16 @@ import Foundation
 ///
 /// A failure in any phase goes to `fail`, the single exit that either answers with an
 /// OpenAI-shaped error (nothing was sent to the client yet) or cuts the client's response (something
-/// was, so the client must see an abnormal end, never a fake complete answer).
+/// was, so the client must see an abnormal end, never a fake complete answer). A failed attempt
+/// first asks the machine's one retry policy (`attemptFailed`): replay once on a fresh connection,
+/// another deployment, or that exit.
 ///
 /// A request the cache may answer goes through more phases first (docs/caching.md):
 ///
-///   `collecting` (the whole body: the key is a hash of it) -> `decide` -> a hot-tier hit is
-///   replayed at once; an identical request in flight is followed (`following`); otherwise this
-///   request leads a flight: `lookingUp` (SQLite, off the loop) -> replay a hit, or go upstream and
-///   publish the answer to the followers as it arrives, then store it if it is complete.
+///   `collectingBody` (the key is a hash of it) -> `decide` -> a hot-tier hit is replayed at once;
+///   an identical request in flight is followed (`followingFlight`); otherwise this request leads a
+///   flight: `cacheLookup` (SQLite, off the loop) -> replay a hit, or go upstream and publish the
+///   answer to the followers as it arrives, then store it if it is complete.
 ///
 /// Lives on the client connection's event loop, as does its pooled upstream connection.
 ///
@@ -32,19 +37,6 @@ import Foundation
 /// response), `+Models` (the merged model list), `+Budget` (reserve, settle, spend), `+Client`
 /// (the client's side and the single exit for failures).
 final class ProxyExchange: UpstreamResponseDelegate {
-    enum Phase {
-        case collecting
-        case lookingUp
-        case following(Flight, Int)
-        case waitingForConnection(ConnectionPoolStateMachine.WaiterID)
-        case forwarding(UpstreamPool.Lease)
-        /// Waiting out the backoff before the next attempt on another deployment.
-        case backingOff(Scheduled<Void>)
-        /// Every deployment of the group is at `max_concurrency`: queued for the first free one.
-        case waitingForDeployment(ModelRoute, id: Int, timer: Scheduled<Void>)
-        case done
-    }
-
     /// The cache's view of this request; nil when the cache is off or the request is not a candidate.
     struct CacheState {
         let cache: ResponseCache
@@ -96,42 +88,53 @@ final class ProxyExchange: UpstreamResponseDelegate {
     var headAt: NIODeadline?
     var firstBodyAt: NIODeadline?
     var isStream = false
-    var phase: Phase {
-        didSet { if case .done = phase, retainedWhileDetached != nil { releaseRetentionIfStillDone() } }
+    /// Where the request is and what has happened to it (`ExchangeStateMachine`): this class
+    /// holds only the IO handles below, and carries out what the machine decides.
+    var machine: ExchangeStateMachine {
+        didSet { if machine.isFinished, retainedWhileDetached != nil { releaseRetentionIfStillDone() } }
     }
+    // The IO each phase holds, given up by `giveUp` when the machine says so.
+    /// `waitingForConnection`: the pool's ticket.
+    var connectionWaiter: ConnectionPoolStateMachine.WaiterID?
+    /// `upstreamRequestSent` / `responseStreaming`: the leased connection.
+    var upstream: UpstreamPool.Lease?
+    /// `backingOff`: the timer of the next attempt.
+    var backoffTimer: Scheduled<Void>?
+    /// `waitingForDeployment`: the group's queue ticket and its timeout.
+    var deploymentWait: (route: ModelRoute, id: Int, timer: Scheduled<Void>)?
+    /// `followingFlight`: the flight and this follower's id in it.
+    var followed: (flight: Flight, id: Int)?
     /// A detached leader is referenced by nobody else (the upstream connection's delegate is weak):
     /// it keeps itself alive until its answer is complete.
     var retainedWhileDetached: ProxyExchange?
 
-    /// Lets a detached leader go once it has stayed `.done` to the end of the current event.
-    /// Not at once: a stale-connection replay, a retry on another deployment, or a rate or queue
-    /// wait pass through `.done` on their way to the next phase, and a leader released there was
-    /// freed holding a leased connection while its followers waited forever.
+    /// Lets a detached leader go once it has stayed finished to the end of the current event.
+    /// (A stale-connection replay, a retry on another deployment, or a rate or queue wait no
+    /// longer pass through the end on their way to the next phase: `finished` is terminal. The
+    /// release still waits for the end of the event, so nothing runs on a freed leader.)
     func releaseRetentionIfStillDone() {
         downstream.eventLoop.assumeIsolated().execute { [self] in
-            if case .done = phase { retainedWhileDetached = nil }
+            if machine.isFinished { retainedWhileDetached = nil }
         }
     }
     /// Body parts received so far, kept (by reference, not copied) until the response starts so
     /// that a request that hit a stale keep-alive connection can be replayed once. Only the first
     /// `maxReplayBytes` are kept: a larger body is streamed without a replay safety net.
     var body: [ByteBuffer] = []
-    var replayable = true
     static let maxReplayBytes = 1 << 20
     /// A cache candidate's body is held until its end to compute the key; a larger body is
     /// forwarded as it arrives instead (uncached), so a huge upload keeps its backpressure.
     static let maxKeyedBodyBytes = 8 << 20
     var bodyBytes = 0
-    var requestEnded = false
-    var replayed = false
-    var responseStarted = false
+    /// Response bytes reached the client (or the followers): read by the client's handler too.
+    var responseStarted: Bool { machine.responseStarted }
+    var requestEnded: Bool { machine.requestReceived }
     var cacheState: CacheState?
     /// `[budgets]`: the shared ledger (nil without budgets), the limits, and this request's reservation.
     let budget: BudgetBox?
     let budgets: SidecarConfiguration.Budgets
     let logger: Logger?
     var reservation: BudgetLedger.Reservation?
-    var budgetChecked = false
     var downgradedFrom: String?
     /// Where spend is recorded (the cache's database); nil without one.
     let accounting: ResponseCache?
@@ -150,7 +153,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
     /// `x-sidecar-cache` of the answer.
     var cacheLabel = "bypass"
     /// The leader's client went away while followers still wait: the call goes on without it.
-    var detached = false
+    var detached: Bool { machine.detached }
 
     init(downstream: DownstreamHandler, head: HTTPRequestHead, group: UpstreamGroup?, routes: [String: ModelRoute], maxBodyBytes: Int,
          metrics: SidecarMetrics, cache: ResponseCache?, cacheSettings: SidecarConfiguration.Cache, prices: PriceTable = PriceTable(),
@@ -166,24 +169,23 @@ final class ProxyExchange: UpstreamResponseDelegate {
         self.routes = routes
         self.maxBodyBytes = maxBodyBytes
         self.upstreamHead = head
-        self.phase = .done
         self.defaultGroup = group
+        // The whole body first: a cache candidate's key is its hash, routing needs its model, and
+        // a budget needs it (and max_tokens) to reserve the most the request can cost.
+        let cacheCandidate = cache != nil && cacheSettings.mode != .off && CachePolicy.cacheablePaths.contains(Self.barePath(head.uri))
+        self.machine = ExchangeStateMachine(collectsBody: head.method == .POST && (cacheCandidate || !routes.isEmpty || self.budget != nil))
         // A routed request is aimed once its body names the model (`decide`); others now.
         if let group, routes.isEmpty || head.method != .POST { target(group) }
-        if let cache, cacheSettings.mode != .off, head.method == .POST, CachePolicy.cacheablePaths.contains(Self.barePath(head.uri)) {
+        if let cache, cacheCandidate, head.method == .POST {
             cacheState = CacheState(
                 cache: cache, settings: cacheSettings, method: head.method.rawValue, path: head.uri,
                 cacheControl: head.headers[canonicalForm: "cache-control"].map(String.init),
                 ttlHeader: head.headers.first(name: "x-sidecar-cache-ttl"), headers: head.headers)
-            phase = .collecting
         } else {
             metrics.cacheResult("bypass")
             // Counted in /stats too (as model "-": the body is not read), so that /stats and
             // /metrics count the same requests.
             if let cache, cacheSettings.mode != .off { cache.count(model: "-") { $0.bypasses += 1 } }
-            // Routing needs the body's model before it can choose where to send the request, and a
-            // budget needs it (and max_tokens) to reserve the most the request can cost.
-            if head.method == .POST, !routes.isEmpty || self.budget != nil { phase = .collecting }
         }
     }
 
@@ -224,7 +226,11 @@ final class ProxyExchange: UpstreamResponseDelegate {
     /// Deployments this request has tried, by group.
     var tried: [(group: ObjectIdentifier, index: Int)] = []
     /// Attempts made on deployments (routed requests).
-    var attempt = 0
+    var attempt: Int { machine.attempts }
+    /// A routed request's limits on attempts elsewhere; nil when not routed.
+    var retryLimits: ExchangeStateMachine.RetryLimits? {
+        route.map { .init(maxAttempts: $0.group.maxAttempts, deadline: $0.group.retryDeadline) }
+    }
     var random = SystemRandomNumberGenerator()
     var bodyRewritten = false
     var wantsStream = false
