@@ -63,18 +63,18 @@ struct CachedAnswer: Sendable {
 /// small batches there too, so they never hold the database for long.
 final class ResponseCache: Sendable {
     let database: CacheDatabase
-    private let logger: Logger
+    let logger: Logger
     /// Unix seconds; injected so tests control expiry.
     let clock: @Sendable () -> Int64
-    private let settingsBox: NIOLockedValueBox<SidecarConfiguration.Cache>
-    private let hot: NIOLockedValueBox<LRUCache<CacheKey, CachedAnswer>>
+    let settingsBox: NIOLockedValueBox<SidecarConfiguration.Cache>
+    let hot: NIOLockedValueBox<LRUCache<CacheKey, CachedAnswer>>
     /// Keys the database may hold: a key it certainly does not hold skips the SQLite read.
-    private let stored = NIOLockedValueBox(StoredKeyIndex())
+    let stored = NIOLockedValueBox(StoredKeyIndex())
     private let flights = NIOLockedValueBox<[CacheKey: Flight]>([:])
-    private let pending = NIOLockedValueBox(Pending())
-    private let housekeeping = NIOLockedValueBox<(task: RepeatedTask?, ticks: Int, generation: Int64?, loop: EventLoop?, reopens: Int)>((nil, 0, nil, nil, 0))
+    let pending = NIOLockedValueBox(Pending())
+    let housekeeping = NIOLockedValueBox<(task: RepeatedTask?, ticks: Int, generation: Int64?, loop: EventLoop?, reopens: Int)>((nil, 0, nil, nil, 0))
 
-    private struct Pending {
+    struct Pending {
         var spend: [ResponseCacheStore.SpendKey: ResponseCacheStore.Spend] = [:]
         var counters: [String: ResponseCacheStore.CounterDelta] = [:]
         var touches: [CacheKey: (count: Int64, at: Int64)] = [:]
@@ -132,7 +132,7 @@ final class ResponseCache: Sendable {
     var indexedKeys: Int? { stored.withLockedValue { $0.count } }
 
     /// On the database thread: the key index from what the database holds now.
-    private func rebuildIndex(_ store: ResponseCacheStore) throws {
+    func rebuildIndex(_ store: ResponseCacheStore) throws {
         let all = try store.keyPrefixes()
         stored.withLockedValue { $0.replaceAll(all) }
     }
@@ -316,7 +316,7 @@ final class ResponseCache: Sendable {
     /// On the writer thread: writes are batched for `writeDelay`, so under load one transaction
     /// carries many answers (the pages they share, indexes and totals, are written once). Until
     /// an answer is written its flight stays joinable and the hot tier has it, so nothing misses.
-    private func scheduleWrite(maxBytes: Int64) {
+    func scheduleWrite(maxBytes: Int64) {
         guard !writes.scheduled else { return }
         writes.scheduled = true
         let drain: @Sendable () -> Void = { [self] in
@@ -332,7 +332,7 @@ final class ResponseCache: Sendable {
     static let writeDelay: TimeAmount = .milliseconds(5)
 
     /// On the writer thread: writes what is queued, in one transaction.
-    private func drainWrites(_ access: CacheDatabase.StoreAccess, maxBytes: Int64) {
+    func drainWrites(_ access: CacheDatabase.StoreAccess, maxBytes: Int64) {
         let batch = writes.entries
         let flights = writes.flights
         writes.entries = []
@@ -354,104 +354,4 @@ final class ResponseCache: Sendable {
             }
         }
     }
-
-    // MARK: housekeeping
-
-    /// Gives memory freed since the last pass back to the system. glibc keeps what a burst freed
-    /// (a write backlog after a wave of misses) in its arenas: measured, 415 MB resident after a
-    /// miss burst, 186 MB after this call. Every 30 s, on the writer thread.
-    static func returnFreedMemory() {
-        #if canImport(Glibc)
-        // malloc.h is not part of the Glibc module: looked up once (RTLD_DEFAULT is a null handle).
-        if let trim = mallocTrim { _ = trim(0) }
-        #endif
-    }
-
-    #if canImport(Glibc)
-    private static let mallocTrim: (@convention(c) (Int) -> Int32)? = dlsym(nil, "malloc_trim").map {
-        unsafeBitCast($0, to: (@convention(c) (Int) -> Int32).self)
-    }
-    #endif
-
-    /// Writes counters back every second and expires/evicts every 30 s, scheduled on `loop`
-    /// (the work itself runs on the database thread).
-    func startHousekeeping(on loop: EventLoop) {
-        let task = loop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { [self] _ in self.tick() }
-        housekeeping.withLockedValue { $0.task = task; $0.loop = loop }
-    }
-
-    private func tick() {
-        let ticks = housekeeping.withLockedValue { h -> Int in h.ticks += 1; return h.ticks }
-        flush(prune: ticks % 30 == 0)
-    }
-
-    /// Writes pending counters and hit times; with `prune`, also deletes a batch of expired entries
-    /// and evicts down to `max_bytes`.
-    func flush(prune: Bool = false, completion: (@Sendable () -> Void)? = nil) {
-        let taken = pending.withLockedValue { p -> Pending in
-            defer { p = Pending() }
-            return p
-        }
-        let now = clock()
-        let maxBytes = settings.maxBytes
-        let day = Self.day(now)
-        database.perform { [self] access in
-            self.drainWrites(access, maxBytes: maxBytes)
-            let ok = access.use { store -> Bool in
-                try store.add(taken.counters.filter { !$0.value.isEmpty }, day: day)
-                try store.addSpend(taken.spend, day: day)
-                var touches: [[UInt8]: (count: Int64, at: Int64)] = [:]
-                for (k, t) in taken.touches { touches[k.bytes] = t }
-                try store.touch(touches)
-                let generation = try store.purgeGeneration()
-                let changed = self.housekeeping.withLockedValue { h -> Bool in
-                    defer { h.generation = generation }
-                    return h.generation != nil && h.generation != generation
-                }
-                // `cache purge` ran, or the file was removed or replaced (the database reopened
-                // it): the hot tier mirrors the file, so it forgets what the file no longer has.
-                let reopens = self.database.health.reopened.values.reduce(0, +)
-                let reopened = self.housekeeping.withLockedValue { h -> Bool in
-                    defer { h.reopens = reopens }
-                    return h.reopens != reopens
-                }
-                if changed || reopened { self.hot.withLockedValue { $0.removeAll() } }
-                if prune || changed || reopened || self.indexedKeys == nil {
-                    if prune {
-                        try store.deleteExpired(now: now)
-                        if try store.sizes().1 > maxBytes { try store.evict(toFit: maxBytes) }
-                        Self.returnFreedMemory()
-                    }
-                    // Deleted keys leave the index (until now it only over-reports them); a new
-                    // file's keys enter it.
-                    try self.rebuildIndex(store)
-                }
-                return true
-            } ?? false
-            if !ok {
-                // Keep the counts for the next attempt rather than lose them.
-                self.pending.withLockedValue { p in
-                    for (m, d) in taken.counters { p.counters[m, default: .init()] += d }
-                    for (k, d) in taken.spend { p.spend[k, default: .init()] += d }
-                }
-            }
-            // After any write the jobs before this one queued: "flushed" means written.
-            if let completion { self.database.perform { access in self.drainWrites(access, maxBytes: maxBytes); completion() } }
-        }
-    }
-
-    /// The counters not yet written back (for `/stats`).
-    var pendingCounters: [String: ResponseCacheStore.CounterDelta] { pending.withLockedValue { $0.counters } }
-
-    var hotTier: (entries: Int, bytes: Int, capacity: Int) { hot.withLockedValue { ($0.count, $0.totalCost, $0.capacity) } }
-
-    /// Final write-back, then closes the database.
-    func close() async {
-        housekeeping.withLockedValue { $0.task?.cancel(); $0.loop = nil }
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in flush { c.resume() } }
-        await database.close()
-    }
-
-    /// "YYYY-MM-DD" (UTC) of a Unix time.
-    static func day(_ unix: Int64) -> String { UTCDay.day(unix) }
 }
