@@ -74,6 +74,7 @@ final class CacheTests: XCTestCase {
         XCTAssertTrue(metrics.contains(#"llm_sidecar_cache_requests_total{result="hit"} 3"#), metrics)
         XCTAssertTrue(metrics.contains(#"llm_sidecar_cache_requests_total{result="miss"} 1"#))
         XCTAssertTrue(metrics.contains("llm_sidecar_cache_database_up 1"))
+        XCTAssertTrue(metrics.contains("llm_sidecar_cache_write_queue_bytes 0"), "/stats waited for the answer's write")
         // gpt-4o-mini: $0.15 in, $0.60 out per million tokens.
         XCTAssertEqual(try XCTUnwrap(t["usd_saved"] as? Double), (57 * 0.15 + 84 * 0.60) / 1_000_000, accuracy: 1e-9)
     }

@@ -23,6 +23,10 @@ final class SidecarMetrics: Sendable {
     let cacheDatabaseUp: Metrics.Meter
     let cacheDatabaseErrors: Metrics.Meter
     let cacheFlights: Metrics.Meter
+    /// `llm_sidecar_cache_write_queue_bytes`: answers handed to the database thread and not yet
+    /// written (their bytes plus a fixed overhead each); at `ResponseCache.maxQueuedBytes`,
+    /// answers are no longer stored.
+    let cacheWriteQueueBytes: Metrics.Meter
     /// `llm_sidecar_cache_reopened_total{reason}`: the database file was found removed or
     /// replaced and opened anew (see `CacheDatabase.reopenChangedFile`).
     let cacheReopened: [String: CounterFollowingTotal]
@@ -84,6 +88,7 @@ final class SidecarMetrics: Sendable {
         cacheMemoryEntries = Metrics.Meter(label: "llm_sidecar_cache_memory_entries", factory: factory)
         cacheDatabaseUp = Metrics.Meter(label: "llm_sidecar_cache_database_up", factory: factory)
         cacheDatabaseErrors = Metrics.Meter(label: "llm_sidecar_cache_database_errors", factory: factory)
+        cacheWriteQueueBytes = Metrics.Meter(label: "llm_sidecar_cache_write_queue_bytes", factory: factory)
         cacheFlights = Metrics.Meter(label: "llm_sidecar_cache_flights_in_progress", factory: factory)
         var reopened: [String: CounterFollowingTotal] = [:]
         for r in ["removed", "replaced"] {

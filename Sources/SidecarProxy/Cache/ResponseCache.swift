@@ -228,6 +228,7 @@ final class ResponseCache: Sendable {
     static let maxQueuedBytes = 16 << 20
     static let queuedAnswerOverhead = 4 << 10
     var storesSkipped: Int { writerQueue.withLockedValue { $0.skipped } }
+    var writeQueueBytes: Int { writerQueue.withLockedValue { $0.bytes } }
 
     private func admitToWriter(bytes: Int) -> Bool {
         writerQueue.withLockedValue { q in

@@ -68,6 +68,7 @@ public final class SidecarServer: Sendable {
                 metrics.cacheReopened(totals: health.reopened)
                 metrics.cacheStoreSkipped(total: opened.storesSkipped)
                 metrics.cacheFlights.set(opened.flightsInProgress)
+                metrics.cacheWriteQueueBytes.set(opened.writeQueueBytes)
             } }
         }
         let state = ServerState(
