@@ -44,6 +44,27 @@ final class CacheTests: XCTestCase {
         return try XCTUnwrap(s["totals"] as? [String: Any])
     }
 
+    /// A stored answer keeps its own exact copy, not a slice of the buffer TLS decrypted it into
+    /// (a 16 KiB record buffer per 600-byte answer was 7.5 KB of RSS each, counted as 1 KB), and
+    /// the hot tier charges what the entry keeps allocated.
+    func testTheHotTierHoldsExactCopiesAndCountsWhatTheyHold() async throws {
+        try await start()
+        for n in 0..<20 {
+            let r = try await post(#"{"model":"gpt-4o-mini","temperature":0,"messages":[{"role":"user","content":"hi \#(n)"}]}"#)
+            XCTAssertEqual(r.header("x-sidecar-cache"), "miss")
+        }
+        let report = try await stats()
+        let cache = try XCTUnwrap(report["cache"] as? [String: Any], "\(report)")
+        let memory = try XCTUnwrap(cache["memory"] as? [String: Any], "\(cache)")
+        let entries = try XCTUnwrap(memory["entries"] as? Int)
+        let bytes = try XCTUnwrap(memory["bytes"] as? Int)
+        XCTAssertEqual(entries, 20)
+        let body = FakeUpstream.chatCompletion.utf8.count
+        // Body rounded up to a power of two, head prefix (128), bookkeeping (256).
+        XCTAssertLessThanOrEqual(bytes / entries, 2 * body + 128 + 256, "per entry: \(bytes / entries) bytes for a \(body)-byte answer")
+        XCTAssertGreaterThanOrEqual(bytes / entries, body + 256)
+    }
+
     func testSecondIdenticalRequestIsAHitAndTheUpstreamSawOne() async throws {
         try await start()
         let first = try await post()

@@ -226,8 +226,10 @@ public struct SidecarConfiguration: Sendable, Equatable {
         public var ttlSeconds: Int = 86_400
         /// Size cap of the stored bodies; least-recently-hit entries are evicted beyond it. Default 1 GiB.
         public var maxBytes: Int64 = 1 << 30
-        /// The in-memory hot tier in front of SQLite. Default 64 MiB; 0 turns it off.
-        public var memoryBytes: Int = 64 << 20
+        /// The in-memory hot tier in front of SQLite. Default 8 MiB (about 5,000 typical answers,
+        /// counted at what they really hold); 0 turns it off. A sidecar runs beside every app:
+        /// everything else stays on disk, where a hit costs one SQLite read.
+        public var memoryBytes: Int = 8 << 20
         /// Larger answers are served but not stored (nor shared with late joiners). Default 8 MiB.
         public var maxEntryBytes: Int = 8 << 20
         public var scope: Scope = .client

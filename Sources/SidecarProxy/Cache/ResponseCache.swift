@@ -26,8 +26,9 @@ struct CachedAnswer: Sendable {
     let headPrefix: ByteBuffer
 
     /// What the entry really costs in memory, for `cache.memory_bytes`: the buffers' allocations
-    /// (rounded up by the allocator) plus ~256 bytes of bookkeeping (strings, LRU node, table slot).
-    var memoryCost: Int { body.capacity + headPrefix.capacity + 256 }
+    /// (the whole storage a slice keeps alive, not the slice) plus ~256 bytes of bookkeeping
+    /// (strings, LRU node, table slot).
+    var memoryCost: Int { body.storageCapacity + headPrefix.storageCapacity + 256 }
 
     init(_ e: CacheEntry) {
         status = e.status
@@ -265,7 +266,10 @@ final class ResponseCache: Sendable {
         // answer): one exact copy now lets those go at once, rather than when the writer gets to
         // this answer; the flight's recording shares the copy.
         var buffer = parts.count == 1 ? parts[0] : ByteBuffer()
-        if parts.count != 1 || buffer.capacity > buffer.readableBytes * 2 {
+        // (`storageCapacity`: a slice's `capacity` is its own length, and a 600-byte slice of a
+        // 16 KiB TLS record buffer kept that buffer alive in the hot tier: 7.5 KB of RSS per
+        // entry where 1 KB was counted.)
+        if parts.count != 1 || buffer.storageCapacity > buffer.readableBytes * 2 {
             buffer = ByteBuffer()
             buffer.reserveCapacity(bodyBytes)
             for p in parts { buffer.writeImmutableBuffer(p) }
