@@ -42,8 +42,12 @@ final class DownstreamHandler: ChannelDuplexHandler {
     /// `Connection: close`).
     var keepAlive: Bool { connection.keepAlive }
 
+    /// The generation of `runtime` (`ServerState.runtimeGeneration`).
+    var runtimeGeneration: Int
+
     init(state: ServerState) {
         self.state = state
+        self.runtimeGeneration = state.runtimeGeneration
         self.runtime = state.runtime
         self.reader = DownstreamRequestReader(maxFieldCount: runtime.maxHeaderFields)
     }
@@ -139,8 +143,11 @@ final class DownstreamHandler: ChannelDuplexHandler {
         switch part {
         case .head(let head):
             respondingTo = head.method
-            runtime = state.runtime
-            reader.maxFieldCount = runtime.maxHeaderFields
+            if let (newer, generation) = state.runtime(ifNewerThan: runtimeGeneration) {
+                runtime = newer
+                runtimeGeneration = generation
+                reader.maxFieldCount = newer.maxHeaderFields
+            }
             access = AccessRecord(method: head.method.rawValue, path: head.uri)
             connection.headDelivered(keepAlive: head.isKeepAlive && !state.isDraining)
             switch RequestHeadPolicy.check(head, maxHeaderFields: runtime.maxHeaderFields) {

@@ -52,9 +52,12 @@ final class ProxyRuntime: Sendable {
 }
 
 /// What every client connection shares for the server's whole life: the current snapshot (swapped
-/// by reloads) and the counters. One uncontended lock read per request, plus relaxed atomics.
+/// by reloads) and the counters. Per request: one relaxed atomic load (the snapshot's generation;
+/// the lock is taken only after a reload) and the in-flight counters.
 final class ServerState: Sendable {
     private let current: NIOLockedValueBox<ProxyRuntime>
+    /// Bumped by every `swap`, after the new snapshot is in place.
+    private let generation = Atomic<Int>(0)
     private let inFlight = Atomic<Int>(0)
     private let draining = Atomic<Bool>(false)
     private let total = Atomic<Int>(0)
@@ -74,11 +77,23 @@ final class ServerState: Sendable {
 
     var runtime: ProxyRuntime { current.withLockedValue { $0 } }
 
+    /// Which snapshot is current: a connection that already holds this generation's snapshot
+    /// keeps it without taking the lock.
+    var runtimeGeneration: Int { generation.load(ordering: .acquiring) }
+
+    /// `runtime` if `held` is not the current generation's, else nil (keep the one held).
+    func runtime(ifNewerThan held: Int) -> (ProxyRuntime, generation: Int)? {
+        let now = generation.load(ordering: .acquiring)
+        guard now != held else { return nil }
+        return current.withLockedValue { ($0, generation.load(ordering: .relaxed)) }
+    }
+
     /// Installs `runtime` for new requests; returns the one it replaces.
     func swap(_ runtime: ProxyRuntime) -> ProxyRuntime {
         current.withLockedValue { old in
             let previous = old
             old = runtime
+            generation.wrappingAdd(1, ordering: .releasing)
             return previous
         }
     }
