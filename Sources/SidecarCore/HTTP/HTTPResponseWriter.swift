@@ -31,22 +31,24 @@ public struct HTTPResponseWriter: Sendable {
     /// Transfer-Encoding, and an HTTP/1.1 head with neither gets `transfer-encoding: chunked`. An
     /// interim (1xx but 101) head leaves the framing of the final one alone.
     public mutating func writeHead(_ head: HTTPResponseHead, requestMethod: HTTPMethod?, into buffer: inout ByteBuffer) {
-        var headers = head.headers
         let code = head.status.code
         let interim = (100..<200).contains(code) && code != 101
         // Only a 2xx answer to CONNECT switches to a tunnel (RFC 9110 §9.3.6); a refusal (the
         // 405 the sidecar gives) carries its error body like any other. NIO's encoder drops it.
         let connect = (200..<300).contains(code) && requestMethod == .CONNECT
         let suppress = !interim && (requestMethod == .HEAD || connect)
+        // The corrections are made while writing (fields skipped, one appended), never by
+        // editing a copy of the fields: no `HTTPHeaders` is copied per response.
+        let dropLength = connect || !head.status.mayHaveResponseBody
+        var dropCoding = dropLength
         var chunked = false
-        if connect || !head.status.mayHaveResponseBody {
-            headers.remove(name: "content-length")
-            headers.remove(name: "transfer-encoding")
-        } else if headers.contains(name: "content-length") {
-            headers.remove(name: "transfer-encoding")
-        } else if head.version.major == 1 && head.version.minor >= 1 {
-            headers.replaceOrAdd(name: "transfer-encoding", value: "chunked")
-            chunked = true
+        if !dropLength {
+            if head.headers.contains(name: "content-length") {
+                dropCoding = true
+            } else if head.version.major == 1 && head.version.minor >= 1 {
+                dropCoding = true
+                chunked = true
+            }
         }
         if !interim { framing = suppress ? .suppressed : (chunked ? .chunked : .asIs) }
 
@@ -55,12 +57,15 @@ public struct HTTPResponseWriter: Sendable {
         buffer.writeStaticString(" ")
         buffer.writeString(head.status.reasonPhrase)
         buffer.writeStaticString("\r\n")
-        for (name, value) in headers {
+        for (name, value) in head.headers {
+            if dropCoding, HeaderPolicy.equalsIgnoringASCIICase(name, "transfer-encoding") { continue }
+            if dropLength, HeaderPolicy.equalsIgnoringASCIICase(name, "content-length") { continue }
             buffer.writeString(name)
             buffer.writeStaticString(": ")
             buffer.writeString(value)
             buffer.writeStaticString("\r\n")
         }
+        if chunked { buffer.writeStaticString("transfer-encoding: chunked\r\n") }
         buffer.writeStaticString("\r\n")
     }
 
