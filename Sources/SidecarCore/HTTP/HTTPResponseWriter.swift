@@ -73,10 +73,7 @@ public struct HTTPResponseWriter: Sendable {
     /// chunked, or an empty part, which would end a chunked body).
     public func chunkPrefix(count: Int, allocator: ByteBufferAllocator) -> ByteBuffer? {
         guard framing == .chunked, count > 0 else { return nil }
-        var line = allocator.buffer(capacity: 18)
-        line.writeString(String(count, radix: 16))
-        line.writeStaticString("\r\n")
-        return line
+        return HTTPChunkedCoding.sizeLine(count, allocator: allocator)
     }
 
     /// Whether body bytes are sent at all.
@@ -86,18 +83,9 @@ public struct HTTPResponseWriter: Sendable {
     public mutating func end(trailers: HTTPHeaders?, allocator: ByteBufferAllocator) -> ByteBuffer? {
         defer { framing = .asIs }
         guard framing == .chunked else { return nil }
-        var last = allocator.buffer(capacity: 8)
-        last.writeStaticString("0\r\n")
-        for (name, value) in trailers ?? [:] {
-            last.writeString(name)
-            last.writeStaticString(": ")
-            last.writeString(value)
-            last.writeStaticString("\r\n")
-        }
-        last.writeStaticString("\r\n")
-        return last
+        return HTTPChunkedCoding.lastChunk(trailers: trailers, allocator: allocator)
     }
 
     /// The CRLF after a chunk's data (shared storage: no allocation per chunk).
-    public static let chunkEnd: ByteBuffer = ByteBuffer(string: "\r\n")
+    public static var chunkEnd: ByteBuffer { HTTPChunkedCoding.chunkEnd }
 }

@@ -24,11 +24,17 @@ final class UpstreamConnection {
     let id: ConnectionPoolStateMachine.ConnectionID
     let channel: Channel
     fileprivate let handler: UpstreamConnectionHandler
+    /// Reads the responses: told which request each one answers (HEAD's has no body).
+    private let framer: UpstreamResponseFramer
+    /// Encodes the requests (no encoder handler: bytes go straight to TLS).
+    private var writer = HTTPRequestWriter()
 
-    fileprivate init(id: ConnectionPoolStateMachine.ConnectionID, channel: Channel, handler: UpstreamConnectionHandler) {
+    fileprivate init(id: ConnectionPoolStateMachine.ConnectionID, channel: Channel, handler: UpstreamConnectionHandler,
+                     framer: UpstreamResponseFramer) {
         self.id = id
         self.channel = channel
         self.handler = handler
+        self.framer = framer
     }
 
     var delegate: UpstreamResponseDelegate? {
@@ -41,15 +47,28 @@ final class UpstreamConnection {
 
     func send(head: HTTPRequestHead) {
         handler.beginRequest()
-        channel.write(HTTPClientRequestPart.head(head), promise: nil)
+        framer.expectResponse(toHEAD: head.method == .HEAD)
+        var bytes = channel.allocator.buffer(capacity: 512)
+        writer.writeHead(head, into: &bytes)
+        channel.write(bytes, promise: nil)
     }
 
     func sendBody(_ buffer: ByteBuffer) {
-        channel.write(HTTPClientRequestPart.body(.byteBuffer(buffer)), promise: nil)
+        if let size = writer.chunkPrefix(count: buffer.readableBytes, allocator: channel.allocator) {
+            channel.write(size, promise: nil)
+            channel.write(buffer, promise: nil)
+            channel.write(HTTPChunkedCoding.chunkEnd, promise: nil)
+        } else if buffer.readableBytes > 0 {
+            channel.write(buffer, promise: nil)
+        }
     }
 
     func sendEnd() {
-        channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
+        if let last = writer.end(allocator: channel.allocator) {
+            channel.writeAndFlush(last, promise: nil)
+        } else {
+            channel.flush()
+        }
         handler.requestSent()
     }
 
@@ -101,8 +120,8 @@ final class UpstreamConnection {
                     if let tlsContext {
                         try sync.addHandler(TLSHandler(client: tlsContext, serverName: serverName, handshakeTimeout: handshakeTimeout))
                     }
-                    // NIO's encoder writes the request; our own strict framing reads the response.
-                    try sync.addHandler(HTTPRequestEncoder())
+                    // Requests are written as bytes (`HTTPRequestWriter`, in UpstreamConnection);
+                    // our own strict framing reads the responses.
                     try sync.addHandler(UpstreamResponseFramer())
                     try sync.addHandler(UpstreamConnectionHandler(
                         ready: ready, tls: tlsContext != nil, firstByteTimeout: firstByte, readIdleTimeout: readIdle, metrics: metrics))
@@ -123,12 +142,13 @@ final class UpstreamConnection {
                         channel.close(promise: nil)
                         completion(.failure(Self.describeHandshakeError(error, timeout: handshakeTimeout)))
                     case .success:
-                        guard let handler = try? channel.pipeline.syncOperations.handler(type: UpstreamConnectionHandler.self) else {
+                        guard let handler = try? channel.pipeline.syncOperations.handler(type: UpstreamConnectionHandler.self),
+                              let framer = try? channel.pipeline.syncOperations.handler(type: UpstreamResponseFramer.self) else {
                             channel.close(promise: nil)
                             completion(.failure(.upstreamClosed("upstream closed the connection right after it opened")))
                             return
                         }
-                        let connection = UpstreamConnection(id: id, channel: channel, handler: handler)
+                        let connection = UpstreamConnection(id: id, channel: channel, handler: handler, framer: framer)
                         channel.closeFuture.assumeIsolated().whenComplete { _ in onClose(id) }
                         completion(.success(connection))
                     }
@@ -186,8 +206,8 @@ final class UpstreamConnection {
 /// the first-byte and read-idle timers, and holds reads while the client cannot take more.
 final class UpstreamConnectionHandler: ChannelDuplexHandler {
     typealias InboundIn = HTTPClientResponsePart
-    typealias OutboundIn = HTTPClientRequestPart
-    typealias OutboundOut = HTTPClientRequestPart
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
 
     weak var delegate: UpstreamResponseDelegate?
     private var ready: EventLoopPromise<Void>?

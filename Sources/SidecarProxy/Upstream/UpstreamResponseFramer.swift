@@ -8,16 +8,14 @@ import SidecarCore
 /// `UpstreamFramingError`, which fails the request with 502 `upstream_protocol_error` and closes
 /// the connection (it is never pooled).
 ///
-/// Sits between the TLS handler and `UpstreamConnectionHandler`, after NIO's request encoder:
-/// outbound request parts pass through (the method tells whether the answer can have a body).
+/// Sits between the TLS handler and `UpstreamConnectionHandler`, inbound only: the connection
+/// tells it when a request goes out (`expectResponse`: HEAD's answer has no body).
 /// Interim responses (100, 103) are skipped; 101 is refused (the sidecar never asks to upgrade);
 /// bytes from the upstream while no request is outstanding are refused; chunked trailers are read
 /// and dropped.
-final class UpstreamResponseFramer: ChannelDuplexHandler {
+final class UpstreamResponseFramer: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = HTTPClientResponsePart
-    typealias OutboundIn = HTTPClientRequestPart
-    typealias OutboundOut = HTTPClientRequestPart
 
     /// Response heads may be larger than the requests we accept (providers and CDNs add fields);
     /// NIO's decoder allowed 80 KiB.
@@ -35,14 +33,12 @@ final class UpstreamResponseFramer: ChannelDuplexHandler {
     private var pending: ByteBuffer?
     private var requestIsHEAD = false
 
-    // MARK: outbound: note the request
+    // MARK: the request
 
-    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        if case .head(let head) = unwrapOutboundIn(data) {
-            requestIsHEAD = head.method == .HEAD
-            if case .idle = state { state = .head(HTTPResponseHeadScanner(limits: Self.limits)) }
-        }
-        context.write(data, promise: promise)
+    /// A request is going out: its response is expected (and has no body if it answers HEAD).
+    func expectResponse(toHEAD: Bool) {
+        requestIsHEAD = toHEAD
+        if case .idle = state { state = .head(HTTPResponseHeadScanner(limits: Self.limits)) }
     }
 
     // MARK: inbound: frame the response
