@@ -55,7 +55,30 @@ public struct HTTPRequestWriter: Sendable {
             buffer.writeString("\(head.version.major).\(head.version.minor)")
             buffer.writeStaticString("\r\n")
         }
-        for (name, value) in head.headers {
+        HTTPWireEncoding.writeFields(head.headers, dropCoding: dropCoding, dropLength: dropLength, addChunked: addChunked, into: &buffer)
+    }
+
+    /// The chunk-size line before `count` body bytes, or nil when none goes (not chunked, or an
+    /// empty part, which would end a chunked body).
+    public func chunkPrefix(count: Int, allocator: ByteBufferAllocator) -> ByteBuffer? {
+        guard chunked, count > 0 else { return nil }
+        return HTTPWireEncoding.sizeLine(count, allocator: allocator)
+    }
+
+    /// The bytes that end the body (the last chunk), or nil; resets for the next request.
+    public mutating func end(allocator: ByteBufferAllocator) -> ByteBuffer? {
+        defer { chunked = false }
+        return chunked ? HTTPWireEncoding.lastChunk(trailers: nil, allocator: allocator) : nil
+    }
+}
+
+/// Framing on the way out, for both writers: the fields with the framing corrections applied as
+/// they are written, and the chunked transfer coding (RFC 9112 §7.1).
+public enum HTTPWireEncoding {
+    /// Writes `headers` (without Transfer-Encoding if `dropCoding`, without Content-Length if
+    /// `dropLength`), `transfer-encoding: chunked` if `addChunked`, then the blank line.
+    static func writeFields(_ headers: HTTPHeaders, dropCoding: Bool, dropLength: Bool, addChunked: Bool, into buffer: inout ByteBuffer) {
+        for (name, value) in headers {
             if dropCoding, HeaderPolicy.equalsIgnoringASCIICase(name, "transfer-encoding") { continue }
             if dropLength, HeaderPolicy.equalsIgnoringASCIICase(name, "content-length") { continue }
             buffer.writeString(name)
@@ -67,22 +90,6 @@ public struct HTTPRequestWriter: Sendable {
         buffer.writeStaticString("\r\n")
     }
 
-    /// The chunk-size line before `count` body bytes, or nil when none goes (not chunked, or an
-    /// empty part, which would end a chunked body).
-    public func chunkPrefix(count: Int, allocator: ByteBufferAllocator) -> ByteBuffer? {
-        guard chunked, count > 0 else { return nil }
-        return HTTPChunkedCoding.sizeLine(count, allocator: allocator)
-    }
-
-    /// The bytes that end the body (the last chunk), or nil; resets for the next request.
-    public mutating func end(allocator: ByteBufferAllocator) -> ByteBuffer? {
-        defer { chunked = false }
-        return chunked ? HTTPChunkedCoding.lastChunk(trailers: nil, allocator: allocator) : nil
-    }
-}
-
-/// The chunked transfer coding on the way out (RFC 9112 §7.1), for both writers.
-public enum HTTPChunkedCoding {
     /// `hex-size CRLF`.
     public static func sizeLine(_ count: Int, allocator: ByteBufferAllocator) -> ByteBuffer {
         var line = allocator.buffer(capacity: 18)

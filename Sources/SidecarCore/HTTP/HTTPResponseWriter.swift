@@ -57,23 +57,14 @@ public struct HTTPResponseWriter: Sendable {
         buffer.writeStaticString(" ")
         buffer.writeString(head.status.reasonPhrase)
         buffer.writeStaticString("\r\n")
-        for (name, value) in head.headers {
-            if dropCoding, HeaderPolicy.equalsIgnoringASCIICase(name, "transfer-encoding") { continue }
-            if dropLength, HeaderPolicy.equalsIgnoringASCIICase(name, "content-length") { continue }
-            buffer.writeString(name)
-            buffer.writeStaticString(": ")
-            buffer.writeString(value)
-            buffer.writeStaticString("\r\n")
-        }
-        if chunked { buffer.writeStaticString("transfer-encoding: chunked\r\n") }
-        buffer.writeStaticString("\r\n")
+        HTTPWireEncoding.writeFields(head.headers, dropCoding: dropCoding, dropLength: dropLength, addChunked: chunked, into: &buffer)
     }
 
     /// The chunk-size line that goes before `count` body bytes, or nil when none does (not
     /// chunked, or an empty part, which would end a chunked body).
     public func chunkPrefix(count: Int, allocator: ByteBufferAllocator) -> ByteBuffer? {
         guard framing == .chunked, count > 0 else { return nil }
-        return HTTPChunkedCoding.sizeLine(count, allocator: allocator)
+        return HTTPWireEncoding.sizeLine(count, allocator: allocator)
     }
 
     /// Whether body bytes are sent at all.
@@ -83,9 +74,9 @@ public struct HTTPResponseWriter: Sendable {
     public mutating func end(trailers: HTTPHeaders?, allocator: ByteBufferAllocator) -> ByteBuffer? {
         defer { framing = .asIs }
         guard framing == .chunked else { return nil }
-        return HTTPChunkedCoding.lastChunk(trailers: trailers, allocator: allocator)
+        return HTTPWireEncoding.lastChunk(trailers: trailers, allocator: allocator)
     }
 
     /// The CRLF after a chunk's data (shared storage: no allocation per chunk).
-    public static var chunkEnd: ByteBuffer { HTTPChunkedCoding.chunkEnd }
+    public static var chunkEnd: ByteBuffer { HTTPWireEncoding.chunkEnd }
 }

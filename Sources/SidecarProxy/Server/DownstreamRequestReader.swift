@@ -99,8 +99,7 @@ struct DownstreamRequestReader {
                 switch try framer.step(buffer, from: 0) {
                 case .data(let range):
                     state = .body(framer)
-                    let slice = buffer.getSlice(at: buffer.readerIndex + range.lowerBound, length: range.count)!
-                    buffer.moveReaderIndex(forwardBy: range.upperBound)
+                    let slice = buffer.takeBody(range)
                     pending = buffer
                     return .body(slice)
                 case .framing(let range):

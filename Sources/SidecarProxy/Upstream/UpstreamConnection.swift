@@ -57,7 +57,7 @@ final class UpstreamConnection {
         if let size = writer.chunkPrefix(count: buffer.readableBytes, allocator: channel.allocator) {
             channel.write(size, promise: nil)
             channel.write(buffer, promise: nil)
-            channel.write(HTTPChunkedCoding.chunkEnd, promise: nil)
+            channel.write(HTTPWireEncoding.chunkEnd, promise: nil)
         } else if buffer.readableBytes > 0 {
             channel.write(buffer, promise: nil)
         }

@@ -90,8 +90,7 @@ final class UpstreamResponseFramer: ChannelInboundHandler {
                 switch try framer.step(buffer, from: 0) {
                 case .data(let range):
                     state = .body(framer)
-                    let slice = buffer.getSlice(at: buffer.readerIndex + range.lowerBound, length: range.count)!
-                    buffer.moveReaderIndex(forwardBy: range.upperBound)
+                    let slice = buffer.takeBody(range)
                     pending = buffer
                     context.fireChannelRead(wrapInboundOut(.body(slice)))
                     // The last Content-Length byte: the message ends here, not at the next read.

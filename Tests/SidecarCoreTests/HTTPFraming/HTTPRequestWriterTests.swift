@@ -33,7 +33,7 @@ final class HTTPRequestWriterTests: XCTestCase {
                 if var size = writer.chunkPrefix(count: data.readableBytes, allocator: allocator) {
                     out.writeBuffer(&size)
                     out.writeBuffer(&data)
-                    var end = HTTPChunkedCoding.chunkEnd
+                    var end = HTTPWireEncoding.chunkEnd
                     out.writeBuffer(&end)
                 } else {
                     out.writeBuffer(&data)

@@ -31,6 +31,14 @@ extension HTTPBodyFramer {
 }
 
 extension ByteBuffer {
+    /// The body bytes a framer step found at `range` (relative to readerIndex), as a slice of
+    /// this buffer (no copy), consuming everything up to the range's end.
+    public mutating func takeBody(_ range: Range<Int>) -> ByteBuffer {
+        let slice = getSlice(at: readerIndex + range.lowerBound, length: range.count)!
+        moveReaderIndex(forwardBy: range.upperBound)
+        return slice
+    }
+
     /// Appends `head` (scanned from `source`'s readable bytes) rewritten by `rewrite`, reserving
     /// the upper bound once and writing in place. Returns the bytes written.
     @discardableResult
