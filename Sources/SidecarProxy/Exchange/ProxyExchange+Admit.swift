@@ -74,7 +74,8 @@ extension ProxyExchange {
         if policy.certainlySampled(path: Self.barePath(c.path), body: bytes) {
             cacheState = nil
             metrics.cacheResult("bypass")
-            c.cache.count(model: ModelSniffer.model(in: bytes) ?? "-") { $0.bypasses += 1 }
+            // The model was read above (the cache is the accounting): not scanned for again.
+            c.cache.count(model: requestModel ?? "-") { $0.bypasses += 1 }
             return lease(fresh: false)
         }
         let parsed = CanonicalJSON.parse(bytes)
