@@ -13,13 +13,13 @@ D=$(ls -td /tmp/llm-sidecar-bench.* 2>/dev/null | head -1)
 ROUNDS=${ROUNDS:-3}
 tick=$(getconf CLK_TCK)
 for BIN in "$@"; do
-  pkill -f "llm-sidecar serve" || true; pkill nginx || true; sleep 0.5
+  pkill nginx || true; sleep 0.5
   taskset -c 0 nginx -c "$D/up/nginx.conf" -e "$D/up/error.log" & sleep 0.5
   rm -f "$D"/cache.sqlite3*
   sed 's/^mode = .*/mode = "deterministic"/' "$D/sidecar.toml" > "$D/cpu.toml"
   BENCH_UPSTREAM_KEY=sk-bench-upstream taskset -c 1 "$BIN" serve --config "$D/cpu.toml" > "$D/cpu.log" 2>&1 &
-  sleep 1
-  P=$(pgrep -f "llm-sidecar serve --config $D/cpu.toml")
+  P=$!
+  for _ in $(seq 100); do curl -sf http://127.0.0.1:19081/healthz > /dev/null && break; sleep 0.05; done
   for s in ${SCENARIOS:-sampled hit routed}; do
     taskset -c 0 wrk -t1 -c16 -d2s -s "$D/$s.lua" http://127.0.0.1:19081/v1/chat/completions > /dev/null
     out=""
@@ -31,5 +31,6 @@ for BIN in "$@"; do
     done
     echo "$BIN $s: CPU us per request:$out"
   done
-  pkill -f "llm-sidecar serve --config $D/cpu.toml" || true; pkill nginx || true
+  kill "$P"; wait "$P" 2>/dev/null || true
+  pkill nginx || true
 done

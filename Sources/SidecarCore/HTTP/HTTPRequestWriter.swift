@@ -81,12 +81,18 @@ public enum HTTPWireEncoding {
         for (name, value) in headers {
             if dropCoding, HeaderPolicy.equalsIgnoringASCIICase(name, "transfer-encoding") { continue }
             if dropLength, HeaderPolicy.equalsIgnoringASCIICase(name, "content-length") { continue }
-            buffer.writeString(name)
-            buffer.writeStaticString(": ")
-            buffer.writeString(value)
-            buffer.writeStaticString("\r\n")
+            writeField(name, value, into: &buffer)
         }
         if addChunked { buffer.writeStaticString("transfer-encoding: chunked\r\n") }
+        buffer.writeStaticString("\r\n")
+    }
+
+    /// `name: value CRLF`.
+    @inline(__always)
+    static func writeField(_ name: String, _ value: String, into buffer: inout ByteBuffer) {
+        buffer.writeString(name)
+        buffer.writeStaticString(": ")
+        buffer.writeString(value)
         buffer.writeStaticString("\r\n")
     }
 

@@ -60,6 +60,63 @@ public struct HTTPResponseWriter: Sendable {
         HTTPWireEncoding.writeFields(head.headers, dropCoding: dropCoding, dropLength: dropLength, addChunked: chunked, into: &buffer)
     }
 
+    /// What the proxy changes in an upstream's head on its way to the client.
+    public struct Forwarding: Sendable {
+        /// Fields added after the upstream's (the sidecar's `x-sidecar-*`, `connection: close`).
+        public var extra: [(String, String)]
+        /// The upstream's Content-Length is dropped (the body is changed on its way: chunked).
+        public var dropLength: Bool
+
+        public init(extra: [(String, String)] = [], dropLength: Bool = false) {
+            self.extra = extra
+            self.dropLength = dropLength
+        }
+
+        /// The fields the long way, for those that keep a head (a flight's followers, a held
+        /// model list): the upstream's without the hop-by-hop ones, Content-Length dropped if
+        /// `dropLength`, then `extra`.
+        public func headers(from upstream: HTTPHeaders) -> HTTPHeaders {
+            var headers = HeaderPolicy.downstreamResponseHeaders(from: upstream)
+            if dropLength { headers.remove(name: "content-length") }
+            for (name, value) in extra { headers.add(name: name, value: value) }
+            return headers
+        }
+    }
+
+    /// Appends an upstream's final head as the client gets it: HTTP/1.1, the upstream's status,
+    /// its fields without the hop-by-hop ones (`HeaderPolicy`), `forwarding`'s changes, then the
+    /// framing corrections of `writeHead`. The same bytes as building those fields into a new
+    /// head and writing it (`HTTPResponseWriterTests`), without building it.
+    public mutating func writeForwardedHead(_ upstream: HTTPResponseHead, _ forwarding: Forwarding, requestMethod: HTTPMethod?,
+                                            into buffer: inout ByteBuffer) {
+        let code = upstream.status.code
+        let connect = (200..<300).contains(code) && requestMethod == .CONNECT
+        let dropLength = connect || !upstream.status.mayHaveResponseBody
+        let tokens = HeaderPolicy.connectionTokens(upstream.headers)
+        func kept(_ name: String) -> Bool {
+            if HeaderPolicy.isHopByHop(name, connectionTokens: tokens) { return false }
+            return !(forwarding.dropLength && HeaderPolicy.equalsIgnoringASCIICase(name, "content-length"))
+        }
+        func isLength(_ name: String) -> Bool { HeaderPolicy.equalsIgnoringASCIICase(name, "content-length") }
+        let hasLength = upstream.headers.contains { isLength($0.name) && kept($0.name) } || forwarding.extra.contains { isLength($0.0) }
+        let chunked = !dropLength && !hasLength
+        framing = requestMethod == .HEAD || connect ? .suppressed : (chunked ? .chunked : .asIs)
+
+        buffer.writeStaticString("HTTP/1.1 ")
+        buffer.writeString(String(code))
+        buffer.writeStaticString(" ")
+        buffer.writeString(upstream.status.reasonPhrase)
+        buffer.writeStaticString("\r\n")
+        for (name, value) in upstream.headers where kept(name) && !(dropLength && isLength(name)) {
+            HTTPWireEncoding.writeField(name, value, into: &buffer)
+        }
+        for (name, value) in forwarding.extra where !(dropLength && isLength(name)) {
+            HTTPWireEncoding.writeField(name, value, into: &buffer)
+        }
+        if chunked { buffer.writeStaticString("transfer-encoding: chunked\r\n") }
+        buffer.writeStaticString("\r\n")
+    }
+
     /// The chunk-size line that goes before `count` body bytes, or nil when none does (not
     /// chunked, or an empty part, which would end a chunked body).
     public func chunkPrefix(count: Int, allocator: ByteBufferAllocator) -> ByteBuffer? {

@@ -160,12 +160,14 @@ extension ProxyExchange {
         responseStatus = Int(head.status.code)
         encodedAnswer = HeaderPolicy.isEncoded(head.headers)
         if responseStatus == 429 { retryAfter = head.headers.first(name: "retry-after").flatMap(Self.retryAfterSeconds).map { .seconds($0) } }
-        var headers = HeaderPolicy.downstreamResponseHeaders(from: head.headers)
-        headers.add(name: "x-sidecar-cache", value: cacheLabel)
-        if let from = downgradedFrom { headers.add(name: "x-sidecar-downgraded-from", value: from) }
+        // The client's head is written from the upstream's with these changes applied as it is
+        // written (`HTTPResponseWriter.writeForwardedHead`); only a flight's followers and a held
+        // model list get the fields built into a head of their own.
+        var forwarding = HTTPResponseWriter.Forwarding(extra: [("x-sidecar-cache", cacheLabel)])
+        if let from = downgradedFrom { forwarding.extra.append(("x-sidecar-downgraded-from", from)) }
         if let s = slot {
-            headers.add(name: "x-sidecar-deployment", value: s.route.name(s.index))
-            headers.add(name: "x-sidecar-attempts", value: String(attempt))
+            forwarding.extra.append(("x-sidecar-deployment", s.route.name(s.index)))
+            forwarding.extra.append(("x-sidecar-attempts", String(attempt)))
         }
         if var c = cacheState, let flight = c.flight {
             c.status = Int(head.status.code)
@@ -174,19 +176,20 @@ extension ProxyExchange {
                 || head.headers[canonicalForm: "transfer-encoding"].contains { HeaderPolicy.equalsIgnoringASCIICase($0, "chunked") }
             c.encoded = encodedAnswer
             cacheState = c
-            flight.publish(.head(head.status, headers))
+            flight.publish(.head(head.status, forwarding.headers(from: head.headers)))
         }
         downstream.access.cache = cacheLabel
         if detached { return }
         if !isStream { usageFilter = nil }
-        if usageFilter != nil { headers.remove(name: "content-length") }  // bytes are removed: chunked framing
-        if !downstream.keepAlive { headers.add(name: "connection", value: "close") }
+        forwarding.dropLength = usageFilter != nil  // bytes are removed: chunked framing
+        if !downstream.keepAlive { forwarding.extra.append(("connection", "close")) }
         if modelsToMerge != nil, responseStatus == 200 {
-            heldHead = HTTPResponseHead(version: .http1_1, status: head.status, headers: headers)  // sent with the merged list
+            // Sent with the merged list.
+            heldHead = HTTPResponseHead(version: .http1_1, status: head.status, headers: forwarding.headers(from: head.headers))
             return
         }
         modelsToMerge = nil
-        downstream.writeResponseHead(HTTPResponseHead(version: .http1_1, status: head.status, headers: headers))
+        downstream.writeForwardedHead(head, forwarding)
     }
 
     func upstreamResponseBody(_ body: ByteBuffer) {

@@ -16,6 +16,15 @@ extension DownstreamHandler {
         context.write(wrapOutboundOut(bytes), promise: nil)
     }
 
+    /// An upstream's head, with the sidecar's changes applied as it is written.
+    func writeForwardedHead(_ head: HTTPResponseHead, _ forwarding: HTTPResponseWriter.Forwarding) {
+        access.status = Int(head.status.code)
+        guard let context else { return }
+        var bytes = context.channel.allocator.buffer(capacity: 512)
+        writer.writeForwardedHead(head, forwarding, requestMethod: respondingTo, into: &bytes)
+        context.write(wrapOutboundOut(bytes), promise: nil)
+    }
+
     /// An interim (1xx) response, sent at once; the final response follows.
     func writeInterim(_ head: HTTPResponseHead) {
         guard let context else { return }

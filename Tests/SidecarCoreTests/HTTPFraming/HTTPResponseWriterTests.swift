@@ -90,6 +90,44 @@ final class HTTPResponseWriterTests: XCTestCase {
         }
     }
 
+    /// An upstream's head written as forwarded gives the bytes of the head built the long way:
+    /// hop-by-hop fields removed (`HeaderPolicy`), the sidecar's fields added, Content-Length
+    /// dropped when the body is changed, then written.
+    func testForwardedHeadsAreTheHeadsBuiltTheLongWay() {
+        let upstreamFields: [[(String, String)]] = [
+            [("Content-Type", "application/json"), ("Content-Length", "600"), ("x-request-id", "r1")],
+            [("content-type", "text/event-stream"), ("Transfer-Encoding", "chunked"), ("Connection", "keep-alive, X-Trace"),
+             ("x-trace", "t"), ("Keep-Alive", "timeout=5"), ("openai-processing-ms", "12")],
+            [("Proxy-Authenticate", "x"), ("content-length", "2"), ("Connection", "content-length"), ("upgrade", "h2c"), ("te", "trailers")],
+            [("content-type", "application/json")],
+            [],
+        ]
+        let forwardings: [HTTPResponseWriter.Forwarding] = [
+            .init(),
+            .init(extra: [("x-sidecar-cache", "miss")]),
+            .init(extra: [("x-sidecar-cache", "bypass"), ("x-sidecar-deployment", "a/0"), ("x-sidecar-attempts", "2"), ("connection", "close")],
+                  dropLength: true),
+        ]
+        for status in [HTTPResponseStatus.ok, .noContent, .notModified, .tooManyRequests, .badGateway] {
+            for fields in upstreamFields {
+                for forwarding in forwardings {
+                    for method in [HTTPMethod.POST, .GET, .HEAD] {
+                        let upstream = HTTPResponseHead(version: .http1_1, status: status, headers: HTTPHeaders(fields))
+                        let longWay = forwarding.headers(from: upstream.headers)
+                        var a = HTTPResponseWriter()
+                        var expected = ByteBuffer()
+                        a.writeHead(HTTPResponseHead(version: .http1_1, status: status, headers: longWay), requestMethod: method, into: &expected)
+                        var b = HTTPResponseWriter()
+                        var actual = ByteBuffer()
+                        b.writeForwardedHead(upstream, forwarding, requestMethod: method, into: &actual)
+                        XCTAssertEqual(String(buffer: actual), String(buffer: expected), "\(status) \(fields) \(forwarding.extra) \(method)")
+                        XCTAssertEqual(a.framing, b.framing)
+                    }
+                }
+            }
+        }
+    }
+
     func testTrailersAndEmptyChunkedBodies() throws {
         try assertSame([head(.ok, [("transfer-encoding", "chunked")]), .end(HTTPHeaders([("x-usage", "7"), ("x-b", "2")]))])
         try assertSame([head(.ok, []), body("a"), .end(HTTPHeaders([("x-usage", "7")]))])
