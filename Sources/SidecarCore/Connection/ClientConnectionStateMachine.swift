@@ -158,7 +158,7 @@ public struct ClientConnectionStateMachine: Sendable {
 
     /// The request's end reaches its handling. Nil while its answer is under way; otherwise what
     /// follows the answer (it went first: a local one, to a request with a body).
-    public mutating func endDelivered(now: NIODeadline) -> AfterResponse? {
+    public mutating func endDelivered(now: @autoclosure () -> NIODeadline) -> AfterResponse? {
         guard case .serving(var cycle) = phase else { return nil }
         cycle.requestComplete = true
         guard cycle.responseComplete else {
@@ -167,7 +167,7 @@ public struct ClientConnectionStateMachine: Sendable {
         }
         cycle.responseComplete = false
         phase = .serving(cycle)
-        return responseFinished(now: now)
+        return responseFinished(now: now())
     }
 
     // MARK: responses
@@ -187,8 +187,9 @@ public struct ClientConnectionStateMachine: Sendable {
         }
     }
 
-    /// The current response is written to the end (at `now`, when the connection may go idle).
-    public mutating func responseFinished(now: NIODeadline) -> AfterResponse {
+    /// The current response is written to the end (at `now`, read only if the connection goes
+    /// idle).
+    public mutating func responseFinished(now: @autoclosure () -> NIODeadline) -> AfterResponse {
         guard case .serving(var cycle) = phase else { return .awaitRequestEnd }
         cycle.responseComplete = true
         phase = .serving(cycle)
@@ -203,7 +204,7 @@ public struct ClientConnectionStateMachine: Sendable {
             return .lingerAfterWrite
         }
         guard cycle.requestComplete else { return .awaitRequestEnd }
-        phase = .idle(since: now)
+        phase = .idle(since: now())
         return .nextRequest
     }
 
@@ -361,11 +362,6 @@ public struct ClientConnectionStateMachine: Sendable {
         if now < deadline { return .recheck(deadline) }
         phase = .closed
         return .close
-    }
-
-    public var isServing: Bool {
-        if case .serving = phase { return true }
-        return false
     }
 
     /// Input is read into requests (not lingering, not closed).

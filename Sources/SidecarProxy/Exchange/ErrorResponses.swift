@@ -16,14 +16,4 @@ enum ErrorResponses {
         if !keepAlive { headers.add(name: "connection", value: "close") }
         return (HTTPResponseHead(version: .http1_1, status: HTTPResponseStatus(statusCode: error.status), headers: headers), body)
     }
-
-    /// `head` in wire form (status line, header lines, empty line), for a response written past
-    /// the HTTP encoder.
-    static func wireForm(_ head: HTTPResponseHead) -> ByteBuffer {
-        var b = ByteBuffer()
-        b.writeString("HTTP/1.1 \(head.status.code) \(head.status.reasonPhrase)\r\n")
-        for (name, value) in head.headers { b.writeString("\(name): \(value)\r\n") }
-        b.writeString("\r\n")
-        return b
-    }
 }

@@ -42,13 +42,12 @@ final class DownstreamHandler: ChannelDuplexHandler {
     /// `Connection: close`).
     var keepAlive: Bool { connection.keepAlive }
 
-    /// The generation of `runtime` (`ServerState.runtimeGeneration`).
+    /// The generation of `runtime` (`ServerState.snapshot`).
     var runtimeGeneration: Int
 
     init(state: ServerState) {
         self.state = state
-        self.runtimeGeneration = state.runtimeGeneration
-        self.runtime = state.runtime
+        (self.runtime, self.runtimeGeneration) = state.snapshot
         self.reader = DownstreamRequestReader(maxFieldCount: runtime.maxHeaderFields)
     }
 
@@ -158,7 +157,7 @@ final class DownstreamHandler: ChannelDuplexHandler {
             exchange?.requestBody(buffer)  // bodies of locally answered requests are dropped
         case .end:
             if let exchange {
-                _ = connection.endDelivered(now: .now())  // its answer is under way
+                _ = connection.endDelivered(now: .now())  // its answer is under way: no clock read
                 exchange.requestEnd()
             } else if let next = connection.endDelivered(now: .now()) {
                 after(next)

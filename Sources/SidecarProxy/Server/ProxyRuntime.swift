@@ -77,15 +77,16 @@ final class ServerState: Sendable {
 
     var runtime: ProxyRuntime { current.withLockedValue { $0 } }
 
-    /// Which snapshot is current: a connection that already holds this generation's snapshot
-    /// keeps it without taking the lock.
-    var runtimeGeneration: Int { generation.load(ordering: .acquiring) }
+    /// The current snapshot and its generation, read together.
+    var snapshot: (runtime: ProxyRuntime, generation: Int) {
+        current.withLockedValue { ($0, generation.load(ordering: .relaxed)) }
+    }
 
-    /// `runtime` if `held` is not the current generation's, else nil (keep the one held).
-    func runtime(ifNewerThan held: Int) -> (ProxyRuntime, generation: Int)? {
-        let now = generation.load(ordering: .acquiring)
-        guard now != held else { return nil }
-        return current.withLockedValue { ($0, generation.load(ordering: .relaxed)) }
+    /// `snapshot` if `held` is not the current generation, else nil (keep the one held): a
+    /// connection already holding the current snapshot does not take the lock.
+    func runtime(ifNewerThan held: Int) -> (runtime: ProxyRuntime, generation: Int)? {
+        guard generation.load(ordering: .acquiring) != held else { return nil }
+        return snapshot
     }
 
     /// Installs `runtime` for new requests; returns the one it replaces.
