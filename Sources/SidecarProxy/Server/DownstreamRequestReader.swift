@@ -152,7 +152,8 @@ struct DownstreamRequestReader {
         case .contentLengthWithTransferEncoding, .repeatedContentLength, .invalidTransferEncoding, .chunkedNotFinal:
             return DownstreamFramingError(.badRequest("malformed HTTP request: \(error.reason)"))
         case .unsupportedTransferCoding:
-            return DownstreamFramingError(.notImplemented("malformed HTTP request: \(error.reason) (only chunked is accepted)"))
+            return DownstreamFramingError(.notImplemented(
+                "the request's Transfer-Encoding names a coding the sidecar does not decode: only chunked is accepted (or send Content-Length)"))
         case .unsupportedVersion:
             return DownstreamFramingError(.httpVersionNotSupported("the sidecar speaks HTTP/1.1 and HTTP/1.0"))
         case .unsupportedTargetForm, .invalidTarget:
