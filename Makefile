@@ -53,12 +53,12 @@ run: build
 	exec $(BIN) serve --config $(CONFIG)
 
 # The tests parse /metrics with Prometheus' own Python parser and call the sidecar with the
-# official `openai` client, from a venv of our own (the stamp names what is installed).
+# official `openai` and `anthropic` clients, from a venv of our own (the stamp names what is installed).
 VENV := .build/venv
-VENV_STAMP := $(VENV)/.installed-prometheus-client-0.26.0-openai-1.109.1
+VENV_STAMP := $(VENV)/.installed-prometheus-client-0.26.0-openai-1.109.1-anthropic-2.16.0
 $(VENV_STAMP):
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q prometheus-client==0.26.0 openai==1.109.1
+	$(VENV)/bin/pip install -q prometheus-client==0.26.0 openai==1.109.1 anthropic==2.16.0
 	touch $@
 
 test: test-deps $(VENV_STAMP)

@@ -117,6 +117,10 @@ public final class ResponseCacheStore {
             PRIMARY KEY (day, model, deployment, client)
         ) WITHOUT ROWID;
         """,
+        // 5: input tokens written to the provider's prompt cache (Anthropic bills them apart).
+        """
+        ALTER TABLE spend ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0;
+        """,
     ]
 
     /// Who spent: the row key of the `spend` table (without the day).
@@ -131,11 +135,12 @@ public final class ResponseCacheStore {
 
     public struct Spend: Sendable, Equatable {
         public var requests: Int64 = 0, promptTokens: Int64 = 0, completionTokens: Int64 = 0, cachedTokens: Int64 = 0
+        public var cacheWriteTokens: Int64 = 0
         public var usd: Double = 0
         public init() {}
         public static func += (a: inout Spend, b: Spend) {
             a.requests += b.requests; a.promptTokens += b.promptTokens; a.completionTokens += b.completionTokens
-            a.cachedTokens += b.cachedTokens; a.usd += b.usd
+            a.cachedTokens += b.cachedTokens; a.cacheWriteTokens += b.cacheWriteTokens; a.usd += b.usd
         }
     }
 
@@ -143,16 +148,17 @@ public final class ResponseCacheStore {
     public func addSpend(_ deltas: [SpendKey: Spend], day: String) throws {
         guard !deltas.isEmpty else { return }
         let s = try connection.prepare("""
-            INSERT INTO spend (day, model, deployment, client, requests, prompt_tokens, completion_tokens, cached_tokens, usd)
-            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+            INSERT INTO spend (day, model, deployment, client, requests, prompt_tokens, completion_tokens, cached_tokens, usd, cache_write_tokens)
+            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
             ON CONFLICT (day, model, deployment, client) DO UPDATE SET requests = requests + ?5,
                 prompt_tokens = prompt_tokens + ?6, completion_tokens = completion_tokens + ?7,
-                cached_tokens = cached_tokens + ?8, usd = usd + ?9
+                cached_tokens = cached_tokens + ?8, usd = usd + ?9, cache_write_tokens = cache_write_tokens + ?10
             """)
         try connection.transaction {
             for (k, d) in deltas {
                 try s.run([.text(day), .text(k.model), .text(k.deployment), .text(k.client), .integer(d.requests),
-                           .integer(d.promptTokens), .integer(d.completionTokens), .integer(d.cachedTokens), .real(d.usd)])
+                           .integer(d.promptTokens), .integer(d.completionTokens), .integer(d.cachedTokens), .real(d.usd),
+                           .integer(d.cacheWriteTokens)])
             }
         }
     }
@@ -160,7 +166,8 @@ public final class ResponseCacheStore {
     /// Spend rows from `fromDay` on (inclusive, "YYYY-MM-DD"), summed over the days.
     public func spend(since fromDay: String) throws -> [SpendKey: Spend] {
         let s = try connection.prepare("""
-            SELECT model, deployment, client, sum(requests), sum(prompt_tokens), sum(completion_tokens), sum(cached_tokens), sum(usd)
+            SELECT model, deployment, client, sum(requests), sum(prompt_tokens), sum(completion_tokens), sum(cached_tokens), sum(usd),
+                   sum(cache_write_tokens)
             FROM spend WHERE day >= ?1 GROUP BY model, deployment, client
             """)
         try s.bind([.text(fromDay)])
@@ -168,6 +175,7 @@ public final class ResponseCacheStore {
         while try s.step() {
             var d = Spend()
             d.requests = s.int(3); d.promptTokens = s.int(4); d.completionTokens = s.int(5); d.cachedTokens = s.int(6); d.usd = s.double(7)
+            d.cacheWriteTokens = s.int(8)
             out[SpendKey(model: s.text(0) ?? "", deployment: s.text(1) ?? "", client: s.text(2) ?? "")] = d
         }
         return out

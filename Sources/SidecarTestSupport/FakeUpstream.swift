@@ -236,13 +236,27 @@ final class FakeUpstreamHandler: ChannelInboundHandler {
         let path = head.uri.split(separator: "?").first.map(String.init) ?? head.uri
         let text = String(decoding: body, as: UTF8.self)
         let wantsStream = text.replacingOccurrences(of: " ", with: "").contains("\"stream\":true")
-        if path == "/v1/chat/completions", head.method == .POST, wantsStream, status == 200 {
+        var dialectAnswer: String?
+        if status == 200, let answer = FakeDialects.answer(method: head.method.rawValue, path: path, body: text, headers: h) {
+            switch answer {
+            case .json(let j): dialectAnswer = j
+            case .events(let events):
+                scripted = events
+                streamEvents(headers: headers, requestHeaders: h, close: close, usage: false, context: context)
+                return
+            }
+        }
+        // Azure's deployment paths answer as OpenAI's.
+        let chat = path == "/v1/chat/completions" || (path.hasPrefix("/openai/deployments/") && path.hasSuffix("/chat/completions"))
+        if chat, head.method == .POST, wantsStream, status == 200 {
             let usage = text.replacingOccurrences(of: " ", with: "").contains("\"include_usage\":true")
             streamEvents(headers: headers, requestHeaders: h, close: close, usage: usage, context: context)
             return
         }
         let json: String
-        if status != 200 {
+        if let dialectAnswer {
+            json = dialectAnswer
+        } else if status != 200 {
             json = #"{"error":{"message":"fake upstream error \#(status)","type":"server_error","code":null}}"#
         } else {
             switch (head.method, path) {
@@ -250,7 +264,7 @@ final class FakeUpstreamHandler: ChannelInboundHandler {
                 json = #"{"object":"list","data":[{"id":"gpt-4o-mini","object":"model","created":1700000000,"owned_by":"fake"}]}"#
             case (.POST, "/v1/embeddings"):
                 json = #"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.0023064255,-0.009327292,0.015797347]}],"model":"text-embedding-3-small","usage":{"prompt_tokens":5,"total_tokens":5}}"#
-            case (.POST, "/v1/chat/completions"):
+            case (.POST, _) where chat:
                 json = FakeUpstream.chatCompletion
             case (_, "/v1/echo"):
                 json = text
@@ -291,13 +305,15 @@ final class FakeUpstreamHandler: ChannelInboundHandler {
     }
 
     private var streamUsage = false
+    /// A stream in another dialect (`FakeDialects`): these events, in place of chat chunks.
+    private var scripted: [String]?
 
     private func streamEvents(headers: HTTPHeaders, requestHeaders h: HTTPHeaders, close: Bool, usage: Bool, context: ChannelHandlerContext) {
         streamUsage = usage
         var headers = headers
         headers.add(name: "content-type", value: "text/event-stream")
         headers.add(name: "cache-control", value: "no-cache")
-        let count = h.first(name: "x-fake-events").flatMap(Int.init) ?? 5
+        let count = scripted.map { $0.count - 1 } ?? h.first(name: "x-fake-events").flatMap(Int.init) ?? 5
         let interval = h.first(name: "x-fake-interval-ms").flatMap(Int64.init) ?? 0
         let cutAfter = h.first(name: "x-fake-cut-after").flatMap(Int.init)
         streaming = true
@@ -334,6 +350,15 @@ final class FakeUpstreamHandler: ChannelInboundHandler {
                 context.close(promise: nil)
                 return
             }
+            if i == count, let last = scripted?.last {
+                scripted = nil
+                context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: last)))), promise: nil)
+                let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+                streaming = false
+                state.withLockedValue { $0.0.streamsCompleted += 1 }
+                if close { done.assumeIsolated().whenComplete { _ in context.close(promise: nil) } }
+                return
+            }
             if i == count {
                 if streamUsage { context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: Self.usageEvent(count))))), promise: nil) }
                 context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: "data: [DONE]\n\n")))), promise: nil)
@@ -343,7 +368,7 @@ final class FakeUpstreamHandler: ChannelInboundHandler {
                 if close { done.assumeIsolated().whenComplete { _ in context.close(promise: nil) } }
                 return
             }
-            context.writeAndFlush(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: Self.event(i))))), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: scripted?[i] ?? Self.event(i))))), promise: nil)
             i += 1
             if interval > 0 {
                 let next = i

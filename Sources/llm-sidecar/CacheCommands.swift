@@ -187,7 +187,7 @@ struct SpendReport {
         let total = rows.values.reduce(into: ResponseCacheStore.Spend()) { $0 += $1 }
         func fields(_ s: ResponseCacheStore.Spend) -> [String: Any] {
             ["requests": s.requests, "prompt_tokens": s.promptTokens, "completion_tokens": s.completionTokens,
-             "cached_tokens": s.cachedTokens, "usd": (s.usd * 1e8).rounded() / 1e8]
+             "cached_tokens": s.cachedTokens, "cache_write_tokens": s.cacheWriteTokens, "usd": (s.usd * 1e8).rounded() / 1e8]
         }
         return [
             "total": fields(total),

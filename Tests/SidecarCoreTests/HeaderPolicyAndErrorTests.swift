@@ -11,12 +11,12 @@ final class HeaderPolicyTests: XCTestCase {
             ("Transfer-Encoding", "chunked"), ("Upgrade", "h2c"), ("Proxy-Authorization", "x"), ("Proxy-Foo", "y"),
             ("Content-Type", "application/json"), ("OpenAI-Organization", "org-1"), ("Accept-Encoding", "gzip, deflate, br"),
         ])
-        let out = HeaderPolicy.upstreamRequestHeaders(from: client, host: "api.openai.com", authorization: "Bearer up")
+        let out = HeaderPolicy.upstreamRequestHeaders(from: client, host: "api.openai.com", credential: ("authorization", "Bearer up"))
         XCTAssertEqual(out.map { $0.name.lowercased() }.sorted(), ["accept-encoding", "authorization", "content-type", "host", "openai-organization"])
         XCTAssertEqual(out["accept-encoding"], ["identity"], "answers must stay readable: usage, stream ends, cached bytes")
         XCTAssertEqual(out["host"], ["api.openai.com"])
         XCTAssertEqual(out["authorization"], ["Bearer up"])
-        let passThrough = HeaderPolicy.upstreamRequestHeaders(from: client, host: "h", authorization: nil)
+        let passThrough = HeaderPolicy.upstreamRequestHeaders(from: client, host: "h", credential: nil)
         XCTAssertEqual(passThrough["authorization"], ["Bearer client"])
     }
 

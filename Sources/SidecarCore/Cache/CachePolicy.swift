@@ -3,8 +3,9 @@
 public struct CachePolicy: Sendable, Equatable {
     /// `cache.mode`.
     public enum Mode: String, Sendable {
-        /// Embeddings and moderations always; chat, completions and responses only with
-        /// `temperature` 0 or a `seed` (an omitted temperature is NOT 0: providers default to 1).
+        /// Embeddings and moderations always; generation (chat, completions, responses, Anthropic
+        /// messages, Gemini generateContent) only with `temperature` 0 or a `seed` (an omitted
+        /// temperature is NOT 0: providers default to 1).
         case deterministic
         /// Every POST to the cacheable endpoints.
         case all
@@ -29,18 +30,17 @@ public struct CachePolicy: Sendable, Equatable {
         self.defaultTTL = defaultTTL
     }
 
-    /// Endpoints whose answers depend only on the request.
-    public static let cacheablePaths: Set<String> = [
-        "/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings", "/v1/moderations",
-    ]
-    static let alwaysDeterministic: Set<String> = ["/v1/embeddings", "/v1/moderations"]
+    /// Whether `path` (no query) is an endpoint whose answers depend only on the request, in any
+    /// dialect (`APIDialect.endpoint`).
+    public static func isCacheable(path: some StringProtocol) -> Bool { APIDialect.endpoint(path) != nil }
 
     /// True when a request is certainly not cacheable in `deterministic` mode because it samples
     /// (`temperature` absent or not 0, and no `seed`), decided from the raw body without a full
     /// parse: most traffic samples, and it should not pay for a canonical form it will not use.
-    /// False means "parse it and `decide`".
+    /// False means "parse it and `decide`". Gemini's native API keeps both in `generationConfig`,
+    /// so its requests are always parsed.
     public func certainlySampled(path: String, body: [UInt8]) -> Bool {
-        guard mode == .deterministic, !Self.alwaysDeterministic.contains(path) else { return false }
+        guard mode == .deterministic, APIDialect.endpoint(path) == .generation, !path.hasPrefix("/v1beta/models/") else { return false }
         var zeroTemperature = false
         var seeded = false
         let object = JSONTopLevel.walk(body) { key, value in
@@ -60,13 +60,15 @@ public struct CachePolicy: Sendable, Equatable {
         if mode == .off { return .bypass(reason: "cache.mode is off") }
         guard method == "POST" else { return .bypass(reason: "only POST requests are cached") }
         let bare = path.split(separator: "?", maxSplits: 1).first.map(String.init) ?? path
-        guard Self.cacheablePaths.contains(bare) else { return .bypass(reason: "\(bare) is not a cacheable endpoint") }
+        guard let endpoint = APIDialect.endpoint(bare) else { return .bypass(reason: "\(bare) is not a cacheable endpoint") }
         guard let body, case .object = body else { return .bypass(reason: "the body is not a canonical JSON object") }
         let directives = cacheControl.flatMap { $0.split(separator: ",") }.map { $0.trimmingSpaces().lowercased() }
         if directives.contains("no-store") { return .bypass(reason: "Cache-Control: no-store") }
-        if mode == .deterministic, !Self.alwaysDeterministic.contains(bare) {
-            let zeroTemperature = body["temperature"] == .number("0")
-            let seeded = body["seed"].map { $0 != .null } ?? false
+        if mode == .deterministic, endpoint == .generation {
+            // Top level in the OpenAI and Anthropic bodies, in `generationConfig` in Gemini's.
+            let settings = bare.hasPrefix("/v1beta/models/") ? body["generationConfig"] ?? .null : body
+            let zeroTemperature = settings["temperature"] == .number("0")
+            let seeded = settings["seed"].map { $0 != .null } ?? false
             guard zeroTemperature || seeded else {
                 return .bypass(reason: "sampled request (temperature is not 0 and there is no seed)")
             }

@@ -2,34 +2,85 @@
 /// final event, and the token counts of its `usage`. Pure.
 public enum ResponseInspector {
     public struct Usage: Sendable, Equatable {
+        /// Every input token, however billed: fresh, read from the provider's prompt cache, and
+        /// written to it (Anthropic reports these apart; here they are summed).
         public var promptTokens: Int64
         public var completionTokens: Int64
-        /// Prompt tokens the provider served from its own prompt cache (billed at a discount).
+        /// Input tokens the provider served from its own prompt cache (billed at a discount).
         public var cachedTokens: Int64
-        public init(promptTokens: Int64, completionTokens: Int64, cachedTokens: Int64 = 0) {
+        /// Input tokens written to the provider's prompt cache (Anthropic: billed at a premium).
+        public var cacheWriteTokens: Int64
+        /// Of those, the ones written to Anthropic's 1-hour cache (billed at 2 × input).
+        public var cacheWrite1hTokens: Int64
+        public init(promptTokens: Int64, completionTokens: Int64, cachedTokens: Int64 = 0, cacheWriteTokens: Int64 = 0, cacheWrite1hTokens: Int64 = 0) {
             self.promptTokens = promptTokens
             self.completionTokens = completionTokens
             self.cachedTokens = cachedTokens
+            self.cacheWriteTokens = cacheWriteTokens
+            self.cacheWrite1hTokens = cacheWrite1hTokens
         }
     }
 
-    /// The token counts of a `usage` object's bytes, read with a top-level scan (no tree).
-    static func usageObject(_ o: [UInt8]) -> Usage? {
-        func int(_ bytes: [UInt8], _ range: Range<Int>?) -> Int64? {
-            range.flatMap { Int64(String(decoding: bytes[$0], as: UTF8.self)) }
+    /// The counts one usage object states, in any dialect; a stream states them over several
+    /// events (Anthropic: input in `message_start`, output in `message_delta`), merged in order.
+    struct Counts: Equatable {
+        var input: Int64?
+        var output: Int64?
+        var cacheRead: Int64?
+        var cacheWrite: Int64?
+        var cacheWrite1h: Int64?
+        /// Anthropic's `input_tokens` leaves out the cache's reads and writes; the others include them.
+        var inputExcludesCache = false
+
+        /// `later` over `self`: each count `later` states replaces this one.
+        func merged(with later: Counts) -> Counts {
+            Counts(input: later.input ?? input, output: later.output ?? output, cacheRead: later.cacheRead ?? cacheRead,
+                   cacheWrite: later.cacheWrite ?? cacheWrite, cacheWrite1h: later.cacheWrite1h ?? cacheWrite1h,
+                   inputExcludesCache: inputExcludesCache || later.inputExcludesCache)
         }
-        guard let prompt = int(o, JSONTopLevel.value(of: "prompt_tokens", in: o)) ?? int(o, JSONTopLevel.value(of: "input_tokens", in: o)) else {
-            return nil
+
+        var usage: Usage? {
+            guard let input else { return nil }
+            let read = cacheRead ?? 0, write = cacheWrite ?? 0
+            return Usage(promptTokens: inputExcludesCache ? input + read + write : input, completionTokens: output ?? 0,
+                         cachedTokens: read, cacheWriteTokens: write, cacheWrite1hTokens: cacheWrite1h ?? 0)
         }
-        let completion = int(o, JSONTopLevel.value(of: "completion_tokens", in: o)) ?? int(o, JSONTopLevel.value(of: "output_tokens", in: o)) ?? 0
-        var cached: Int64 = 0
-        for details in [JSONTopLevel.value(of: "prompt_tokens_details", in: o), JSONTopLevel.value(of: "input_tokens_details", in: o)] {
-            guard let d = details else { continue }
-            let inner = Array(o[d])
-            if let c = int(inner, JSONTopLevel.value(of: "cached_tokens", in: inner)) { cached = c }
-        }
-        return Usage(promptTokens: prompt, completionTokens: completion, cachedTokens: cached)
     }
+
+    /// The counts of a usage object's bytes, read with a top-level scan (no tree): OpenAI's
+    /// `prompt_tokens` / `completion_tokens` with `prompt_tokens_details.cached_tokens`, the
+    /// Responses API's `input_tokens` / `output_tokens` with `input_tokens_details.cached_tokens`,
+    /// Anthropic's `input_tokens` / `output_tokens` / `cache_read_input_tokens` /
+    /// `cache_creation_input_tokens`, Gemini's `usageMetadata` (`promptTokenCount`,
+    /// `candidatesTokenCount` + `thoughtsTokenCount`, `cachedContentTokenCount`).
+    static func counts(_ o: [UInt8]) -> Counts {
+        func int(_ key: StaticString, _ bytes: [UInt8] = o) -> Int64? {
+            JSONTopLevel.value(of: key, in: bytes).flatMap { Int64(String(decoding: bytes[$0], as: UTF8.self)) }
+        }
+        var c = Counts()
+        c.input = int("prompt_tokens") ?? int("input_tokens") ?? int("promptTokenCount")
+        if let candidates = int("candidatesTokenCount") {
+            c.output = candidates + (int("thoughtsTokenCount") ?? 0)
+        } else {
+            c.output = int("completion_tokens") ?? int("output_tokens")
+        }
+        for details: StaticString in ["prompt_tokens_details", "input_tokens_details"] {
+            guard let d = JSONTopLevel.value(of: details, in: o) else { continue }
+            if let cached = int("cached_tokens", Array(o[d])) { c.cacheRead = cached }
+        }
+        if let cached = int("cachedContentTokenCount") { c.cacheRead = cached }
+        let read = int("cache_read_input_tokens"), write = int("cache_creation_input_tokens")
+        if read != nil || write != nil {
+            c.inputExcludesCache = true
+            c.cacheRead = read
+            c.cacheWrite = write
+            if let d = JSONTopLevel.value(of: "cache_creation", in: o) { c.cacheWrite1h = int("ephemeral_1h_input_tokens", Array(o[d])) }
+        }
+        return c
+    }
+
+    /// The token counts of a usage object's bytes (one object: no merging).
+    static func usageObject(_ o: [UInt8]) -> Usage? { counts(o).usage }
 
     private static func matchingBrace(_ b: [UInt8], from start: Int) -> Int? {
         var depth = 0
@@ -53,14 +104,17 @@ public enum ResponseInspector {
         return nil
     }
 
-    /// Whether an SSE body ended with a final event: `data: [DONE]` (chat and completions), or
-    /// `response.completed` / `response.incomplete` (the Responses API). A stream cut anywhere
-    /// before that is partial and must never be stored.
+    /// Whether an SSE body ended with its dialect's final event: `data: [DONE]` (chat and
+    /// completions), `response.completed` / `response.incomplete` (the Responses API),
+    /// `message_stop` (Anthropic), or a chunk with a `finishReason` (Gemini, which sends no end
+    /// event). A stream cut anywhere before that is partial and must never be stored.
     public static func streamIsComplete(_ bytes: some Collection<UInt8>) -> Bool {
         guard let last = events(in: bytes).last else { return false }
         if last.data == "[DONE]" { return true }
         let type = last.event ?? jsonType(last.data)
-        return type == "response.completed" || type == "response.incomplete"
+        if type == "response.completed" || type == "response.incomplete" || type == "message_stop" { return true }
+        // A key, not text: inside a JSON string its quotes would be escaped.
+        return last.event == nil && last.data.hasPrefix("{") && last.data.contains(#""finishReason""#)
     }
 
     /// The usage of an answer: for JSON the last `"usage"` object (`prompt_tokens` /
@@ -68,17 +122,38 @@ public enum ResponseInspector {
     /// `cached_tokens` details), found by matching braces from its key; for SSE the last event
     /// that carries one. Works on a tail of the body too (where `usage` is), which is all the
     /// spend accounting keeps. A `"usage"` inside a string value is escaped, so never matches.
-    public static func usage(body: [UInt8], isStream: Bool) -> Usage? {
-        guard isStream else { return lastUsageObject(in: body) }
-        var found: Usage?
-        for e in events(in: body) where e.data.contains("\"usage\"") {
-            if let u = lastUsageObject(in: Array(e.data.utf8)) { found = u }
+    ///
+    /// A stream's usage is merged over its events in order, each count stated later replacing the
+    /// earlier one: Anthropic states the input in `message_start` and the output so far in each
+    /// `message_delta`. An Anthropic stream without a `message_delta` usage has stated only one
+    /// output token: that is not its usage (nil: the caller charges the reservation).
+    /// - Parameter head: for a stream, its first bytes, where `message_start` is (a long stream's
+    ///   tail no longer holds it); events seen in both are merged twice, which changes nothing.
+    public static func usage(body: [UInt8], head: [UInt8] = [], isStream: Bool) -> Usage? {
+        guard isStream else { return lastUsageObject(in: body).map(counts)?.usage }
+        var merged: Counts?
+        var anthropicStart = false, anthropicDelta = false
+        for part in head.isEmpty ? [body] : [head, body] {
+            for e in events(in: part) where e.data.contains("\"usage") {
+                guard let o = lastUsageObject(in: Array(e.data.utf8)) else { continue }
+                let c = counts(o)
+                merged = merged.map { $0.merged(with: c) } ?? c
+                let type = e.event ?? jsonType(e.data)
+                if type == "message_start" { anthropicStart = true }
+                if type == "message_delta" { anthropicDelta = true }
+            }
         }
-        return found
+        if anthropicStart, !anthropicDelta { return nil }
+        return merged?.usage
     }
 
-    static func lastUsageObject(in bytes: [UInt8]) -> Usage? {
-        let key = Array(#""usage""#.utf8)
+    /// The bytes of the last `"usage"` (or Gemini's `"usageMetadata"`) object in `bytes`.
+    static func lastUsageObject(in bytes: [UInt8]) -> [UInt8]? {
+        lastObject(named: #""usage""#, in: bytes) ?? lastObject(named: #""usageMetadata""#, in: bytes)
+    }
+
+    private static func lastObject(named name: String, in bytes: [UInt8]) -> [UInt8]? {
+        let key = Array(name.utf8)
         guard bytes.count >= key.count else { return nil }
         func ws(_ j: inout Int) { while j < bytes.count, bytes[j] == 0x20 || bytes[j] == 0x0A || bytes[j] == 0x0D || bytes[j] == 0x09 { j += 1 } }
         var i = bytes.count - key.count
@@ -90,7 +165,7 @@ public enum ResponseInspector {
                     j += 1
                     ws(&j)
                     if j < bytes.count, bytes[j] == UInt8(ascii: "{"), let end = matchingBrace(bytes, from: j) {
-                        return usageObject(Array(bytes[j...end]))
+                        return Array(bytes[j...end])
                     }
                 }
             }

@@ -159,6 +159,8 @@ struct RawConfiguration: Decodable {
     struct RawPrice: Decodable {
         var input_per_mtok: Number?
         var output_per_mtok: Number?
+        var cached_input_per_mtok: Number?
+        var cache_write_per_mtok: Number?
     }
 
     /// A TOML integer or float (`3` and `3.0` are both a price).
@@ -185,6 +187,7 @@ struct RawConfiguration: Decodable {
 
     struct RawUpstream: Decodable {
         var url: String?
+        var api: String?
         var api_key_env: String?
         var api_key_file: String?
         var ca_file: String?
@@ -299,7 +302,8 @@ private struct Validator {
         }
         if let access = raw.log?.access { log.access = access }
         var configuration = SidecarConfiguration(server: server, upstreams: upstreams, log: log, cache: try cache(raw.cache), prices: try prices(raw.prices))
-        configuration.models = try models(raw.models ?? [], upstreams: Set(upstreams.map(\.name)))
+        configuration.models = try models(raw.models ?? [], upstreams: Set(upstreams.map(\.name)),
+                                          dialects: Dictionary(uniqueKeysWithValues: upstreams.map { ($0.name, $0.api) }))
         if let rpm = raw.limits?.client_rpm { configuration.limits.clientRPM = try positive(rpm, ["limits", "client_rpm"], default: 1, max: 100_000_000) }
         if let rb = raw.budgets {
             var b = SidecarConfiguration.Budgets()
@@ -337,7 +341,8 @@ private struct Validator {
         return configuration
     }
 
-    func models(_ raw: [RawConfiguration.RawModel], upstreams: Set<String>) throws(ConfigurationError) -> [SidecarConfiguration.ModelGroup] {
+    func models(_ raw: [RawConfiguration.RawModel], upstreams: Set<String>,
+                dialects: [String: APIDialect] = [:]) throws(ConfigurationError) -> [SidecarConfiguration.ModelGroup] {
         var groups: [SidecarConfiguration.ModelGroup] = []
         for (i, rm) in raw.enumerated() {
             let base = ["models"]
@@ -359,6 +364,10 @@ private struct Validator {
                 if let t = rd.tpm { d.tpm = try positive(t, dbase + ["tpm"], default: 1, max: 1_000_000_000) }
                 guard !deployments.contains(where: { $0.upstream == d.upstream && $0.model == d.model }) else {
                     throw fail(dbase, "model group \"\(name)\" lists \(upstream)/\(d.model) twice")
+                }
+                // One body format and one set of paths per group: a request is sent as it came.
+                if let first = deployments.first, let a = dialects[first.upstream], let b = dialects[upstream], a != b {
+                    throw fail(dbase + ["upstream"], "model group \"\(name)\" mixes api = \"\(a.rawValue)\" (\(first.upstream)) and api = \"\(b.rawValue)\" (\(upstream)); a group's deployments speak one API")
                 }
                 deployments.append(d)
             }
@@ -426,8 +435,9 @@ private struct Validator {
             guard let input = p.input_per_mtok?.value, let output = p.output_per_mtok?.value else {
                 throw fail(base, "needs both input_per_mtok and output_per_mtok (US dollars per million tokens)")
             }
-            guard input >= 0, output >= 0, input.isFinite, output.isFinite else { throw fail(base, "prices must be 0 or more") }
-            out[model] = PriceTable.Price(inputPerMTok: input, outputPerMTok: output)
+            let cached = p.cached_input_per_mtok?.value, write = p.cache_write_per_mtok?.value
+            guard [input, output, cached ?? 0, write ?? 0].allSatisfy({ $0 >= 0 && $0.isFinite }) else { throw fail(base, "prices must be 0 or more") }
+            out[model] = PriceTable.Price(inputPerMTok: input, outputPerMTok: output, cachedInputPerMTok: cached, cacheWritePerMTok: write)
         }
         return out
     }
@@ -444,6 +454,12 @@ private struct Validator {
         case .failure(let p): throw fail(base + ["url"], "\"\(urlText)\" \(p.reason)")
         }
         var up = SidecarConfiguration.Upstream(name: name, url: url)
+        if let api = ru.api {
+            guard let dialect = APIDialect(rawValue: api) else {
+                throw fail(base + ["api"], "\"\(api)\" is not an API dialect: use \"openai\", \"anthropic\", \"azure\" or \"gemini\"")
+            }
+            up.api = dialect
+        }
         switch (ru.api_key_env, ru.api_key_file) {
         case (.some, .some):
             throw fail(base + ["api_key_file"], "set api_key_env or api_key_file, not both")

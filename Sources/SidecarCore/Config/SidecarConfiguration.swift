@@ -163,6 +163,8 @@ public struct SidecarConfiguration: Sendable, Equatable {
     public struct Upstream: Sendable, Equatable {
         public var name: String
         public var url: UpstreamURL
+        /// How the upstream is authenticated and which client paths reach it. Default `openai`.
+        public var api: APIDialect = .openai
         public var apiKey: KeySource = .none
         /// PEM bundle of trusted CAs; nil = the system trust store.
         public var caFile: String?

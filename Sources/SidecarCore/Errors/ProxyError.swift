@@ -40,7 +40,16 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
         .init(.payloadTooLarge, "request body exceeds server.max_body_bytes (\(limit) bytes)")
     }
     public static func notFound(path: String) -> ProxyError {
-        .init(.notFound, "no route for \(path.prefix(200)): the sidecar forwards /v1/... and serves /healthz")
+        .init(.notFound, "no route for \(path.prefix(200)): the sidecar forwards /v1/..., /v1beta/... and /openai/... and serves /healthz")
+    }
+    /// A request in a dialect no configured upstream speaks (and no `[[models]]` group serves).
+    public static func noUpstream(for dialect: APIDialect, path: String) -> ProxyError {
+        .init(.notFound, "no upstream speaks the \(dialect.displayName) API that \(path.prefix(200)) belongs to: add an [upstreams.NAME] with api = \"\(dialect.rawValue)\"")
+    }
+    /// A request whose model names a `[[models]]` group of another dialect: its body would be
+    /// sent in a format the group's deployments do not read.
+    public static func dialectMismatch(model: String, group: APIDialect, request: APIDialect) -> ProxyError {
+        .init(.badRequest, "model \"\(model.prefix(200))\" is served by \(group.displayName) deployments (api = \"\(group.rawValue)\"), but this is a \(request.displayName) API request")
     }
     public static func forbidden(_ why: String) -> ProxyError { .init(.forbidden, why) }
     /// A request head with more header fields than `server.max_header_fields`, or more bytes of

@@ -49,7 +49,11 @@ public enum HeaderPolicy {
     }
 
     /// The headers sent upstream for a client request: hop-by-hop removed, `Host` set to the
-    /// upstream's authority, `Authorization` replaced when the upstream has its own key.
+    /// upstream's authority, and, when the upstream has its own key (`credential`, in its
+    /// dialect's header: `APIDialect.authorization(key:)`), every credential header a client SDK
+    /// may send (`APIDialect.credentialHeaders`) replaced by it. An Anthropic upstream gets
+    /// `anthropic-version` when the client sent none. Every other header passes as sent
+    /// (`anthropic-beta`, `OpenAI-Beta`, `OpenAI-Organization`, ...).
     /// `Content-Length` is kept (the body is forwarded byte for byte); without it the encoder chunks.
     ///
     /// `Accept-Encoding` is always `identity`, whatever the client asked: the sidecar reads every
@@ -58,23 +62,26 @@ public enum HeaderPolicy {
     /// cost $0 against a budget, and cached gzip bytes would be replayed without their
     /// `Content-Encoding`). Identity is always acceptable to the client (RFC 9110 §12.5.3).
     public static func upstreamRequestHeaders(
-        from client: HTTPHeaders, host: String, authorization: String?
+        from client: HTTPHeaders, host: String, credential: (name: String, value: String)?, dialect: APIDialect = .openai
     ) -> HTTPHeaders {
         let tokens = connectionTokens(client)
         var out = HTTPHeaders()
-        out.reserveCapacity(client.count + 1)
+        out.reserveCapacity(client.count + 2)
         out.add(name: "host", value: host)
+        var versioned = false
         for (name, value) in client {
             if equalsIgnoringASCIICase(name, "host") { continue }
             // The sidecar answers `Expect: 100-continue` itself (the body is already on its way
             // by the time the upstream could answer), so it is not forwarded.
             if equalsIgnoringASCIICase(name, "expect") { continue }
             if equalsIgnoringASCIICase(name, "accept-encoding") { continue }
-            if authorization != nil, equalsIgnoringASCIICase(name, "authorization") { continue }
+            if credential != nil, APIDialect.credentialHeaders.contains(where: { equalsIgnoringASCIICase(name, $0) }) { continue }
             if isHopByHop(name, connectionTokens: tokens) { continue }
+            if equalsIgnoringASCIICase(name, "anthropic-version") { versioned = true }
             out.add(name: name, value: value)
         }
-        if let authorization { out.add(name: "authorization", value: authorization) }
+        if let credential { out.add(name: credential.name, value: credential.value) }
+        if dialect == .anthropic, !versioned { out.add(name: "anthropic-version", value: APIDialect.defaultAnthropicVersion) }
         out.add(name: "accept-encoding", value: "identity")
         return out
     }

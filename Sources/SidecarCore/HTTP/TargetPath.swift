@@ -1,5 +1,5 @@
 /// The request target's path with its dot segments removed (RFC 3986 §5.2.4), and whether it
-/// stays under `/v1`, the only prefix the sidecar forwards.
+/// stays under a prefix the sidecar forwards (`/v1`, `/v1beta`, `/openai`: `APIDialect`).
 ///
 /// The sidecar forwards the path it is given, with the upstream's key attached, after the
 /// upstream URL's own path. Dot segments there are a way out: `/v1/../metrics` is the sidecar's
@@ -17,10 +17,10 @@ public enum TargetPath {
     public enum Verdict: Equatable, Sendable {
         /// No dot segments: the target exactly as the client sent it (routing decides the rest).
         case unchanged
-        /// Dot segments resolved and the result is `/v1` or under it: forward this target (the
-        /// resolved path, then the query exactly as sent).
+        /// Dot segments resolved and the result is under a forwarded prefix: forward this target
+        /// (the resolved path, then the query exactly as sent).
         case normalised(String)
-        /// Dot segments resolved and the result is outside `/v1`: refuse. The resolved path, for the message.
+        /// Dot segments resolved and the result is outside every forwarded prefix: refuse. The resolved path, for the message.
         case escapes(String)
     }
 
@@ -78,7 +78,7 @@ public enum TargetPath {
         }
         if trailingSlash, !kept.isEmpty { path.append(slash) }
         let resolved = String(decoding: path, as: UTF8.self)
-        guard isUnderV1(resolved) else { return .escapes(resolved) }
+        guard APIDialect.isUnder(resolved, APIDialect.forwardedPrefixes) else { return .escapes(resolved) }
         return .normalised(resolved + String(decoding: bytes[end...], as: UTF8.self))
     }
 

@@ -101,9 +101,13 @@ public struct BudgetLedger: Sendable {
     public var openReservations: Int { open.count }
 
     /// The most a request can cost: its prompt (estimated at 4 bytes per token from the body) plus
-    /// `max_tokens` (or `max_completion_tokens` / `max_output_tokens`; 4,096 when it sets none).
-    public static func estimate(bodyBytes: Int, maxTokens: Int?, price: PriceTable.Price?) -> Double {
-        guard let price else { return 0 }
+    /// `max_tokens` (or `max_completion_tokens` / `max_output_tokens` / Gemini's
+    /// `maxOutputTokens`; 4,096 when it sets none).
+    /// - Parameter writesPromptCache: the request may write its prompt to the provider's cache at a
+    ///   premium (Anthropic's `cache_control`): its prompt is reserved at the dearest input rate.
+    public static func estimate(bodyBytes: Int, maxTokens: Int?, price: PriceTable.Price?, writesPromptCache: Bool = false) -> Double {
+        guard var price else { return 0 }
+        if writesPromptCache { price.inputPerMTok = price.mostPerInputMTok }
         let t = tokens(bodyBytes: bodyBytes, maxTokens: maxTokens)
         return price.cost(promptTokens: t.prompt, completionTokens: t.completion)
     }

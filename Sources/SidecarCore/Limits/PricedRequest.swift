@@ -11,7 +11,8 @@ public struct PricedRequest: Sendable, Equatable {
     /// The top-level `model`; nil when the body names none (the upstream then bills nothing: it
     /// refuses a model-less request) or is not JSON (uploads; see docs/spend.md).
     public var model: String?
-    /// The largest of `max_tokens`, `max_completion_tokens`, `max_output_tokens`; nil when none.
+    /// The largest of `max_tokens`, `max_completion_tokens`, `max_output_tokens` and Gemini's
+    /// `generationConfig.maxOutputTokens`; nil when none.
     public var maxTokens: Int?
 
     public init(model: String?, maxTokens: Int?) {
@@ -41,9 +42,10 @@ public struct PricedRequest: Sendable, Equatable {
         var model: String?
         if case .string(let m)? = parsed["model"] { model = m }
         var most: Int?
-        for key in ["max_tokens", "max_completion_tokens", "max_output_tokens"] {
+        let generation = parsed["generationConfig"]  // Gemini's native API
+        for value in ["max_tokens", "max_completion_tokens", "max_output_tokens"].map({ parsed[$0] }) + [generation?["maxOutputTokens"]] {
             // Canonical numbers are decimals such as `4096`, `4.096e3`, `1e3`: Double reads them all.
-            guard case .number(let text)? = parsed[key], let d = Double(text), d.isFinite, d >= 0 else { continue }
+            guard case .number(let text)? = value, let d = Double(text), d.isFinite, d >= 0 else { continue }
             let n = Int(min(d.rounded(.up), maxTokensCeiling))
             most = max(most ?? 0, n)
         }

@@ -29,7 +29,7 @@ extension ProxyExchange {
             // of the first read: the model may come after a long `messages`).
             switch PricedRequest.read(bytes) {
             case .success(let priced):
-                requestModel = priced.model
+                requestModel = priced.model ?? APIDialect.modelInPath(Self.barePath(clientHead.uri))
                 requestMaxTokens = priced.maxTokens
                 if downstream.accessLogOn { downstream.access.model = priced.model }
             case .failure:
@@ -37,12 +37,18 @@ extension ProxyExchange {
                 return fail(.badRequest("the request body is not strict JSON (a repeated key, or a value the sidecar cannot read), so its cost cannot be reserved against [budgets]; it was not sent"))
             }
         } else if requestModel == nil, accounting != nil || downstream.accessLogOn {
-            requestModel = Self.topLevelString("model", in: bytes)
+            requestModel = Self.topLevelString("model", in: bytes) ?? APIDialect.modelInPath(Self.barePath(clientHead.uri))
             if downstream.accessLogOn { downstream.access.model = requestModel }
         }
         if !routes.isEmpty {
             let model = Self.topLevelString("model", in: bytes)
             if let model, let r = routes[model] {
+                // A group of another dialect would get a body it cannot read (an `openai` group
+                // may serve Anthropic requests: before `api` existed, that was how it was done).
+                if let served = r.upstreams.first?.configuration.api, served != dialect, !(served == .openai && dialect == .anthropic) {
+                    cacheState = nil
+                    return fail(.dialectMismatch(model: model, group: served, request: dialect))
+                }
                 route = r
                 if r.group.firstTokenTimeout != nil, let v = JSONTopLevel.value(of: "stream", in: bytes) {
                     wantsStream = bytes[v].elementsEqual("true".utf8)
@@ -55,7 +61,7 @@ extension ProxyExchange {
                 return fail(.modelNotFound(model))
             }
         }
-        if accounting != nil || budget != nil, Self.barePath(clientHead.uri) == "/v1/chat/completions",
+        if accounting != nil || budget != nil, APIDialect.isChatCompletions(Self.barePath(clientHead.uri)),
            let stream = JSONTopLevel.value(of: "stream", in: bytes), bytes[stream].elementsEqual("true".utf8) {
             let options = JSONTopLevel.value(of: "stream_options", in: bytes)
             let asked = options.flatMap { CanonicalJSON.parse(Array(bytes[$0])) }?["include_usage"] == .bool(true)
@@ -79,7 +85,7 @@ extension ProxyExchange {
             return lease(fresh: false)
         }
         let parsed = CanonicalJSON.parse(bytes)
-        if case .string(let m)? = parsed?["model"] { c.model = m }
+        if case .string(let m)? = parsed?["model"] { c.model = m } else if let m = APIDialect.modelInPath(Self.barePath(c.path)) { c.model = m }
         let decision = policy
             .decide(method: c.method, path: Self.barePath(c.path), body: parsed, cacheControl: c.cacheControl, ttlHeader: c.ttlHeader)
         let ttl: Int
@@ -94,8 +100,9 @@ extension ProxyExchange {
         case .lookupAndStore(let t): (ttl, lookup) = (t, true)
         }
         c.scope = downstream.cacheScope(of: c.headers, shared: c.settings.scope == .shared)
+        let vary = CanonicalRequest.varyingHeaders(of: c.headers.map { ($0.name, $0.value) })
         guard let parsed, let material = CanonicalRequest.keyMaterial(
-            method: c.method, path: c.path, modelGroup: c.model, scope: c.scope, parsed: parsed) else {
+            method: c.method, path: c.path, modelGroup: c.model, scope: c.scope, vary: vary, parsed: parsed) else {
             cacheState = nil
             metrics.cacheResult("bypass")
             c.cache.count(model: c.model) { $0.bypasses += 1 }  // /stats counts what /metrics counts

@@ -26,7 +26,8 @@ extension ProxyExchange {
         let now = accounting?.clock() ?? Int64(Date().timeIntervalSince1970)
         func attempt(_ model: String?) -> Result<BudgetLedger.Reservation, BudgetLedger.RefusalError> {
             let price = prices.price(of: billedModel(for: model) ?? "")
-            return budget.reserve(BudgetLedger.estimate(bodyBytes: bodyBytes, maxTokens: maxTokens, price: price), client: client,
+            let most = BudgetLedger.estimate(bodyBytes: bodyBytes, maxTokens: maxTokens, price: price, writesPromptCache: dialect == .anthropic)
+            return budget.reserve(most, client: client,
                                   limits: budgets.limits, now: now)
         }
         if let model = requestModel, prices.price(of: billedModel(for: model) ?? model) == nil {
@@ -123,12 +124,14 @@ extension ProxyExchange {
     /// The answer's usage and cost, for `llm-sidecar spend` (only answers from upstream: a cache
     /// hit or a coalesced follower costs nothing).
     func recordSpend(deployment: String, billedModel: String?) {
-        guard accounting != nil || budget != nil || charged != nil, (200..<300).contains(responseStatus) else { return }
+        guard billed, accounting != nil || budget != nil || charged != nil, (200..<300).contains(responseStatus) else { return }
         var tail: [UInt8] = []
         tail.reserveCapacity(usageTailBytes)
         for part in usageTail { tail += part.readableBytesView }
         usageTail = []
-        guard !encodedAnswer, let usage = ResponseInspector.usage(body: tail, isStream: isStream) else {
+        let head = usageHead
+        usageHead = []
+        guard !encodedAnswer, let usage = ResponseInspector.usage(body: tail, head: head, isStream: isStream) else {
             return settleUnmetered(deployment: deployment)
         }
         answerUsage = usage
@@ -137,7 +140,8 @@ extension ProxyExchange {
         spend.promptTokens = usage.promptTokens
         spend.completionTokens = usage.completionTokens
         spend.cachedTokens = usage.cachedTokens
-        spend.usd = prices.cost(model: billedModel ?? "", promptTokens: usage.promptTokens, completionTokens: usage.completionTokens)
+        spend.cacheWriteTokens = usage.cacheWriteTokens
+        spend.usd = prices.cost(model: billedModel ?? "", usage: usage)
         settleBudget(actual: spend.usd)
         if let c = charged {
             charged = nil

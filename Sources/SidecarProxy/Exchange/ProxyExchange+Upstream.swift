@@ -200,6 +200,9 @@ extension ProxyExchange {
             group?.metrics.streamFirstToken.recordNanoseconds((now - sentAt).nanoseconds)
         }
         if accounting != nil || budget != nil || charged != nil, (200..<300).contains(responseStatus) {
+            if dialect == .anthropic, isStream, usageHead.count < Self.usageHeadBytes {
+                usageHead += body.readableBytesView.prefix(Self.usageHeadBytes - usageHead.count)
+            }
             // By reference, no copy: the last parts that cover `usageTailBytes`.
             usageTail.append(body)
             usageTailBytes += body.readableBytes

@@ -62,6 +62,10 @@ final class ProxyExchange: UpstreamResponseDelegate {
     }
 
     let downstream: DownstreamHandler
+    /// The API the client speaks (from its path and headers): how its answer's usage and end are read.
+    let dialect: APIDialect
+    /// Whether the provider bills this request (`APIDialect.isBilled`): token counting is free.
+    let billed: Bool
     /// Where the request goes: the default upstream, or (routed) the chosen deployment's. nil
     /// until routing decides when there is no default upstream.
     var group: UpstreamGroup?
@@ -150,16 +154,23 @@ final class ProxyExchange: UpstreamResponseDelegate {
     var usageTail: Deque<ByteBuffer> = []
     var usageTailBytes = 0
     static let usageTailBytes = 16 << 10
+    /// The first bytes of an Anthropic stream: its `message_start` states the input tokens, and a
+    /// long stream's tail no longer holds it.
+    var usageHead: [UInt8] = []
+    static let usageHeadBytes = 8 << 10
     /// `x-sidecar-cache` of the answer.
     var cacheLabel = "bypass"
     /// The leader's client went away while followers still wait: the call goes on without it.
     var detached: Bool { machine.detached }
 
-    init(downstream: DownstreamHandler, head: HTTPRequestHead, group: UpstreamGroup?, routes: [String: ModelRoute], maxBodyBytes: Int,
-         metrics: SidecarMetrics, cache: ResponseCache?, cacheSettings: SidecarConfiguration.Cache, prices: PriceTable = PriceTable(),
+    init(downstream: DownstreamHandler, head: HTTPRequestHead, dialect: APIDialect = .openai, group: UpstreamGroup?, routes: [String: ModelRoute],
+         maxBodyBytes: Int, metrics: SidecarMetrics, cache: ResponseCache?, cacheSettings: SidecarConfiguration.Cache, prices: PriceTable = PriceTable(),
          budget: BudgetBox? = nil, budgets: SidecarConfiguration.Budgets = .init(), logger: Logger? = nil) {
         self.metrics = metrics
-        self.budget = budgets.limits.isEmpty ? nil : budget
+        self.dialect = dialect
+        // Token counting is free: no reservation, no spend.
+        self.billed = APIDialect.isBilled(path: Self.barePath(head.uri))
+        self.budget = budgets.limits.isEmpty || !billed ? nil : budget
         self.budgets = budgets
         self.logger = logger
         self.accounting = cache
@@ -172,7 +183,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
         self.defaultGroup = group
         // The whole body first: a cache candidate's key is its hash, routing needs its model, and
         // a budget needs it (and max_tokens) to reserve the most the request can cost.
-        let cacheCandidate = cache != nil && cacheSettings.mode != .off && CachePolicy.cacheablePaths.contains(Self.barePath(head.uri))
+        let cacheCandidate = cache != nil && cacheSettings.mode != .off && CachePolicy.isCacheable(path: Self.barePath(head.uri))
         self.machine = ExchangeStateMachine(collectsBody: head.method == .POST && (cacheCandidate || !routes.isEmpty || self.budget != nil))
         // A routed request is aimed once its body names the model (`decide`); others now.
         if let group, routes.isEmpty || head.method != .POST { target(group) }
@@ -196,7 +207,8 @@ final class ProxyExchange: UpstreamResponseDelegate {
         let prefix = group.configuration.url.pathPrefix
         upstreamHead = HTTPRequestHead(
             version: .http1_1, method: clientHead.method, uri: prefix.isEmpty ? clientHead.uri : prefix + clientHead.uri,
-            headers: HeaderPolicy.upstreamRequestHeaders(from: clientHead.headers, host: group.hostHeader, authorization: group.authorization))
+            headers: HeaderPolicy.upstreamRequestHeaders(from: clientHead.headers, host: group.hostHeader, credential: group.credential,
+                                                         dialect: group.configuration.api))
     }
 
     static func barePath(_ uri: String) -> String {

@@ -22,7 +22,7 @@ extension DownstreamHandler {
         case "/readyz":
             var reasons: [String] = []
             if state.isDraining { reasons.append("draining: the sidecar is stopping") }
-            if runtime.defaultUpstream == nil { reasons.append("no default upstream is configured") }
+            if runtime.defaultUpstream == nil, runtime.dialectUpstreams.isEmpty { reasons.append("no default upstream is configured") }
             if !runtime.configuration.budgets.limits.isEmpty, let why = state.budget.unavailable { reasons.append(why) }
             for (name, group) in runtime.groups.sorted(by: { $0.key < $1.key }) {
                 if let problem = group.health.problem { reasons.append("upstream \(name): \(problem)") }

@@ -175,14 +175,15 @@ final class DownstreamHandler: ChannelDuplexHandler {
         if Self.adminPaths.contains(bare) {
             return admin(head, path: bare)
         }
-        guard path.hasPrefix("/v1/") || path == "/v1" || path.hasPrefix("/v1?") else {
+        guard let dialect = APIDialect.of(path: bare, hasAnthropicVersion: head.headers.contains(name: "anthropic-version")) else {
             return respondWithError(.notFound(path: path), closeAfter: false)
         }
         if let length = head.headers.first(name: "content-length").flatMap({ Int($0) }), length > runtime.maxBodyBytes {
             return respondWithError(.payloadTooLarge(limit: runtime.maxBodyBytes), closeAfter: true)
         }
-        guard context != nil, runtime.defaultUpstream != nil || !runtime.routes.isEmpty else {
-            return respondWithError(.notFound(path: path), closeAfter: false)
+        let group = runtime.upstream(for: dialect)
+        guard context != nil, group != nil || !runtime.routes.isEmpty else {
+            return respondWithError(dialect == .openai ? .notFound(path: path) : .noUpstream(for: dialect, path: String(bare)), closeAfter: false)
         }
         if let limits = runtime.clientLimits {
             let verdict = limits.request(client: scope(of: head.headers))
@@ -197,13 +198,12 @@ final class DownstreamHandler: ChannelDuplexHandler {
                 ])
             }
         }
-        let group = runtime.defaultUpstream
         if head.headers[canonicalForm: "expect"].contains(where: { HeaderPolicy.equalsIgnoringASCIICase($0, "100-continue") }) {
             // The client waits for this before sending its body (curl does, for bodies over 1 KiB).
             writeInterim(HTTPResponseHead(version: head.version, status: .continue))
         }
         let exchange = ProxyExchange(
-            downstream: self, head: head, group: group, routes: runtime.routes, maxBodyBytes: runtime.maxBodyBytes,
+            downstream: self, head: head, dialect: dialect, group: group, routes: runtime.routes, maxBodyBytes: runtime.maxBodyBytes,
             metrics: state.metrics, cache: state.cache, cacheSettings: runtime.configuration.cache, prices: runtime.priceTable,
             budget: state.budget, budgets: runtime.configuration.budgets, logger: state.logger)
         self.exchange = exchange

@@ -11,6 +11,11 @@ final class ProxyRuntime: Sendable {
     let configuration: SidecarConfiguration
     let groups: [String: UpstreamGroup]
     let defaultUpstream: UpstreamGroup?
+    /// Per client dialect, the upstream of that dialect a request goes to when no `[[models]]`
+    /// group names its model: `server.default_upstream` if it speaks it, else (for the dialects
+    /// other than OpenAI's, whose requests only ever went to the default) the only upstream that
+    /// does; none when several do and none is the default.
+    let dialectUpstreams: [APIDialect: UpstreamGroup]
     /// `[[models]]` groups by name; empty when none is configured.
     let routes: [String: ModelRoute]
     /// Built-in prices with the file's `[prices]` on top (for spend).
@@ -27,7 +32,18 @@ final class ProxyRuntime: Sendable {
         self.configuration = configuration
         self.adminAuthorization = adminToken.map { "Bearer \($0)" }
         self.groups = groups
-        self.defaultUpstream = configuration.server.defaultUpstream.flatMap { groups[$0] }
+        let defaultUpstream = configuration.server.defaultUpstream.flatMap { groups[$0] }
+        self.defaultUpstream = defaultUpstream
+        var dialectUpstreams: [APIDialect: UpstreamGroup] = [:]
+        for dialect in APIDialect.allCases {
+            let speakers = configuration.upstreams.filter { $0.api == dialect }
+            if let d = defaultUpstream, d.configuration.api == dialect {
+                dialectUpstreams[dialect] = d
+            } else if dialect != .openai, speakers.count == 1 {
+                dialectUpstreams[dialect] = groups[speakers[0].name]
+            }
+        }
+        self.dialectUpstreams = dialectUpstreams
         var routes: [String: ModelRoute] = [:]
         for m in configuration.models {
             // Validation guarantees every deployment names an upstream.
@@ -48,6 +64,14 @@ final class ProxyRuntime: Sendable {
         self.maxBodyBytes = configuration.server.maxBodyBytes
         self.maxHeaderFields = configuration.server.maxHeaderFields
         self.clientIdleTimeout = configuration.server.clientIdleTimeout
+    }
+
+    /// The upstream a request of `dialect` goes to without a `[[models]]` group. A `/v1` request
+    /// in a dialect no upstream declares goes to the default upstream, as every `/v1` request did
+    /// before upstreams had dialects (clients' own keys pass through to it unchanged).
+    func upstream(for dialect: APIDialect) -> UpstreamGroup? {
+        if let u = dialectUpstreams[dialect] { return u }
+        return dialect == .openai || dialect == .anthropic ? defaultUpstream : nil
     }
 }
 

@@ -209,7 +209,7 @@ extension SidecarServer {
         var kept: Set<ObjectIdentifier> = []
         for upstream in configuration.upstreams {
             let key = apiKeys[upstream.name]
-            if let existing = old.groups[upstream.name], existing.configuration == upstream, existing.authorization == key.map({ "Bearer \($0)" }) {
+            if let existing = old.groups[upstream.name], existing.configuration == upstream, existing.credential?.value == key.map({ upstream.api.authorization(key: $0).value }) {
                 groups[upstream.name] = existing
                 kept.insert(ObjectIdentifier(existing))
             } else {

@@ -36,8 +36,9 @@ final class UpstreamHealth: Sendable {
 /// connection each, so the effective cap is max(max_connections, threads)).
 final class UpstreamGroup: Sendable {
     let configuration: SidecarConfiguration.Upstream
-    /// The `Authorization` value sent upstream, or nil to pass the client's through.
-    let authorization: String?
+    /// The credential header sent upstream in the upstream's dialect (`Authorization: Bearer`,
+    /// `x-api-key`, `api-key`, `x-goog-api-key`), or nil to pass the client's through.
+    let credential: (name: String, value: String)?
     let sslContext: SSLContext?
     /// The `Host` header sent upstream, computed once.
     let hostHeader: String
@@ -49,7 +50,7 @@ final class UpstreamGroup: Sendable {
     init(configuration: SidecarConfiguration.Upstream, apiKey: String?, eventLoops: [EventLoop], metrics: UpstreamMetrics) throws {
         self.configuration = configuration
         self.metrics = metrics
-        self.authorization = apiKey.map { "Bearer \($0)" }
+        self.credential = apiKey.map { configuration.api.authorization(key: $0) }
         self.hostHeader = configuration.url.hostHeader
         if configuration.url.tls {
             var tls = TLSConfiguration.client(
