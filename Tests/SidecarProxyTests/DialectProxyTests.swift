@@ -168,6 +168,22 @@ final class DialectProxyTests: XCTestCase {
         XCTAssertEqual(other.requests.last.map { String(decoding: $0.body, as: UTF8.self).contains(#""model":"claude-sonnet-4-5""#) }, true)
     }
 
+    /// An upload (audio, files) streams through with backpressure even where the body would
+    /// otherwise be read whole first (budgets, model groups): it is never buffered.
+    func testUploadsStreamThroughUnderABudgetAndModelGroups() async throws {
+        let silent = try await SilentServer.start(receiveBuffer: 64 * 1024)
+        defer { Task { await silent.stop() } }
+        harness = try await ProxyHarness(upstreamURL: "http://127.0.0.1:\(silent.port)", threads: 1, configure: { c in
+            c.server.maxBodyBytes = 512 << 20
+            c.budgets.limits.dailyUSD = 10
+            c.models = [.init(name: "m", deployments: [.init(upstream: "fake", model: "m")])]
+        })
+        let total = 256 << 20
+        let sent = pushBody(port: harness.port, head: "POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\n"
+                            + "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: \(total)\r\n\r\n", total: total)
+        XCTAssertLessThan(sent, 64 << 20, "the upload was held back by the upstream that does not read, not buffered: \(sent >> 20) MiB accepted")
+    }
+
     /// The official `anthropic` Python SDK, pointed at the sidecar: messages, a stream, token
     /// counting and the model list all work, with the client's key replaced by the upstream's.
     func testTheOfficialAnthropicClient() async throws {

@@ -244,25 +244,7 @@ final class FailureTests: XCTestCase {
         let h = try await ProxyHarness(upstreamURL: "http://127.0.0.1:\(silent.port)", threads: 1,
                                        configure: { $0.server.maxBodyBytes = 512 << 20 })
         harness = h
-        // A raw, non-blocking client: how much can it push in 1.5 s?
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { Glibc.close(fd) }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        addr.sin_port = in_port_t(UInt16(h.port).bigEndian)
-        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        XCTAssertEqual(rc, 0)
-        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-        let head = Array("POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Length: \(total)\r\n\r\n".utf8)
-        XCTAssertEqual(write(fd, head, head.count), head.count)
-        let chunk = [UInt8](repeating: 0x61, count: 256 * 1024)
-        var sent = 0
-        let deadline = Date().addingTimeInterval(1.5)
-        while Date() < deadline, sent < total {
-            let n = chunk.withUnsafeBytes { write(fd, $0.baseAddress, min(chunk.count, total - sent)) }
-            if n > 0 { sent += n } else { usleep(2_000) }
-        }
+        let sent = pushBody(port: h.port, head: "POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Length: \(total)\r\n\r\n", total: total)
         XCTAssertLessThan(sent, 64 << 20, "the sidecar must stop reading when the upstream stops: \(sent >> 20) MiB accepted")
     }
 
@@ -381,4 +363,28 @@ final class SilentServer: Sendable {
         try? await channel.close()
         try? await group.shutdownGracefully()
     }
+}
+
+/// A raw, non-blocking client that sends `head`, then as much of a `total`-byte body as the
+/// sidecar takes in `seconds`: the bytes it took.
+func pushBody(port: Int, head: String, total: Int, seconds: Double = 1.5) -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { Glibc.close(fd) }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    addr.sin_port = in_port_t(UInt16(port).bigEndian)
+    let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+    XCTAssertEqual(rc, 0)
+    _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+    let headBytes = Array(head.utf8)
+    XCTAssertEqual(write(fd, headBytes, headBytes.count), headBytes.count)
+    let chunk = [UInt8](repeating: 0x61, count: 256 * 1024)
+    var sent = 0
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline, sent < total {
+        let n = chunk.withUnsafeBytes { write(fd, $0.baseAddress, min(chunk.count, total - sent)) }
+        if n > 0 { sent += n } else { usleep(2_000) }
+    }
+    return sent
 }

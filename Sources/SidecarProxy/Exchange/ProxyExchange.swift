@@ -182,11 +182,15 @@ final class ProxyExchange: UpstreamResponseDelegate {
         self.upstreamHead = head
         self.defaultGroup = group
         // The whole body first: a cache candidate's key is its hash, routing needs its model, and
-        // a budget needs it (and max_tokens) to reserve the most the request can cost.
-        let cacheCandidate = cache != nil && cacheSettings.mode != .off && CachePolicy.isCacheable(path: Self.barePath(head.uri))
-        self.machine = ExchangeStateMachine(collectsBody: head.method == .POST && (cacheCandidate || !routes.isEmpty || self.budget != nil))
+        // a budget needs it (and max_tokens) to reserve the most the request can cost. Except an
+        // upload (`multipart/form-data`: audio, files), which streams through as it arrives: it
+        // is never cached, names no JSON model (it goes to the default upstream), and is not
+        // priced by tokens (docs/dialects.md, "Uploads").
+        let upload = head.headers.first(name: "content-type").map { $0.utf8.count >= 10 && HeaderPolicy.equalsIgnoringASCIICase($0.prefix(10), "multipart/") } ?? false
+        let cacheCandidate = !upload && cache != nil && cacheSettings.mode != .off && CachePolicy.isCacheable(path: Self.barePath(head.uri))
+        self.machine = ExchangeStateMachine(collectsBody: head.method == .POST && !upload && (cacheCandidate || !routes.isEmpty || self.budget != nil))
         // A routed request is aimed once its body names the model (`decide`); others now.
-        if let group, routes.isEmpty || head.method != .POST { target(group) }
+        if let group, routes.isEmpty || head.method != .POST || upload { target(group) }
         if let cache, cacheCandidate, head.method == .POST {
             cacheState = CacheState(
                 cache: cache, settings: cacheSettings, method: head.method.rawValue, path: head.uri,
