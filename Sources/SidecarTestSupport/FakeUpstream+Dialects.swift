@@ -22,7 +22,9 @@ public enum FakeDialects {
     public static let inputTokens = 25
 
     /// The answer for `path`, or nil when it is not a path of these dialects.
-    public static func answer(method: String, path: String, body: String, headers: HTTPHeaders) -> Answer? {
+    /// - Parameter tag: unique to this request on this fake (`PORT_N`): Responses API ids are
+    ///   `resp_TAG`, so a test can tell which fake stored an answer.
+    public static func answer(method: String, path: String, body: String, headers: HTTPHeaders, tag: String = "0") -> Answer? {
         let wantsStream = body.replacingOccurrences(of: " ", with: "").contains("\"stream\":true")
         let read = headers.first(name: "x-fake-cache-read").flatMap(Int.init) ?? 0
         let write = headers.first(name: "x-fake-cache-write").flatMap(Int.init) ?? 0
@@ -32,6 +34,8 @@ public enum FakeDialects {
             return .json(#"{"input_tokens":\#(inputTokens + read + write)}"#)
         case ("POST", "/v1/messages"):
             return wantsStream ? .events(anthropicStream(deltas: deltas, read: read, write: write)) : .json(anthropicMessage(read: read, write: write))
+        case ("POST", "/v1/responses"):
+            return wantsStream ? .events(responsesStream(id: "resp_\(tag)", deltas: deltas)) : .json(response(id: "resp_\(tag)", text: "Hello from the fake Responses API."))
         case ("GET", "/v1/models") where headers.contains(name: "anthropic-version"):
             return .json(#"{"data":[{"type":"model","id":"claude-sonnet-4-5-20250929","display_name":"Claude Sonnet 4.5","created_at":"2025-09-29T00:00:00Z"}],"has_more":false,"first_id":"claude-sonnet-4-5-20250929","last_id":"claude-sonnet-4-5-20250929"}"#)
         default:
@@ -47,6 +51,24 @@ public enum FakeDialects {
             if path.hasSuffix(":countTokens") { return .json(#"{"totalTokens":\#(inputTokens)}"#) }
         }
         return nil
+    }
+
+    /// A Responses API answer: one message with `text`, 20 input tokens (16 of them cached), 9 output.
+    public static func response(id: String, text: String) -> String {
+        #"{"id":"\#(id)","object":"response","created_at":1700000000,"status":"completed","model":"gpt-4o-mini-2024-07-18","output":[{"type":"message","id":"msg_\#(id)","status":"completed","role":"assistant","content":[{"type":"output_text","text":"\#(text)","annotations":[]}]}],"usage":{"input_tokens":20,"input_tokens_details":{"cached_tokens":16},"output_tokens":9,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":29}}"#
+    }
+
+    /// A Responses API stream: `response.created`, `deltas` text deltas, `response.completed`.
+    public static func responsesStream(id: String, deltas: Int) -> [String] {
+        func event(_ name: String, _ data: String) -> String { "event: \(name)\ndata: \(data)\n\n" }
+        let created = #"{"id":"\#(id)","object":"response","created_at":1700000000,"status":"in_progress","model":"gpt-4o-mini-2024-07-18","output":[],"usage":null}"#
+        var out = [event("response.created", #"{"type":"response.created","sequence_number":0,"response":\#(created)}"#)]
+        for i in 0..<deltas {
+            out.append(event("response.output_text.delta", #"{"type":"response.output_text.delta","sequence_number":\#(i + 1),"item_id":"msg_\#(id)","output_index":0,"content_index":0,"delta":"tok\#(i) "}"#))
+        }
+        let text = (0..<deltas).map { "tok\($0) " }.joined()
+        out.append(event("response.completed", #"{"type":"response.completed","sequence_number":\#(deltas + 1),"response":\#(response(id: id, text: text))}"#))
+        return out
     }
 
     static func anthropicUsage(read: Int, write: Int, output: Int) -> String {

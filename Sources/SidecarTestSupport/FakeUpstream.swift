@@ -9,7 +9,9 @@ import SidecarTLS
 /// or TLS through the project's own `TLSHandler` in server mode.
 ///
 /// It answers `GET /v1/models`, `POST /v1/embeddings` and `POST /v1/chat/completions` (JSON, or SSE
-/// when the body asks for `"stream": true`), and obeys per-request directives in headers:
+/// when the body asks for `"stream": true`; Azure's `/openai/deployments/D/chat/completions` too),
+/// the other dialects' paths as `FakeDialects` says (Anthropic messages, Responses API, Gemini),
+/// and obeys per-request directives in headers:
 ///
 /// | header | effect |
 /// |---|---|
@@ -237,7 +239,8 @@ final class FakeUpstreamHandler: ChannelInboundHandler {
         let text = String(decoding: body, as: UTF8.self)
         let wantsStream = text.replacingOccurrences(of: " ", with: "").contains("\"stream\":true")
         var dialectAnswer: String?
-        if status == 200, let answer = FakeDialects.answer(method: head.method.rawValue, path: path, body: text, headers: h) {
+        if status == 200, let answer = FakeDialects.answer(method: head.method.rawValue, path: path, body: text, headers: h,
+                                                                tag: "\(context.channel.localAddress?.port ?? 0)_\(connection)_\(served)") {
             switch answer {
             case .json(let j): dialectAnswer = j
             case .events(let events):

@@ -197,3 +197,13 @@ enum FakeAnthropic {
         return out
     }
 }
+
+extension DialectTests {
+    func testTheResponseIDIsReadFromAnAnswersFirstBytes() {
+        XCTAssertEqual(ResponseID.find(in: Array(#"{"id":"resp_67ccd2bed1ec8190","object":"response"}"#.utf8)), "resp_67ccd2bed1ec8190")
+        XCTAssertEqual(ResponseID.find(in: Array("event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\" : \"resp_a-1\",\"status\":\"in_progress\"}}\n\n".utf8)), "resp_a-1")
+        XCTAssertNil(ResponseID.find(in: Array(#"{"id":"msg_1","text":"\"id\":\"resp_fake\""}"#.utf8)), "an id inside a string is escaped")
+        XCTAssertNil(ResponseID.find(in: Array(#"{"id":"resp_bad id"}"#.utf8)))
+        XCTAssertNil(ResponseID.find(in: Array((String(repeating: " ", count: ResponseID.window) + #"{"id":"resp_late"}"#).utf8)), "only the first bytes are read")
+    }
+}

@@ -209,18 +209,7 @@ final class DialectProxyTests: XCTestCase {
         out["models"] = [x.id for x in client.models.list()]
         print(json.dumps(out))
         """
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: python)
-        p.arguments = ["-c", script, "http://127.0.0.1:\(harness.port)"]
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let output = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        let errors = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        XCTAssertEqual(p.terminationStatus, 0, errors)
-        let json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(output.utf8)) as? [String: Any], output + errors)
+        let json = try Self.runJSON(python, script, "http://127.0.0.1:\(harness.port)")
         XCTAssertEqual(json["text"] as? String, "Hello! This is a canned answer from the fake Anthropic upstream.")
         XCTAssertEqual(json["usage"] as? [Int], [25, 12])
         XCTAssertEqual(json["second"] as? String, "hit")
@@ -230,6 +219,61 @@ final class DialectProxyTests: XCTestCase {
         XCTAssertEqual(json["models"] as? [String], ["claude-sonnet-4-5-20250929"])
         XCTAssertEqual(openai.counters.requests, 0, "the SDK's model list (anthropic-version) went to the Anthropic upstream")
         XCTAssertTrue(other.requests.allSatisfy { $0.header("x-api-key") == ProxyHarness.upstreamKey })
+    }
+}
+
+extension DialectProxyTests {
+    /// Runs a Python script with `argument`; its stdout is one JSON object.
+    static func runJSON(_ python: String, _ script: String, _ argument: String) throws -> [String: Any] {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: python)
+        p.arguments = ["-c", script, argument]
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        let output = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let errors = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 0, errors)
+        return try XCTUnwrap(JSONSerialization.jsonObject(with: Data(output.utf8)) as? [String: Any], output + errors)
+    }
+
+    /// The official `openai` SDK's Responses API (its new default): plain and streamed, cached
+    /// when deterministic, its cached input tokens priced at the cached rate.
+    func testTheResponsesAPIThroughTheOfficialOpenAIClient() async throws {
+        guard let python = AdminTests.python else {
+            throw XCTSkip("run through `make test`, which installs the openai package (LLM_SIDECAR_TEST_PYTHON)")
+        }
+        try await start(.anthropic)
+        let script = """
+        import sys, json
+        from openai import OpenAI
+        client = OpenAI(base_url=sys.argv[1], api_key="sk-client", max_retries=0)
+        out = {}
+        r = client.responses.create(model="gpt-4o-mini", input="hi", temperature=0)
+        out["text"] = r.output_text
+        out["cached"] = r.usage.input_tokens_details.cached_tokens
+        again = client.responses.with_raw_response.create(model="gpt-4o-mini", input="hi", temperature=0)
+        out["second"] = again.headers.get("x-sidecar-cache")
+        events = [e.type for e in client.responses.create(model="gpt-4o-mini", input="stream", temperature=0, stream=True)]
+        out["events"] = events
+        replay = client.responses.with_raw_response.create(model="gpt-4o-mini", input="stream", temperature=0, stream=True)
+        out["stream_second"] = replay.headers.get("x-sidecar-cache")
+        print(json.dumps(out))
+        """
+        let json = try Self.runJSON(python, script, "http://127.0.0.1:\(harness.port)/v1")
+        XCTAssertEqual(json["text"] as? String, "Hello from the fake Responses API.")
+        XCTAssertEqual(json["cached"] as? Int, 16)
+        XCTAssertEqual(json["second"] as? String, "hit")
+        XCTAssertEqual(json["events"] as? [String], ["response.created"] + Array(repeating: "response.output_text.delta", count: 3) + ["response.completed"])
+        XCTAssertEqual(json["stream_second"] as? String, "hit", "a stream is cached once it reached response.completed")
+        XCTAssertEqual(other.counters.requests, 0, "OpenAI's dialect went to the OpenAI upstream")
+        let s = try await spend()
+        XCTAssertEqual(s.requests, 2)
+        XCTAssertEqual(s.cachedTokens, 32)
+        let usd: Double = 2 * (4 * 0.15 + 16 * 0.075 + 9 * 0.60)  // gpt-4o-mini, cached input at half price
+        XCTAssertEqual(s.usd, usd / 1_000_000, accuracy: 1e-12)
     }
 }
 

@@ -327,3 +327,31 @@ final class RoutingTests: XCTestCase {
         XCTAssertEqual(upstreams[0].counters.requests + upstreams[1].counters.requests, 1, "never retried once bytes reached the client")
     }
 }
+
+extension RoutingTests {
+    /// A Responses API request that continues an answer (`previous_response_id`) goes to the
+    /// deployment that stored it, whatever the load; others are spread as before.
+    func testAContinuedResponseGoesToTheDeploymentThatStoredIt() async throws {
+        try await start(3, models: [.init(name: "m", deployments: ["a", "b", "c"].map { .init(upstream: $0, model: "gpt-4o-mini") })])
+        var homes: [String: String] = [:]
+        for i in 0..<6 {
+            let r = try await harness.request("POST", "/v1/responses", body: #"{"model":"m","input":"turn \#(i)"}"#)
+            XCTAssertEqual(r.status, 200, r.body)
+            let id = try XCTUnwrap(ResponseID.find(in: Array(r.body.utf8)), r.body)
+            homes[id] = try XCTUnwrap(r.header("x-sidecar-deployment"))
+        }
+        XCTAssertEqual(Set(homes.values).count, 3, "new conversations are spread over the deployments")
+        for (id, home) in homes {
+            for turn in 0..<3 {
+                let body = #"{"model":"m","previous_response_id":"\#(id)","input":"again \#(turn)"}"#
+                let r = try await harness.request("POST", "/v1/responses", body: body)
+                XCTAssertEqual(r.header("x-sidecar-deployment"), home, "\(id) lives on \(home)")
+            }
+        }
+        // Streamed answers are remembered too (the id is in response.created).
+        let streamed = try await harness.request("POST", "/v1/responses", body: #"{"model":"m","stream":true,"input":"s"}"#)
+        let id = try XCTUnwrap(ResponseID.find(in: Array(streamed.body.utf8)))
+        let next = try await harness.request("POST", "/v1/responses", body: #"{"model":"m","previous_response_id":"\#(id)","input":"t"}"#)
+        XCTAssertEqual(next.header("x-sidecar-deployment"), streamed.header("x-sidecar-deployment"))
+    }
+}

@@ -50,6 +50,10 @@ extension ProxyExchange {
                     return fail(.dialectMismatch(model: model, group: served, request: dialect))
                 }
                 route = r
+                if Self.barePath(clientHead.uri) == "/v1/responses" {
+                    previousResponseID = Self.topLevelString("previous_response_id", in: bytes)
+                    remembersResponseID = true
+                }
                 if r.group.firstTokenTimeout != nil, let v = JSONTopLevel.value(of: "stream", in: bytes) {
                     wantsStream = bytes[v].elementsEqual("true".utf8)
                 }

@@ -87,7 +87,8 @@ extension ProxyExchange {
     func nextDeployment() -> (ModelRoute, Int)? {
         guard let route else { return nil }
         let tokens = needsTokens(route) ? estimatedTokens : 0
-        if let i = route.acquire(excluding: excluded(route), tokens: tokens) { return (route, i) }
+        let home = previousResponseID.flatMap { route.deployment(ofResponse: $0) }
+        if let i = route.acquire(excluding: excluded(route), tokens: tokens, prefer: home) { return (route, i) }
         for name in route.group.fallbacks {
             guard let r = routes[name] else { continue }
             if let i = r.acquire(excluding: excluded(r), tokens: needsTokens(r) ? estimatedTokens : 0) { return (r, i) }

@@ -211,6 +211,11 @@ extension ProxyExchange {
                 usageTail.removeFirst()
             }
         }
+        if remembersResponseID, (200..<300).contains(responseStatus), let s = slot {
+            // The id is in the answer's first bytes: looked for once, in the first part.
+            remembersResponseID = false
+            if let id = ResponseID.find(in: body.readableBytesView) { s.route.remember(response: id, deployment: s.index) }
+        }
         cacheState?.flight?.publish(.body(body))
         if heldHead != nil {
             heldBody += body.readableBytesView

@@ -257,5 +257,9 @@ final class ProxyExchange: UpstreamResponseDelegate {
     /// The group names to add to the default upstream's `GET /v1/models` answer; nil otherwise.
     var modelsToMerge: [String]?
     var heldHead: HTTPResponseHead?
+    /// A routed Responses API request: the answer it continues (`previous_response_id`), and
+    /// whether its own answer's id is still to be remembered for the requests that will continue it.
+    var previousResponseID: String?
+    var remembersResponseID = false
     var heldBody: [UInt8] = []
 }

@@ -30,6 +30,10 @@ final class ModelRoute: Sendable {
     }
 
     private let state: NIOLockedValueBox<State>
+    /// Which deployment stored each Responses API answer (`resp_...` -> index), for requests that
+    /// continue one (`previous_response_id`): the newest `storedResponses` ids.
+    private let responses = NIOLockedValueBox(LRUCache<String, Int>(capacity: ModelRoute.storedResponses))
+    static let storedResponses = 100_000
 
     init(group: SidecarConfiguration.ModelGroup, upstreams: [UpstreamGroup]) {
         self.group = group
@@ -45,8 +49,26 @@ final class ModelRoute: Sendable {
     /// A deployment for one request (weighted least-connections over the healthy ones that are
     /// within their `rpm`/`tpm`), or nil when every deployment is at its cap, ejected or out of
     /// rate. `tokens` is the request's estimated size, charged to the deployment's `tpm`.
-    func acquire(excluding: Set<Int> = [], tokens: Double = 0, now: NIODeadline = .now()) -> Int? {
-        state.withLockedValue { s in Self.select(&s, excluding: excluding, tokens: tokens, now: now) }
+    /// - Parameter prefer: a deployment to take if it can take the request (the one that stored
+    ///   the response a request continues); the others are considered only when it cannot.
+    func acquire(excluding: Set<Int> = [], tokens: Double = 0, prefer: Int? = nil, now: NIODeadline = .now()) -> Int? {
+        state.withLockedValue { s in
+            if let p = prefer, !excluding.contains(p), group.deployments.indices.contains(p) {
+                let others = Set(group.deployments.indices).subtracting([p])
+                if let i = Self.select(&s, excluding: excluding.union(others), tokens: tokens, now: now) { return i }
+            }
+            return Self.select(&s, excluding: excluding, tokens: tokens, now: now)
+        }
+    }
+
+    /// Deployment `i` answered with Responses API answer `id`.
+    func remember(response id: String, deployment i: Int) {
+        responses.withLockedValue { _ = $0.set(id, i, cost: 1) }
+    }
+
+    /// The deployment that stored answer `id`, if known.
+    func deployment(ofResponse id: String) -> Int? {
+        responses.withLockedValue { $0.get(id) }
     }
 
     private static func select(_ s: inout State, excluding: Set<Int>, tokens: Double, now: NIODeadline) -> Int? {
