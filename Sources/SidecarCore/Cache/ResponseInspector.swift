@@ -64,7 +64,8 @@ public enum ResponseInspector {
         } else {
             c.output = int("completion_tokens") ?? int("output_tokens")
         }
-        for details: StaticString in ["prompt_tokens_details", "input_tokens_details"] {
+        // The Realtime API says `input_token_details`.
+        for details: StaticString in ["prompt_tokens_details", "input_tokens_details", "input_token_details"] {
             guard let d = JSONTopLevel.value(of: details, in: o) else { continue }
             if let cached = int("cached_tokens", Array(o[d])) { c.cacheRead = cached }
         }

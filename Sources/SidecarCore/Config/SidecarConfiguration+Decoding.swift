@@ -181,6 +181,8 @@ struct RawConfiguration: Decodable {
         var threads: Int?
         var client_idle_timeout: String?
         var drain_timeout: String?
+        var websocket_idle_timeout: String?
+        var websocket_max_duration: String?
         var admin_token_env: String?
         var admin_token_file: String?
     }
@@ -259,6 +261,8 @@ private struct Validator {
         if let t = rs?.threads { server.threads = try positive(t, ["server", "threads"], default: 1, max: 256) }
         server.clientIdleTimeout = try duration(rs?.client_idle_timeout, ["server", "client_idle_timeout"], default: server.clientIdleTimeout)
         server.drainTimeout = try duration(rs?.drain_timeout, ["server", "drain_timeout"], default: server.drainTimeout, allowZero: true)
+        server.websocketIdleTimeout = try duration(rs?.websocket_idle_timeout, ["server", "websocket_idle_timeout"], default: server.websocketIdleTimeout)
+        server.websocketMaxDuration = try duration(rs?.websocket_max_duration, ["server", "websocket_max_duration"], default: server.websocketMaxDuration)
         switch (rs?.admin_token_env, rs?.admin_token_file) {
         case (.some, .some):
             throw fail(["server", "admin_token_file"], "set admin_token_env or admin_token_file, not both")

@@ -153,6 +153,12 @@ public struct SidecarConfiguration: Sendable, Equatable {
         public var clientIdleTimeout: TimeAmount = .seconds(75)
         /// How long a graceful stop waits for in-flight requests. Default 30 s.
         public var drainTimeout: TimeAmount = .seconds(30)
+        /// A WebSocket session (Realtime API) with no frame either way for this long is closed
+        /// (1001). Default 5 min.
+        public var websocketIdleTimeout: TimeAmount = .minutes(5)
+        /// A WebSocket session is closed (1001) after this long, however busy. Default 60 min
+        /// (OpenAI ends Realtime sessions at 30).
+        public var websocketMaxDuration: TimeAmount = .minutes(60)
         /// Where the token for remote admin access comes from (admin endpoints otherwise answer
         /// loopback and unix-socket clients only). Default: none.
         public var adminToken: KeySource = .none
