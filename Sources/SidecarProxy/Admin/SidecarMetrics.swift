@@ -50,6 +50,9 @@ final class SidecarMetrics: Sendable {
     private let unmeteredAnswers: Metrics.Counter
     /// Unpriced models already logged (bounded: a client naming endless models cannot grow it).
     private let unpricedLogged = NIOLockedValueBox<Set<String>>([])
+    /// The dashboard's tally and recent errors (`GET /stats/live`); the cache's verdicts reach it
+    /// through `cacheResult`, as they reach Prometheus.
+    let live = LiveStats()
 
     /// Counts an unpriced request; true the first time `model` is seen (the caller logs it then).
     func unpriced(_ outcome: String, model: String) -> Bool {
@@ -108,7 +111,10 @@ final class SidecarMetrics: Sendable {
         for outcome in ["rejected", "allowed"] { _ = unpricedRequests[outcome] }  // exported at 0 from the start
     }
 
-    func cacheResult(_ label: String) { cacheResults[label]?.increment() }
+    func cacheResult(_ label: String) {
+        cacheResults[label]?.increment()
+        live.cacheResult(label)
+    }
 
     /// Moves `llm_sidecar_cache_reopened_total` on to the database's totals, by reason.
     func cacheReopened(totals: [String: Int]) {
