@@ -31,11 +31,11 @@ header .meta { color:var(--mute); font-size:.85rem; }
 #status { font-weight:600; }
 #status.ok { color:var(--ok); } #status.bad { color:var(--bad); }
 main { padding:1rem; display:grid; gap:1rem; max-width:1400px; margin:0 auto; }
-.tiles { display:grid; grid-template-columns:repeat(auto-fill,minmax(140px,1fr)); gap:.75rem; }
+.tiles { display:grid; grid-template-columns:repeat(auto-fill,minmax(165px,1fr)); gap:.75rem; }
 .tile, section { background:var(--card); border:1px solid var(--line); border-radius:8px; }
 .tile { padding:.6rem .75rem; }
 .tile .label { color:var(--mute); font-size:.75rem; text-transform:uppercase; letter-spacing:.04em; }
-.tile .value { font-size:1.5rem; font-weight:650; font-variant-numeric:tabular-nums; white-space:nowrap; }
+.tile .value { font-size:1.45rem; font-weight:650; font-variant-numeric:tabular-nums; white-space:nowrap; overflow:hidden; text-overflow:ellipsis; }
 .tile .sub { color:var(--mute); font-size:.8rem; }
 section { padding:.75rem 1rem; min-width:0; }
 section h2 { font-size:.95rem; margin:0 0 .5rem; }
@@ -58,6 +58,7 @@ td.msg { white-space:normal; min-width:16rem; max-width:40rem; word-break:break-
 .note { color:var(--mute); font-size:.8rem; margin:.25rem 0 0; }
 @media (max-width:600px) {
   main { padding:.5rem; gap:.5rem; }
+  .tiles { grid-template-columns:repeat(2,minmax(0,1fr)); gap:.5rem; }
   .tile .value { font-size:1.2rem; }
   canvas { height:150px; }
   section { padding:.5rem .6rem; }

@@ -244,7 +244,8 @@ function css(name) { return getComputedStyle(document.documentElement).getProper
 function niceMax(v) {
   if (!(v > 0)) return 1;
   const p = Math.pow(10, Math.floor(Math.log10(v)));
-  for (const m of [1, 2, 2.5, 5, 10]) if (v <= m * p) return m * p;
+  // Four gridlines: maxima whose quarters are round numbers.
+  for (const m of [1, 2, 4, 6, 8, 10]) if (v <= m * p) return m * p;
   return 10 * p;
 }
 function axes(g, w, h, max, format, left) {
@@ -253,7 +254,7 @@ function axes(g, w, h, max, format, left) {
   for (let i = 0; i <= 4; i++) {
     const y = 8 + (h - 28) * (1 - i / 4);
     g.beginPath(); g.moveTo(left, y); g.lineTo(w - 4, y); g.stroke();
-    g.fillText(format(max * i / 4), left - 4, y);
+    g.fillText(format(max * i / 4).replace(/\.0+(?=\D*$)/, ""), left - 4, y);
   }
 }
 function lineChart(canvas, series, format) {
@@ -261,8 +262,11 @@ function lineChart(canvas, series, format) {
   const left = 52, t1 = samples.length ? samples[samples.length - 1].t : 0, t0 = t1 - HISTORY_MS;
   const max = niceMax(Math.max(0, ...series.flatMap((s) => s.points.map((p) => p[1]))));
   axes(g, w, h, max, format, left);
-  g.textAlign = "center"; g.textBaseline = "top";
-  for (const m of [5, 4, 3, 2, 1, 0]) g.fillText(m === 0 ? "now" : "-" + m + "m", left + (w - 4 - left) * (1 - m / 5), h - 16);
+  g.textBaseline = "top";
+  for (const m of [5, 4, 3, 2, 1, 0]) {
+    g.textAlign = m === 5 ? "left" : m === 0 ? "right" : "center";
+    g.fillText(m === 0 ? "now" : "-" + m + "m", left + (w - 4 - left) * (1 - m / 5), h - 16);
+  }
   for (const s of series) {
     g.strokeStyle = s.color; g.lineWidth = 2; g.beginPath();
     let started = false;
@@ -303,7 +307,7 @@ function drawCharts(bounds) {
     const counts = deltaBuckets(f, l);
     for (const [q, out] of [[0.5, p50], [0.95, p95], [0.99, p99]]) out.push([b.t, percentile(q, counts, bounds)]);
   }
-  lineChart($("chart-rps"), [{ color: css("--c1"), points: rps }, { color: css("--bad"), points: bad }], (v) => v.toFixed(v >= 10 ? 0 : 1));
+  lineChart($("chart-rps"), [{ color: css("--c1"), points: rps }, { color: css("--bad"), points: bad }], (v) => v.toFixed(v >= 10 ? 0 : v >= 1 ? 1 : 2));
   lineChart($("chart-latency"), [{ color: css("--c1"), points: p50 }, { color: css("--c2"), points: p95 }, { color: css("--c3"), points: p99 }],
     (v) => v >= 1000 ? (v / 1000).toFixed(1) + "s" : v.toFixed(0));
   cacheChart($("chart-cache"));
