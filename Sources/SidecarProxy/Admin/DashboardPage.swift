@@ -31,11 +31,11 @@ header .meta { color:var(--mute); font-size:.85rem; }
 #status { font-weight:600; }
 #status.ok { color:var(--ok); } #status.bad { color:var(--bad); }
 main { padding:1rem; display:grid; gap:1rem; max-width:1400px; margin:0 auto; }
-.tiles { display:grid; grid-template-columns:repeat(auto-fill,minmax(165px,1fr)); gap:.75rem; }
+.tiles { display:grid; grid-template-columns:repeat(auto-fill,minmax(140px,1fr)); gap:.75rem; }
 .tile, section { background:var(--card); border:1px solid var(--line); border-radius:8px; }
-.tile { padding:.6rem .75rem; }
+.tile { padding:.6rem .65rem; min-width:0; }
 .tile .label { color:var(--mute); font-size:.75rem; text-transform:uppercase; letter-spacing:.04em; }
-.tile .value { font-size:1.45rem; font-weight:650; font-variant-numeric:tabular-nums; white-space:nowrap; overflow:hidden; text-overflow:ellipsis; }
+.tile .value { font-size:1.25rem; font-weight:650; font-variant-numeric:tabular-nums; white-space:nowrap; overflow:hidden; text-overflow:ellipsis; }
 .tile .sub { color:var(--mute); font-size:.8rem; }
 section { padding:.75rem 1rem; min-width:0; }
 section h2 { font-size:.95rem; margin:0 0 .5rem; }
@@ -59,7 +59,7 @@ td.msg { white-space:normal; min-width:16rem; max-width:40rem; word-break:break-
 @media (max-width:600px) {
   main { padding:.5rem; gap:.5rem; }
   .tiles { grid-template-columns:repeat(2,minmax(0,1fr)); gap:.5rem; }
-  .tile .value { font-size:1.2rem; }
+  .tile .value { font-size:1.15rem; }
   canvas { height:150px; }
   section { padding:.5rem .6rem; }
 }

@@ -32,7 +32,7 @@ function fmtMs(ms) {
 function fmtUSD(x) {
   if (x === undefined || x === null) return "—";
   if (x === 0) return "$0";
-  return "$" + (Math.abs(x) >= 1 ? x.toFixed(2) : x.toFixed(6).replace(/0+$/, ""));
+  return "$" + (Math.abs(x) >= 1 ? x.toFixed(2) : x.toFixed(6).replace(/(\.\d\d\d*?)0+$/, "$1"));
 }
 function fmtInt(n) { return Number(n).toLocaleString("en-US"); }
 function fmtPct(x) { return x === null ? "—" : (x * 100).toFixed(1) + "%"; }
