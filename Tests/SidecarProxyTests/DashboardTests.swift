@@ -148,10 +148,11 @@ final class DashboardTests: XCTestCase {
         XCTAssertEqual(value("spend-month") ?? -1, Double(expected.upstreamAnswers) * perAnswer, accuracy: 1e-9)
         XCTAssertEqual(value("budget-day") ?? -1, Double(expected.upstreamAnswers) * perAnswer / 1, accuracy: 1e-9, "of a $1 daily budget")
         XCTAssertTrue((page["budget_text"] as? String)?.contains("of $1.00") ?? false, "\(page["budget_text"] ?? "")")
-        // 25 of the 37 answers took 40 ms or more: the median and the 99th percentile are among them.
+        // 25 of the 37 answers took 40 ms or more: the median and the 99th percentile are among
+        // them (how much more depends on the machine's load: only the floor is certain).
         let p50 = try XCTUnwrap(value("p50")), p99 = try XCTUnwrap(value("p99"))
-        XCTAssertTrue(p50 > 25 && p50 <= 100, "p50 \(p50) ms")
-        XCTAssertTrue(p99 >= p50 && p99 <= 250, "p99 \(p99) ms")
+        XCTAssertTrue(p50 > 25 && p50 < 1_000, "p50 \(p50) ms")
+        XCTAssertTrue(p99 >= p50, "p99 \(p99) ms, p50 \(p50) ms")
         XCTAssertGreaterThan(value("rps") ?? 0, 0)
 
         let deployments = try XCTUnwrap(page["deployments"] as? [[String: Any]])
