@@ -11,7 +11,7 @@ BIN := .build/release/llm-sidecar
 
 # System libraries we link (OpenSSL for TLS and SHA-256, SQLite for the cache) and tools.
 BUILD_DEBS := libssl-dev libsqlite3-dev pkg-config ca-certificates
-TEST_DEBS := $(BUILD_DEBS) openssl systemd python3-venv
+TEST_DEBS := $(BUILD_DEBS) openssl systemd python3-venv chromium chromium-driver
 BENCH_DEBS := $(BUILD_DEBS) nginx-light wrk openssl procps util-linux
 
 .PHONY: all build run test bench install uninstall deps test-deps bench-deps clean fuzz bench-framing
@@ -52,13 +52,15 @@ run: build
 	fi; \
 	exec $(BIN) serve --config $(CONFIG)
 
-# The tests parse /metrics with Prometheus' own Python parser and call the sidecar with the
-# official `openai` and `anthropic` clients, from a venv of our own (the stamp names what is installed).
+# The tests parse /metrics with Prometheus' own Python parser, call the sidecar with the
+# official `openai` (with its Realtime extra, `websockets`) and `anthropic` clients, and load the
+# dashboard in headless Chromium through selenium (with Debian's chromium-driver), from a venv of
+# our own (the stamp names what is installed).
 VENV := .build/venv
-VENV_STAMP := $(VENV)/.installed-prometheus-client-0.26.0-openai-1.109.1-anthropic-2.16.0
+VENV_STAMP := $(VENV)/.installed-prometheus-client-0.26.0-openai-1.109.1-anthropic-2.16.0-websockets-15.0.1-selenium-4.51.0
 $(VENV_STAMP):
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q prometheus-client==0.26.0 openai==1.109.1 anthropic==2.16.0
+	$(VENV)/bin/pip install -q prometheus-client==0.26.0 openai==1.109.1 anthropic==2.16.0 websockets==15.0.1 selenium==4.51.0
 	touch $@
 
 test: test-deps $(VENV_STAMP)

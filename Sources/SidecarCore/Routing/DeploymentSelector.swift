@@ -64,6 +64,8 @@ public struct DeploymentSelector: Sendable {
 
     public func inFlight(_ i: Int) -> Int { states[i].inFlight }
     public func health(_ i: Int) -> Health { states[i].health }
+    /// Deployment `i`'s latency EWMA in milliseconds (0 until its first success).
+    public func latencyEWMA(_ i: Int) -> Double { states[i].latencyEWMA }
 
     /// The deployment for a new request (its in-flight count is taken), or nil when every
     /// deployment is ejected or at its cap. `excluding` skips deployments this request already

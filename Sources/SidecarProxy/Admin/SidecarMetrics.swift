@@ -2,6 +2,7 @@ import Metrics
 import NIOConcurrencyHelpers
 import NIOCore
 import Prometheus
+import SidecarStore
 
 /// The daemon's metrics, through swift-metrics into a Prometheus registry of its own (no global
 /// bootstrap: every server, and every test, has its own). Labels are bounded: upstream name,
@@ -33,6 +34,12 @@ final class SidecarMetrics: Sendable {
     /// `llm_sidecar_cache_store_skipped_total`: answers not stored because the database thread
     /// was too far behind (`ResponseCache.maxQueuedBytes` queued).
     let cacheStoreSkipped: CounterFollowingTotal
+    /// `llm_sidecar_upstream_tokens_total{kind}` (prompt, completion) and
+    /// `llm_sidecar_upstream_spent_usd_total`: the usage and cost of upstream answers, as the
+    /// cache database records them for `llm-sidecar spend` (so only while the cache is on).
+    private let upstreamTokens: [String: CounterFollowingTotal]
+    private let upstreamSpent: Metrics.FloatingPointCounter
+    private let upstreamSpentReported = NIOLockedValueBox(0.0)
     /// Refreshes the gauges that are read rather than counted (the cache's), before a scrape.
     let beforeRender = NIOLockedValueBox<[@Sendable () -> Void]>([])
     /// `llm_sidecar_routing_retries_total{reason}`: "connect", "connection", "status_NNN", "first_token".
@@ -50,6 +57,9 @@ final class SidecarMetrics: Sendable {
     private let unmeteredAnswers: Metrics.Counter
     /// Unpriced models already logged (bounded: a client naming endless models cannot grow it).
     private let unpricedLogged = NIOLockedValueBox<Set<String>>([])
+    /// The dashboard's tally and recent errors (`GET /stats/live`); the cache's verdicts reach it
+    /// through `cacheResult`, as they reach Prometheus.
+    let live = LiveStats()
 
     /// Counts an unpriced request; true the first time `model` is seen (the caller logs it then).
     func unpriced(_ outcome: String, model: String) -> Bool {
@@ -96,6 +106,12 @@ final class SidecarMetrics: Sendable {
         }
         cacheReopened = reopened
         cacheStoreSkipped = CounterFollowingTotal(Metrics.Counter(label: "llm_sidecar_cache_store_skipped_total", factory: factory))
+        var tokens: [String: CounterFollowingTotal] = [:]
+        for kind in ["prompt", "completion"] {
+            tokens[kind] = CounterFollowingTotal(Metrics.Counter(label: "llm_sidecar_upstream_tokens_total", dimensions: [("kind", kind)], factory: factory))
+        }
+        upstreamTokens = tokens
+        upstreamSpent = Metrics.FloatingPointCounter(label: "llm_sidecar_upstream_spent_usd_total", factory: factory)
         let built = factory
         upstreams = LabeledFamily { UpstreamMetrics(name: $0, factory: built) }
         errors = CounterFamily(label: "llm_sidecar_errors_total", dimension: "code", factory: factory)
@@ -106,9 +122,14 @@ final class SidecarMetrics: Sendable {
         unpricedRequests = CounterFamily(label: "llm_sidecar_unpriced_requests_total", dimension: "outcome", factory: factory)
         unmeteredAnswers = Metrics.Counter(label: "llm_sidecar_unmetered_answers_total", factory: factory)
         for outcome in ["rejected", "allowed"] { _ = unpricedRequests[outcome] }  // exported at 0 from the start
+        // Known reasons exported at 0 too, so a dashboard's rate() has a series before the first failure.
+        for reason in ["emfile", "enfile", "enobufs", "enomem", "econnaborted", "other"] { _ = acceptErrors[reason] }
     }
 
-    func cacheResult(_ label: String) { cacheResults[label]?.increment() }
+    func cacheResult(_ label: String) {
+        cacheResults[label]?.increment()
+        live.cacheResult(label)
+    }
 
     /// Moves `llm_sidecar_cache_reopened_total` on to the database's totals, by reason.
     func cacheReopened(totals: [String: Int]) {
@@ -117,6 +138,17 @@ final class SidecarMetrics: Sendable {
 
     /// Moves `llm_sidecar_cache_store_skipped_total` on to the cache's total.
     func cacheStoreSkipped(total: Int) { cacheStoreSkipped.follow(total) }
+
+    /// Moves the upstream token and dollar counters on to the cache's totals since the start.
+    func upstreamSpend(total: ResponseCacheStore.Spend) {
+        upstreamTokens["prompt"]?.follow(Int(total.promptTokens))
+        upstreamTokens["completion"]?.follow(Int(total.completionTokens))
+        upstreamSpentReported.withLockedValue { reported in
+            guard total.usd > reported else { return }
+            upstreamSpent.increment(by: total.usd - reported)
+            reported = total.usd
+        }
+    }
 
     /// An attempt moved to another deployment.
     func retry(_ reason: String) { retries[reason].increment() }

@@ -188,7 +188,12 @@ final class ResponseCache: Sendable {
     /// One upstream call's cost, written with the next flush.
     func recordSpend(_ key: ResponseCacheStore.SpendKey, _ spend: ResponseCacheStore.Spend) {
         pending.withLockedValue { $0.spend[key, default: .init()] += spend }
+        spendSinceStart.withLockedValue { $0 += spend }
     }
+
+    /// Every upstream call's usage and cost since the start, never reset by a flush: what
+    /// `llm_sidecar_upstream_tokens_total` and `llm_sidecar_upstream_spent_usd_total` follow.
+    let spendSinceStart = NIOLockedValueBox(ResponseCacheStore.Spend())
 
     /// Spend not written back yet (for `/stats`).
     var pendingSpend: [ResponseCacheStore.SpendKey: ResponseCacheStore.Spend] { pending.withLockedValue { $0.spend } }

@@ -103,6 +103,7 @@ extension ProxyExchange {
     func fail(_ error: ProxyError) {
         let failure = machine.fail(error)
         giveUp(failure.abandon)
+        if case .cut = failure.exit { downstream.recordError(error, model: requestModel, cut: true) }  // answered errors: respondWithError
         tellClient(failure.exit, error)
     }
 

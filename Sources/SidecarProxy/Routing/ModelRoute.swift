@@ -152,17 +152,19 @@ final class ModelRoute: Sendable {
     /// `UPSTREAM/MODEL`, as `x-sidecar-deployment` says.
     func name(_ i: Int) -> String { "\(group.deployments[i].upstream)/\(group.deployments[i].model)" }
 
-    /// Per deployment: name, requests in flight, health (for `/stats`), and the queue's length.
-    var snapshot: [(name: String, inFlight: Int, health: String)] {
+    /// Per deployment: name, requests in flight, health (for `/stats`), its latency EWMA in
+    /// milliseconds and, while ejected, when it may be tried again (for `/stats/live`).
+    var snapshot: [(name: String, inFlight: Int, health: String, latencyEWMA: Double, ejectedUntil: NIODeadline?)] {
         state.withLockedValue { s in
             group.deployments.indices.map { i in
                 let health: String
+                var until: NIODeadline?
                 switch s.selector.health(i) {
                 case .healthy: health = "healthy"
-                case .ejected: health = "ejected"
+                case .ejected(let u): health = "ejected"; until = u
                 case .halfOpen: health = "half-open"
                 }
-                return (name(i), s.selector.inFlight(i), health)
+                return (name(i), s.selector.inFlight(i), health, s.selector.latencyEWMA(i), until)
             }
         }
     }

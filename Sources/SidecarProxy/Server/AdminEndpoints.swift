@@ -4,7 +4,8 @@ import NIOCore
 import NIOHTTP1
 import SidecarCore
 
-/// The admin endpoints: /healthz, /readyz, /metrics, /stats (loopback and unix-socket clients, or the admin token).
+/// The admin endpoints: /healthz, /readyz, /metrics, /stats, and the dashboard's /ui and
+/// /stats/live (loopback and unix-socket clients, or the admin token).
 extension DownstreamHandler {
     func admin(_ head: HTTPRequestHead, path: Substring) {
         guard trustedClient || (runtime.adminAuthorization != nil && head.headers.first(name: "authorization") == runtime.adminAuthorization) else {
@@ -35,6 +36,10 @@ extension DownstreamHandler {
             json += reasons.isEmpty ? "}" : "]}"
             respondLocally(status: reasons.isEmpty ? .ok : .serviceUnavailable, contentType: "application/json",
                            body: ByteBuffer(string: json), headOnly: headOnly)
+        case "/ui":
+            serveDashboard(headOnly: headOnly)
+        case "/stats/live":
+            serveLiveStats(headOnly: headOnly)
         case "/stats":
             let configuration = runtime.configuration
             var groups: [String: any Sendable] = [:]

@@ -49,7 +49,7 @@ extension DownstreamHandler {
             if abandonExchange, let exchange {
                 // The bad bytes are in this request's body: its upstream request is abandoned.
                 self.exchange = nil
-                state.requestFinished()
+                exchangeEnded(status: refusal.status, complete: true)
                 exchange.downstreamClosed()
             }
             pendingRefusal = nil
@@ -58,6 +58,7 @@ extension DownstreamHandler {
                 respondingTo = nil
             }
             state.metrics.error(refusal.codeString)
+            recordError(refusal, model: nil)
             let (head, body) = ErrorResponses.head(for: refusal, keepAlive: false)
             writeLocal(head: head, body: body)
         }
@@ -69,7 +70,7 @@ extension DownstreamHandler {
         connection.closed()
         if let exchange {
             self.exchange = nil
-            state.requestFinished()
+            exchangeEnded(status: access.status, complete: false)
             exchange.downstreamClosed()
             logAccess(outcome: "client_closed")
         }

@@ -58,7 +58,10 @@ extension DownstreamHandler {
     /// The response is complete.
     func finishResponse(trailers: HTTPHeaders?) {
         guard let context else { return }
-        if exchange != nil { state.requestFinished() }
+        if let exchange {
+            exchangeEnded(status: access.status, complete: true)
+            if access.status >= 400 { recordUpstreamError(status: access.status, model: exchange.requestModel) }
+        }
         exchange = nil
         logAccess()
         responseFinished(writeEnd(trailers: trailers, context: context))
@@ -69,7 +72,7 @@ extension DownstreamHandler {
     func writePreparedResponse(status: Int, head: ByteBuffer, body: ByteBuffer) -> Bool {
         guard let context else { return false }
         access.status = status
-        if exchange != nil { state.requestFinished() }
+        if exchange != nil { exchangeEnded(status: status, complete: true) }
         exchange = nil
         logAccess()
         context.write(wrapOutboundOut(head), promise: nil)
@@ -81,7 +84,7 @@ extension DownstreamHandler {
     /// truncated response (no fake end of stream).
     func abortResponse() {
         logAccess(outcome: "aborted")
-        if exchange != nil { state.requestFinished() }
+        if exchange != nil { exchangeEnded(status: access.status, complete: false) }
         exchange = nil
         connection.responseAborted()
         queued.removeAll()
@@ -93,7 +96,8 @@ extension DownstreamHandler {
     /// Answers the current request with `error`'s OpenAI-shaped body.
     func respondWithError(_ error: ProxyError, closeAfter: Bool, extraHeaders: [(String, String)] = []) {
         if exchange == nil { state.metrics.error(error.codeString) }  // the exchange counts its own
-        if exchange != nil { state.requestFinished() }
+        recordError(error, model: exchange?.requestModel)
+        if exchange != nil { exchangeEnded(status: error.status, complete: true) }
         exchange = nil
         if closeAfter { connection.closeAfterResponse() }
         let (head, body) = ErrorResponses.head(for: error, keepAlive: connection.keepAlive, extra: extraHeaders)

@@ -167,7 +167,7 @@ final class DownstreamHandler: ChannelDuplexHandler {
 
     /// Admin endpoints: answered on the main listener, to loopback/unix clients, or to others that
     /// present `server.admin_token` as a bearer token.
-    static let adminPaths: Set<Substring> = ["/healthz", "/readyz", "/metrics", "/stats"]
+    static let adminPaths: Set<Substring> = ["/healthz", "/readyz", "/metrics", "/stats", "/stats/live", "/ui"]
 
     func route(_ head: HTTPRequestHead) {
         let path = head.uri

@@ -67,6 +67,7 @@ public final class SidecarServer: Sendable {
                 metrics.cacheDatabaseErrors.set(health.errors)
                 metrics.cacheReopened(totals: health.reopened)
                 metrics.cacheStoreSkipped(total: opened.storesSkipped)
+                metrics.upstreamSpend(total: opened.spendSinceStart.withLockedValue { $0 })
                 metrics.cacheFlights.set(opened.flightsInProgress)
                 metrics.cacheWriteQueueBytes.set(opened.writeQueueBytes)
             } }
