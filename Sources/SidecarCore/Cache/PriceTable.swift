@@ -69,6 +69,11 @@ public struct PriceTable: Sendable, Equatable {
         "o3": .init(inputPerMTok: 2.00, outputPerMTok: 8.00, cachedInputPerMTok: 0.50),
         "o3-mini": .init(inputPerMTok: 1.10, outputPerMTok: 4.40, cachedInputPerMTok: 0.55),
         "o4-mini": .init(inputPerMTok: 1.10, outputPerMTok: 4.40, cachedInputPerMTok: 0.275),
+        // Realtime models at their audio rates (text costs less): a session's usage does not
+        // always say which, and a budget must never count less than was spent.
+        "gpt-realtime": .init(inputPerMTok: 32.00, outputPerMTok: 64.00, cachedInputPerMTok: 0.40),
+        "gpt-realtime-mini": .init(inputPerMTok: 10.00, outputPerMTok: 20.00, cachedInputPerMTok: 0.30),
+        "gpt-4o-realtime-preview": .init(inputPerMTok: 40.00, outputPerMTok: 80.00, cachedInputPerMTok: 2.50),
         "text-embedding-3-small": .init(inputPerMTok: 0.02, outputPerMTok: 0),
         "text-embedding-3-large": .init(inputPerMTok: 0.13, outputPerMTok: 0),
         "text-embedding-ada-002": .init(inputPerMTok: 0.10, outputPerMTok: 0),

@@ -15,6 +15,10 @@ extension DownstreamHandler {
     }
 
     func read(context: ChannelHandlerContext) {
+        if let tunnel {
+            if tunnel.clientWantsRead() { context.read() }
+            return
+        }
         if connection.readRequested() { context.read() }
     }
 
@@ -65,6 +69,7 @@ extension DownstreamHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        tunnel?.closed(outcome: "client_closed")
         idleTimer?.cancel()
         queued.removeAll()
         connection.closed()
@@ -78,11 +83,19 @@ extension DownstreamHandler {
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
+        tunnel?.clientWritabilityChanged(writable: context.channel.isWritable)
         exchange?.downstreamWritabilityChanged(writable: context.channel.isWritable)
         context.fireChannelWritabilityChanged()
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let tunnel {
+            // A session ends when either side closes; a stop waits for it (its drain timeout
+            // then closes it with 1001), it does not end it.
+            if let e = event as? ChannelEvent, e == .inputClosed { tunnel.closed(outcome: "client_closed") }
+            if event is DrainTimeoutEvent { tunnel.end(code: 1001, "the sidecar is stopping") }
+            if event is ChannelEvent || event is ChannelShouldQuiesceEvent || event is DrainTimeoutEvent { return }
+        }
         if let e = event as? ChannelEvent, e == .inputClosed {
             // The client finished sending (half-close). Answer what is under way, then close; a
             // request cut short is malformed (answered in its turn, like other bad bytes).
@@ -116,5 +129,33 @@ extension DownstreamHandler {
             case .none: break
             }
         }
+    }
+}
+
+/// The connection's side of a WebSocket session (`RealtimeSession`): bytes as they are.
+extension DownstreamHandler {
+    /// The upstream's 101, byte for byte: from here on the connection carries frames.
+    func acceptTunnel(_ answer: ByteBuffer) {
+        access.status = 101
+        writeTunnel(answer)
+        context?.flush()
+    }
+
+    func writeTunnel(_ buffer: ByteBuffer) {
+        context?.write(wrapOutboundOut(buffer), promise: nil)
+    }
+
+    /// Flushes, then runs `done` once what was written is out.
+    func flushTunnel(_ done: @escaping () -> Void) {
+        guard let context else { return done() }
+        context.writeAndFlush(wrapOutboundOut(ByteBuffer())).assumeIsolated().whenComplete { _ in done() }
+    }
+
+    /// The session is over: one access line, one request less in flight.
+    func tunnelEnded(outcome: String, wasOpen: Bool) {
+        tunnel = nil
+        guard wasOpen else { return }
+        state.requestFinished()
+        logAccess(outcome: outcome)
     }
 }

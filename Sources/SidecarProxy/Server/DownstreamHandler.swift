@@ -106,6 +106,7 @@ final class DownstreamHandler: ChannelDuplexHandler {
     private(set) var inReadBurst = false
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if let tunnel { return tunnel.fromClient(unwrapInboundIn(data)) }
         guard connection.readsRequests else { return }  // lingering: read and dropped
         inReadBurst = true
         reader.append(unwrapInboundIn(data))
@@ -127,6 +128,11 @@ final class DownstreamHandler: ChannelDuplexHandler {
             case .deliver: handle(part)
             case .queue: queued.append(part)
             case .drop: return
+            }
+            if let tunnel, case .end = part {
+                // The upgrade's request is whole: what follows is WebSocket frames, not requests.
+                if let rest = reader.takeBuffered() { tunnel.fromClient(rest) }
+                return
             }
         }
     }
@@ -156,7 +162,9 @@ final class DownstreamHandler: ChannelDuplexHandler {
         case .body(let buffer):
             exchange?.requestBody(buffer)  // bodies of locally answered requests are dropped
         case .end:
-            if let exchange {
+            if tunnel != nil {
+                _ = connection.endDelivered(now: .now())  // answered by the session (101, or an error)
+            } else if let exchange {
                 _ = connection.endDelivered(now: .now())  // its answer is under way: no clock read
                 exchange.requestEnd()
             } else if let next = connection.endDelivered(now: .now()) {
@@ -198,6 +206,13 @@ final class DownstreamHandler: ChannelDuplexHandler {
                 ])
             }
         }
+        if RealtimeSession.isUpgrade(head) {
+            guard let group else { return respondWithError(.noUpstream(for: dialect, path: String(bare)), closeAfter: true) }
+            let session = RealtimeSession(downstream: self, group: group, head: head, settings: runtime.configuration.server)
+            tunnel = session
+            access.upstream = group.configuration.name
+            return session.start()
+        }
         if head.headers[canonicalForm: "expect"].contains(where: { HeaderPolicy.equalsIgnoringASCIICase($0, "100-continue") }) {
             // The client waits for this before sending its body (curl does, for bodies over 1 KiB).
             writeInterim(HTTPResponseHead(version: head.version, status: .continue))
@@ -222,4 +237,6 @@ final class DownstreamHandler: ChannelDuplexHandler {
     var lastCacheScope: (scope: CacheScope, name: String)?
     /// What bad bytes in the input are answered with, waiting for the requests before them.
     var pendingRefusal: ProxyError?
+    /// A WebSocket session this connection was upgraded to: it owns the connection's bytes.
+    var tunnel: RealtimeSession?
 }

@@ -62,6 +62,14 @@ struct DownstreamRequestReader {
         }
     }
 
+    /// The bytes received after the last part handed on (a connection upgraded to WebSocket:
+    /// they are frames); the reader reads nothing more.
+    mutating func takeBuffered() -> ByteBuffer? {
+        defer { state = .failed; pending = nil }
+        guard let rest = pending, rest.readableBytes > 0 else { return nil }
+        return rest
+    }
+
     /// The client closed its sending side: fine between requests, an error inside one.
     mutating func inputClosed() throws(DownstreamFramingError) {
         switch state {

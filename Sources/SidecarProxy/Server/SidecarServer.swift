@@ -182,6 +182,8 @@ public final class SidecarServer: Sendable {
             logger.warning("drain timeout: closing requests still in flight", metadata: ["in-flight": "\(state.requestsInFlight)"])
         }
         let remaining = children.withLockedValue { Array($0.values) }
+        // WebSocket sessions still open send their close frames (1001) first.
+        for channel in remaining { channel.pipeline.fireUserInboundEventTriggered(DrainTimeoutEvent()) }
         for channel in remaining { try? await channel.close() }
         for group in runtime.groups.values { try? await group.shutdown().get() }
         await state.cache?.close()
