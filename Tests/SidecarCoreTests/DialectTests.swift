@@ -31,6 +31,7 @@ final class DialectTests: XCTestCase {
         XCTAssertEqual(APIDialect.endpoint("/v1beta/models/m:generateContent"), .generation)
         XCTAssertEqual(APIDialect.endpoint("/v1beta/models/m:embedContent"), .deterministic)
         XCTAssertEqual(APIDialect.endpoint("/v1beta/openai/chat/completions"), .generation)
+        XCTAssertEqual(APIDialect.endpoint("/openai/v1/chat/completions"), .generation, "Azure's v1 API")
         XCTAssertNil(APIDialect.endpoint("/v1/messages/count_tokens"), "token counts pass through")
         XCTAssertNil(APIDialect.endpoint("/v1/messages/batches"))
         XCTAssertNil(APIDialect.endpoint("/openai/deployments/d/files"))
@@ -205,5 +206,16 @@ extension DialectTests {
         XCTAssertNil(ResponseID.find(in: Array(#"{"id":"msg_1","text":"\"id\":\"resp_fake\""}"#.utf8)), "an id inside a string is escaped")
         XCTAssertNil(ResponseID.find(in: Array(#"{"id":"resp_bad id"}"#.utf8)))
         XCTAssertNil(ResponseID.find(in: Array((String(repeating: " ", count: ResponseID.window) + #"{"id":"resp_late"}"#).utf8)), "only the first bytes are read")
+    }
+}
+
+extension DialectTests {
+    /// One Gemini key never reads another's answers: `x-goog-api-key` is a credential.
+    func testEveryDialectsCredentialScopesTheCache() {
+        func scope(_ headers: [(String, String)]) -> CacheScope { CacheScope.cache(of: HTTPHeaders(headers), shared: false) }
+        XCTAssertNotEqual(scope([("x-goog-api-key", "a")]), scope([("x-goog-api-key", "b")]))
+        XCTAssertNotEqual(scope([("x-api-key", "a")]), scope([("x-api-key", "b")]))
+        XCTAssertEqual(scope([("Authorization", "Bearer a")]).fields, [.init(name: "authorization", value: "Bearer a")],
+                       "the other credentials' scopes did not change")
     }
 }

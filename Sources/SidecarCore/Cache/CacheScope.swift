@@ -24,8 +24,9 @@ public struct CacheScope: Equatable, Sendable {
     }
 
     public static let version = "llm-sidecar-scope/1"
-    /// The client's credential: `Authorization` (OpenAI), `api-key` (Azure), `x-api-key` (Anthropic).
-    public static let credentialHeaders = ["authorization", "api-key", "x-api-key"]
+    /// The client's credential: `Authorization` (OpenAI), `api-key` (Azure), `x-api-key`
+    /// (Anthropic), `x-goog-api-key` (Gemini; added last, so the scopes of the others did not change).
+    public static let credentialHeaders = ["authorization", "api-key", "x-api-key", "x-goog-api-key"]
     /// Who, under that credential, the provider answers as.
     public static let tenantHeaders = ["openai-organization", "openai-project"]
 

@@ -118,6 +118,11 @@ public enum APIDialect: String, Sendable, CaseIterable, Equatable {
         default:
             break
         }
+        switch p {  // Azure's v1 API: the model in the body, as OpenAI's
+        case "/openai/v1/chat/completions", "/openai/v1/responses": return .generation
+        case "/openai/v1/embeddings": return .deterministic
+        default: break
+        }
         if p.hasPrefix("/openai/deployments/"), let slash = p.dropFirst("/openai/deployments/".count).firstIndex(of: "/") {
             switch p[slash...] {
             case "/chat/completions", "/completions", "/responses": return .generation
@@ -139,7 +144,7 @@ public enum APIDialect: String, Sendable, CaseIterable, Equatable {
     /// usage chunk the sidecar asks for (`stream_options.include_usage`) so the stream can be
     /// accounted for: OpenAI's path, Azure's, and Gemini's OpenAI-compatible one.
     public static func isChatCompletions(_ path: some StringProtocol) -> Bool {
-        path == "/v1/chat/completions" || path == "/v1beta/openai/chat/completions"
+        path == "/v1/chat/completions" || path == "/v1beta/openai/chat/completions" || path == "/openai/v1/chat/completions"
             || (path.hasPrefix("/openai/deployments/") && path.hasSuffix("/chat/completions"))
     }
 
