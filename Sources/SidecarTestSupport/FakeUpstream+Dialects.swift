@@ -41,7 +41,8 @@ public enum FakeDialects {
         default:
             break
         }
-        if method == "POST", path.hasPrefix("/v1beta/models/") {
+        // Gemini's native methods, in the v1beta and the GA (v1) API.
+        if method == "POST", path.hasPrefix("/v1beta/models/") || (path.hasPrefix("/v1/models/") && path.contains(":")) {
             if path.hasSuffix(":generateContent") { return .json(geminiChunk(text: "Hello from the fake Gemini.", final: true, read: read)) }
             if path.hasSuffix(":streamGenerateContent") {
                 var events = (0..<deltas).map { "data: " + geminiChunk(text: "tok\($0) ", final: false, read: read) + "\r\n\r\n" }

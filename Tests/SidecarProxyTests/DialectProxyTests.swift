@@ -277,6 +277,49 @@ extension DialectProxyTests {
     }
 }
 
+extension DialectProxyTests {
+    /// The official clients of the other dialects: `openai`'s AzureOpenAI and Google's `google-genai`.
+    func testTheOfficialAzureAndGeminiClients() async throws {
+        guard let python = AdminTests.python else {
+            throw XCTSkip("run through `make test`, which installs openai and google-genai (LLM_SIDECAR_TEST_PYTHON)")
+        }
+        try await start(.gemini) { c in
+            guard let fake = c.upstream(named: "fake") else { return }
+            var azure = SidecarConfiguration.Upstream(name: "azure", url: fake.url)
+            azure.api = .azure
+            azure.apiKey = .environment("FAKE_KEY")
+            c.upstreams.append(azure)
+        }
+        let script = """
+        import sys, json
+        from openai import AzureOpenAI
+        from google import genai
+        from google.genai import types
+        out = {}
+        azure = AzureOpenAI(azure_endpoint=sys.argv[1], api_key="az-client", api_version="2024-10-21", max_retries=0)
+        r = azure.chat.completions.create(model="prod-4o-mini", temperature=0, messages=[{"role": "user", "content": "hi"}])
+        out["azure"] = r.choices[0].message.content[:5]
+        g = genai.Client(api_key="g-client", http_options=types.HttpOptions(base_url=sys.argv[1]))
+        resp = g.models.generate_content(model="gemini-2.5-flash", contents="hi", config=types.GenerateContentConfig(temperature=0))
+        out["gemini"] = resp.text
+        out["gemini_usage"] = [resp.usage_metadata.prompt_token_count, resp.usage_metadata.candidates_token_count]
+        streamed = "".join(chunk.text or "" for chunk in g.models.generate_content_stream(model="gemini-2.5-flash", contents="hi"))
+        out["gemini_stream"] = streamed
+        print(json.dumps(out))
+        """
+        let json = try Self.runJSON(python, script, "http://127.0.0.1:\(harness.port)")
+        XCTAssertEqual(json["azure"] as? String, "Hello")
+        XCTAssertEqual(json["gemini"] as? String, "Hello from the fake Gemini.")
+        XCTAssertEqual(json["gemini_usage"] as? [Int], [25, 7])
+        XCTAssertEqual(json["gemini_stream"] as? String, "tok0 tok1 tok2 ")
+        let azureCall = try XCTUnwrap(openai.requests.first { $0.uri.hasPrefix("/openai/deployments/") })
+        XCTAssertEqual(azureCall.uri, "/openai/deployments/prod-4o-mini/chat/completions?api-version=2024-10-21")
+        XCTAssertEqual(azureCall.header("api-key"), ProxyHarness.upstreamKey)
+        XCTAssertTrue(other.requests.allSatisfy { $0.header("x-goog-api-key") == ProxyHarness.upstreamKey && $0.uri.hasPrefix("/v1/models/gemini-2.5-flash:") },
+                      "\(other.requests.map(\.uri))")
+    }
+}
+
 /// The exchange's usage tail size, for tests that need a stream longer than it.
 enum ProxyExchangeLimits {
     static let usageTail = 16 << 10

@@ -40,7 +40,7 @@ public struct CachePolicy: Sendable, Equatable {
     /// False means "parse it and `decide`". Gemini's native API keeps both in `generationConfig`,
     /// so its requests are always parsed.
     public func certainlySampled(path: String, body: [UInt8]) -> Bool {
-        guard mode == .deterministic, APIDialect.endpoint(path) == .generation, !path.hasPrefix("/v1beta/models/") else { return false }
+        guard mode == .deterministic, APIDialect.endpoint(path) == .generation, !APIDialect.isGeminiNative(path) else { return false }
         var zeroTemperature = false
         var seeded = false
         let object = JSONTopLevel.walk(body) { key, value in
@@ -66,7 +66,7 @@ public struct CachePolicy: Sendable, Equatable {
         if directives.contains("no-store") { return .bypass(reason: "Cache-Control: no-store") }
         if mode == .deterministic, endpoint == .generation {
             // Top level in the OpenAI and Anthropic bodies, in `generationConfig` in Gemini's.
-            let settings = bare.hasPrefix("/v1beta/models/") ? body["generationConfig"] ?? .null : body
+            let settings = APIDialect.isGeminiNative(bare) ? body["generationConfig"] ?? .null : body
             let zeroTemperature = settings["temperature"] == .number("0")
             let seeded = settings["seed"].map { $0 != .null } ?? false
             guard zeroTemperature || seeded else {

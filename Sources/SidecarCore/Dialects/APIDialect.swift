@@ -12,7 +12,8 @@ public enum APIDialect: String, Sendable, CaseIterable, Equatable {
     case anthropic
     /// Azure OpenAI: `api-key`, `/openai/deployments/{deployment}/...?api-version=`.
     case azure
-    /// Google Gemini: `x-goog-api-key`, `/v1beta/...` (native, and OpenAI-compatible under `/v1beta/openai/`).
+    /// Google Gemini: `x-goog-api-key`, `/v1beta/...` (native, and OpenAI-compatible under
+    /// `/v1beta/openai/`) and the GA API's `/v1/models/{model}:{method}`.
     case gemini
 
     /// The dialect's name in messages.
@@ -49,7 +50,7 @@ public enum APIDialect: String, Sendable, CaseIterable, Equatable {
         switch self {
         case .openai, .anthropic: ["/v1"]
         case .azure: ["/openai"]
-        case .gemini: ["/v1beta"]
+        case .gemini: ["/v1beta", "/v1/models"]
         }
     }
 
@@ -66,6 +67,7 @@ public enum APIDialect: String, Sendable, CaseIterable, Equatable {
     /// Anthropic SDKs send it on every call, `/v1/models` and `/v1/files` included) is Anthropic;
     /// the rest is OpenAI. nil for a path outside every dialect.
     public static func of(path: some StringProtocol, hasAnthropicVersion: Bool) -> APIDialect? {
+        if isGeminiNative(path) { return .gemini }
         if isUnder(path, ["/v1"]) {
             return hasAnthropicVersion || isUnder(path, ["/v1/messages"]) ? .anthropic : .openai
         }
@@ -74,13 +76,23 @@ public enum APIDialect: String, Sendable, CaseIterable, Equatable {
         return nil
     }
 
+    /// Gemini's native method paths, `/v1beta/models/{model}:{method}` and the GA API's
+    /// `/v1/models/{model}:{method}` (the `google-genai` SDK's default): a model with a method
+    /// after a colon, which OpenAI's `/v1/models/{id}` never has.
+    public static func isGeminiNative(_ path: some StringProtocol) -> Bool {
+        for prefix in ["/v1beta/models/", "/v1/models/"] where path.hasPrefix(prefix) {
+            return prefix == "/v1beta/models/" || path.dropFirst(prefix.count).contains(":")
+        }
+        return false
+    }
+
     /// The model a request names in its path, where the dialect puts it there: Gemini's
     /// `/v1beta/models/{model}:{method}` and Azure's `/openai/deployments/{deployment}/...` (a
     /// deployment name, priced under that name: `[prices."DEPLOYMENT"]`). nil elsewhere.
     public static func modelInPath(_ path: some StringProtocol) -> String? {
         let p = Substring(path)
-        if p.hasPrefix("/v1beta/models/") {
-            let rest = p.dropFirst("/v1beta/models/".count)
+        if isGeminiNative(p) {
+            let rest = p.dropFirst(p.hasPrefix("/v1beta/") ? "/v1beta/models/".count : "/v1/models/".count)
             let name = rest.prefix { $0 != ":" && $0 != "/" }
             return name.isEmpty ? nil : String(name)
         }
@@ -130,7 +142,7 @@ public enum APIDialect: String, Sendable, CaseIterable, Equatable {
             default: return nil
             }
         }
-        if p.hasPrefix("/v1beta/models/"), let colon = p.lastIndex(of: ":") {
+        if isGeminiNative(p), let colon = p.lastIndex(of: ":") {
             switch p[p.index(after: colon)...] {
             case "generateContent", "streamGenerateContent": return .generation
             case "embedContent", "batchEmbedContents": return .deterministic
