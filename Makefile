@@ -53,14 +53,15 @@ run: build
 	exec $(BIN) serve --config $(CONFIG)
 
 # The tests parse /metrics with Prometheus' own Python parser, call the sidecar with the
-# official `openai` (with its Realtime extra, `websockets`), `anthropic` and `google-genai` clients, and load the
+# official `openai` (with its Realtime extra, `websockets`), `anthropic` and `google-genai` clients, decode
+# exported spans with `opentelemetry-proto`, and load the
 # dashboard in headless Chromium through selenium (with Debian's chromium-driver), from a venv of
 # our own (the stamp names what is installed).
 VENV := .build/venv
-VENV_STAMP := $(VENV)/.installed-prometheus-client-0.26.0-openai-1.109.1-anthropic-2.16.0-websockets-15.0.1-google-genai-3.6.1-selenium-4.51.0
+VENV_STAMP := $(VENV)/.installed-prometheus-client-0.26.0-openai-1.109.1-anthropic-2.16.0-websockets-15.0.1-google-genai-3.6.1-opentelemetry-proto-1.45.2-selenium-4.51.0
 $(VENV_STAMP):
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q prometheus-client==0.26.0 openai==1.109.1 anthropic==2.16.0 websockets==15.0.1 google-genai==3.6.1 selenium==4.51.0
+	$(VENV)/bin/pip install -q prometheus-client==0.26.0 openai==1.109.1 anthropic==2.16.0 websockets==15.0.1 google-genai==3.6.1 opentelemetry-proto==1.45.2 selenium==4.51.0
 	touch $@
 
 test: test-deps $(VENV_STAMP)

@@ -5,7 +5,7 @@ import SidecarCore
 import SidecarProxy
 
 /// The version printed by `llm-sidecar version`.
-let sidecarVersion = "0.1.0"
+let sidecarVersion = SidecarServer.version
 
 @main
 struct LLMSidecar: AsyncParsableCommand {

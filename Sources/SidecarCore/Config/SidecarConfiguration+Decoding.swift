@@ -99,8 +99,8 @@ struct RawConfiguration: Decodable {
     /// Keys whose values are integers (the rest are strings or tables), for type error messages.
     static let integerKeys: Set<String> = ["max_body_bytes", "max_header_fields", "threads", "max_connections", "queue_size", "ttl_seconds",
                                             "max_bytes", "memory_bytes", "max_entry_bytes", "weight", "max_concurrency", "max_attempts",
-                                            "client_rpm", "client_burst", "alert_percent", "rpm", "tpm"]
-    static let tableKeys: Set<String> = ["server", "upstreams", "log", "cache", "prices", "models", "deployments", "limits", "budgets"]
+                                            "client_rpm", "client_burst", "alert_percent", "rpm", "tpm", "max_queue_spans"]
+    static let tableKeys: Set<String> = ["server", "upstreams", "log", "cache", "prices", "models", "deployments", "limits", "budgets", "otel"]
 
     var server: RawServer?
     var upstreams: [String: RawUpstream]?
@@ -110,6 +110,15 @@ struct RawConfiguration: Decodable {
     var models: [RawModel]?
     var limits: RawLimits?
     var budgets: RawBudgets?
+    var otel: RawOTel?
+
+    struct RawOTel: Decodable {
+        var endpoint: String?
+        var service_name: String?
+        var capture_content: Bool?
+        var max_queue_spans: Int?
+        var export_interval: String?
+    }
 
     struct RawBudgets: Decodable {
         var daily_usd: Number?
@@ -338,6 +347,7 @@ private struct Validator {
             }
             configuration.budgets = b
         }
+        if let ro = raw.otel { configuration.otel = try otel(ro) }
         if let burst = raw.limits?.client_burst {
             guard configuration.limits.clientRPM != nil else { throw fail(["limits", "client_burst"], "needs client_rpm") }
             configuration.limits.clientBurst = try positive(burst, ["limits", "client_burst"], default: 1, max: 100_000_000)
@@ -403,6 +413,25 @@ private struct Validator {
             }
         }
         return groups
+    }
+
+    func otel(_ ro: RawConfiguration.RawOTel) throws(ConfigurationError) -> SidecarConfiguration.OTel {
+        let base = ["otel"]
+        guard let text = ro.endpoint else { throw fail(base + ["endpoint"], "is required (e.g. \"http://127.0.0.1:4318\", an OpenTelemetry Collector)") }
+        guard case .success(var url) = UpstreamURL.parse(text) else { throw fail(base + ["endpoint"], "\"\(text)\" is not an http:// URL") }
+        guard !url.tls else {
+            throw fail(base + ["endpoint"], "https:// is not supported: spans go to a collector on this host or network over http:// (an OpenTelemetry Collector forwards them on with TLS)")
+        }
+        if url.pathPrefix.isEmpty { url.pathPrefix = "/v1/traces" }
+        var o = SidecarConfiguration.OTel(endpoint: url)
+        if let name = ro.service_name {
+            guard !name.isEmpty else { throw fail(base + ["service_name"], "must not be empty") }
+            o.serviceName = name
+        }
+        o.captureContent = ro.capture_content ?? false
+        o.maxQueueSpans = try positive(ro.max_queue_spans, base + ["max_queue_spans"], default: o.maxQueueSpans, max: 1_000_000)
+        o.exportInterval = try duration(ro.export_interval, base + ["export_interval"], default: o.exportInterval)
+        return o
     }
 
     func cache(_ rc: RawConfiguration.RawCache?) throws(ConfigurationError) -> SidecarConfiguration.Cache {

@@ -19,6 +19,23 @@ public struct SidecarConfiguration: Sendable, Equatable {
     public var limits = Limits()
     /// `[budgets]`
     public var budgets = Budgets()
+    /// `[otel]`: where traces go; nil: no tracing (docs/observability.md).
+    public var otel: OTel?
+
+    /// `[otel]`
+    public struct OTel: Sendable, Equatable {
+        /// The collector's OTLP/HTTP traces URL (`http://HOST:PORT/v1/traces`).
+        public var endpoint: UpstreamURL
+        /// `service.name` of the spans. Default "llm-sidecar".
+        public var serviceName = "llm-sidecar"
+        /// Record prompts and answers in spans. Default false: never.
+        public var captureContent = false
+        /// Spans waiting for export; more are dropped (and counted). Default 2048.
+        public var maxQueueSpans = 2048
+        /// How often spans are sent. Default 1 s.
+        public var exportInterval: TimeAmount = .seconds(1)
+        public init(endpoint: UpstreamURL) { self.endpoint = endpoint }
+    }
 
     /// `[budgets]`: spend caps in US dollars (docs/spend.md).
     public struct Budgets: Sendable, Equatable {

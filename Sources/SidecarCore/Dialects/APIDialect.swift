@@ -160,6 +160,27 @@ public enum APIDialect: String, Sendable, CaseIterable, Equatable {
             || (path.hasPrefix("/openai/deployments/") && path.hasSuffix("/chat/completions"))
     }
 
+    /// `gen_ai.operation.name` (OpenTelemetry GenAI conventions) of a request to `path` (no
+    /// query); nil for requests that are not model calls (files, batches, model lists).
+    public static func operation(_ path: some StringProtocol) -> String? {
+        let p = Substring(path)
+        if p.hasSuffix("/chat/completions") || p == "/v1/messages" || p.hasSuffix("/responses") || p.hasSuffix("/realtime") { return "chat" }
+        if p.hasSuffix("/completions") { return "text_completion" }
+        if p.hasSuffix("/embeddings") || p.hasSuffix(":embedContent") || p.hasSuffix(":batchEmbedContents") { return "embeddings" }
+        if p.hasSuffix(":generateContent") || p.hasSuffix(":streamGenerateContent") { return "generate_content" }
+        return nil
+    }
+
+    /// `gen_ai.provider.name` of an upstream of this dialect.
+    public var providerName: String {
+        switch self {
+        case .openai: "openai"
+        case .anthropic: "anthropic"
+        case .azure: "azure.ai.openai"
+        case .gemini: "gcp.gemini"
+        }
+    }
+
     /// Request headers that change what the provider answers, so they are part of a cache key:
     /// the API version and beta features a request opts into.
     public static let answerChangingHeaders = ["anthropic-version", "anthropic-beta", "openai-beta"]

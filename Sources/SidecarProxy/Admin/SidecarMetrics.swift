@@ -55,6 +55,9 @@ final class SidecarMetrics: Sendable {
     /// `llm_sidecar_unmetered_answers_total`: 2xx answers under a budget whose usage could not be
     /// read (cut short, or compressed), charged their whole reservation.
     private let unmeteredAnswers: Metrics.Counter
+    /// `llm_sidecar_otel_spans_total{outcome}`: spans sent to the collector ("exported") or
+    /// dropped (queue full, collector down or slow: "dropped").
+    private let otelSpans: CounterFamily
     /// Unpriced models already logged (bounded: a client naming endless models cannot grow it).
     private let unpricedLogged = NIOLockedValueBox<Set<String>>([])
     /// The dashboard's tally and recent errors (`GET /stats/live`); the cache's verdicts reach it
@@ -71,6 +74,9 @@ final class SidecarMetrics: Sendable {
     }
 
     func unmeteredAnswer() { unmeteredAnswers.increment() }
+
+    func otelSpansDropped(_ n: Int) { otelSpans["dropped"].increment(by: Int64(n)) }
+    func otelSpansExported(_ n: Int) { otelSpans["exported"].increment(by: Int64(n)) }
 
     /// A deployment's in-flight requests and whether it is ejected (1) or not (0), by `UPSTREAM/MODEL`.
     func deployment(_ name: String, inFlight: Int, ejected: Bool) {
@@ -121,6 +127,7 @@ final class SidecarMetrics: Sendable {
         deploymentEjected = MeterFamily(label: "llm_sidecar_deployment_ejected", dimension: "deployment", factory: factory)
         unpricedRequests = CounterFamily(label: "llm_sidecar_unpriced_requests_total", dimension: "outcome", factory: factory)
         unmeteredAnswers = Metrics.Counter(label: "llm_sidecar_unmetered_answers_total", factory: factory)
+        otelSpans = CounterFamily(label: "llm_sidecar_otel_spans_total", dimension: "outcome", factory: factory)
         for outcome in ["rejected", "allowed"] { _ = unpricedRequests[outcome] }  // exported at 0 from the start
         // Known reasons exported at 0 too, so a dashboard's rate() has a series before the first failure.
         for reason in ["emfile", "enfile", "enobufs", "enomem", "econnaborted", "other"] { _ = acceptErrors[reason] }

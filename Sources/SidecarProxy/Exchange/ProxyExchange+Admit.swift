@@ -36,10 +36,11 @@ extension ProxyExchange {
                 cacheState = nil
                 return fail(.badRequest("the request body is not strict JSON (a repeated key, or a value the sidecar cannot read), so its cost cannot be reserved against [budgets]; it was not sent"))
             }
-        } else if requestModel == nil, accounting != nil || downstream.accessLogOn {
+        } else if requestModel == nil, accounting != nil || downstream.accessLogOn || span != nil {
             requestModel = Self.topLevelString("model", in: bytes) ?? APIDialect.modelInPath(Self.barePath(clientHead.uri))
             if downstream.accessLogOn { downstream.access.model = requestModel }
         }
+        traceDecided(bytes)
         if !routes.isEmpty {
             let model = Self.topLevelString("model", in: bytes)
             if let model, let r = routes[model] {
@@ -117,7 +118,9 @@ extension ProxyExchange {
         c.ttl = ttl
         downstream.access.cacheKey = key
         let now = c.cache.clock()
+        if lookup { traceCacheLookupStarted() }
         if lookup, let answer = c.cache.hotLookup(key, now: now) {
+            traceCacheLookupEnded("hit")
             cacheState = nil
             countHit(c.cache, answer)
             return replay(answer, age: now - answer.createdAt)
@@ -133,6 +136,7 @@ extension ProxyExchange {
         }
         switch c.cache.flight(for: key) {
         case .follower(let flight):
+            traceCacheLookupEnded("coalesced")
             cacheState = nil
             follow(flight, cache: c.cache, model: c.model)
         case .leader(let flight):

@@ -142,6 +142,7 @@ extension ProxyExchange {
         spend.cachedTokens = usage.cachedTokens
         spend.cacheWriteTokens = usage.cacheWriteTokens
         spend.usd = prices.cost(model: billedModel ?? "", usage: usage)
+        traceUsage(usage, usd: spend.usd, tail: tail)
         settleBudget(actual: spend.usd)
         if let c = charged {
             charged = nil

@@ -21,6 +21,7 @@ extension ProxyExchange {
     /// The SQLite lookup of a flight leader came back.
     func lookedUp(_ answer: CachedAnswer?, now: Int64) {
         guard machine.phase == .cacheLookup, let c = cacheState, let flight = c.flight else { return }
+        traceCacheLookupEnded(answer == nil ? "miss" : "hit")
         if let answer {
             // Followers that joined meanwhile get the stored answer too.
             var headers = HTTPHeaders()

@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import SidecarCore
+import Tracing
 import SidecarStore
 import SidecarTLS
 import Foundation
@@ -101,6 +102,9 @@ extension ProxyExchange {
     /// Ends the request with `error` (the machine's one exit): gives up what it holds, then
     /// answers the error if nothing was sent, or cuts the response if something was.
     func fail(_ error: ProxyError) {
+        traceAttemptEnded(status: nil, error: error)
+        span?.setStatus(SpanStatus(code: .error, message: error.message))
+        span?.attributes["error.type"] = error.codeString
         let failure = machine.fail(error)
         giveUp(failure.abandon)
         if case .cut = failure.exit { downstream.recordError(error, model: requestModel, cut: true) }  // answered errors: respondWithError

@@ -35,6 +35,7 @@ extension ProxyExchange {
     /// An attempt failed: the machine's one retry policy says replay, try elsewhere, or fail.
     /// The deployment slot is given back with `slotOutcome` unless the same request is replayed.
     func attemptFailed(_ error: ProxyError, upstreamAnswered: Bool, reused: Bool, slotOutcome: DeploymentSelector.Outcome, reason: String) {
+        traceAttemptEnded(status: upstreamAnswered ? responseStatus : nil, error: error)
         let decision = machine.attemptFailed(error, upstreamAnswered: upstreamAnswered, reusedConnection: reused, limits: retryLimits,
                                              elapsed: NIODeadline.now() - started)
         switch decision {
@@ -66,6 +67,7 @@ extension ProxyExchange {
             upstreamHead.headers.remove(name: "transfer-encoding")
             upstreamHead.headers.replaceOrAdd(name: "content-length", value: String(bodyBytes))
         }
+        traceAttemptStarted()
         connection.send(head: upstreamHead)
         for part in body { connection.sendBody(part) }
         if bodyBytes > Self.maxReplayBytes, route == nil {
@@ -137,6 +139,7 @@ extension ProxyExchange {
             responseStatus = status
             retryAfter = status == 429 ? head.headers.first(name: "retry-after").flatMap(Self.retryAfterSeconds).map { .seconds($0) } : nil
             group?.metrics.response(status: status)
+            traceAttemptEnded(status: status)
             moveAttempt(off: lease, outcome: outcome, reason: "status_\(status)", to: next)
             return
         }
@@ -198,6 +201,7 @@ extension ProxyExchange {
             let now = NIODeadline.now()
             firstBodyAt = now
             group?.metrics.streamFirstToken.recordNanoseconds((now - sentAt).nanoseconds)
+            traceFirstByte()
         }
         if accounting != nil || budget != nil || charged != nil, (200..<300).contains(responseStatus) {
             if dialect == .anthropic, isStream, usageHead.count < Self.usageHeadBytes {
@@ -253,6 +257,7 @@ extension ProxyExchange {
         releaseSlot(outcome)
         recordCompletion()
         recordSpend(deployment: deployment, billedModel: billedModel)
+        traceAttemptEnded(status: responseStatus)
         settleBudget(actual: 0)  // not a 2xx answer: nothing billed
         if let c = cacheState, let flight = c.flight, let key = c.key {
             flight.publish(.end)

@@ -165,8 +165,11 @@ final class ProxyExchange: UpstreamResponseDelegate {
 
     init(downstream: DownstreamHandler, head: HTTPRequestHead, dialect: APIDialect = .openai, group: UpstreamGroup?, routes: [String: ModelRoute],
          maxBodyBytes: Int, metrics: SidecarMetrics, cache: ResponseCache?, cacheSettings: SidecarConfiguration.Cache, prices: PriceTable = PriceTable(),
-         budget: BudgetBox? = nil, budgets: SidecarConfiguration.Budgets = .init(), logger: Logger? = nil) {
+         budget: BudgetBox? = nil, budgets: SidecarConfiguration.Budgets = .init(), logger: Logger? = nil,
+         span: SidecarSpan? = nil, tracer: SidecarTracer? = nil) {
         self.metrics = metrics
+        self.span = span
+        self.tracer = tracer
         self.dialect = dialect
         // Token counting is free: no reservation, no spend.
         self.billed = APIDialect.isBilled(path: Self.barePath(head.uri))
@@ -261,5 +264,12 @@ final class ProxyExchange: UpstreamResponseDelegate {
     /// whether its own answer's id is still to be remembered for the requests that will continue it.
     var previousResponseID: String?
     var remembersResponseID = false
+    /// `[otel]`: the request's span (the connection's handler ends it) and the tracer of its
+    /// children: the cache lookup's and the current attempt's, while they last.
+    let span: SidecarSpan?
+    let tracer: SidecarTracer?
+    var cacheSpan: SidecarSpan?
+    var attemptSpan: SidecarSpan?
+    var sentWallNanos: UInt64 = 0
     var heldBody: [UInt8] = []
 }

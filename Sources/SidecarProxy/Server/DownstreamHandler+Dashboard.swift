@@ -11,6 +11,7 @@ extension DownstreamHandler {
     /// The current request's exchange is over: it leaves the in-flight count, and the dashboard's
     /// tally counts it with the status the client got (`complete: false`: cut short or abandoned).
     func exchangeEnded(status: Int, complete: Bool) {
+        endRequestSpan(status: status, complete: complete)
         state.requestFinished()
         state.metrics.live.finished(status: status, complete: complete, nanoseconds: (NIODeadline.now() - access.started).nanoseconds)
     }

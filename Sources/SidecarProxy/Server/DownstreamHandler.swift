@@ -217,10 +217,11 @@ final class DownstreamHandler: ChannelDuplexHandler {
             // The client waits for this before sending its body (curl does, for bodies over 1 KiB).
             writeInterim(HTTPResponseHead(version: head.version, status: .continue))
         }
+        let span = runtime.tracer.map { startRequestSpan($0, head: head, path: bare, upstream: group) }
         let exchange = ProxyExchange(
             downstream: self, head: head, dialect: dialect, group: group, routes: runtime.routes, maxBodyBytes: runtime.maxBodyBytes,
             metrics: state.metrics, cache: state.cache, cacheSettings: runtime.configuration.cache, prices: runtime.priceTable,
-            budget: state.budget, budgets: runtime.configuration.budgets, logger: state.logger)
+            budget: state.budget, budgets: runtime.configuration.budgets, logger: state.logger, span: span, tracer: runtime.tracer)
         self.exchange = exchange
         access.upstream = group?.configuration.name
         state.requestStarted()
@@ -239,4 +240,6 @@ final class DownstreamHandler: ChannelDuplexHandler {
     var pendingRefusal: ProxyError?
     /// A WebSocket session this connection was upgraded to: it owns the connection's bytes.
     var tunnel: RealtimeSession?
+    /// `[otel]`: the span of the request being served, ended with its exchange.
+    var requestSpan: SidecarSpan?
 }

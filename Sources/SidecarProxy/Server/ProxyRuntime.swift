@@ -27,9 +27,13 @@ final class ProxyRuntime: Sendable {
     let clientIdleTimeout: TimeAmount
     /// `Bearer TOKEN` that lets a non-loopback client use the admin endpoints; nil: loopback only.
     let adminAuthorization: String?
+    /// `[otel]`: the tracer whose spans go to the collector; nil: no tracing, no spans.
+    let tracer: SidecarTracer?
 
-    init(configuration: SidecarConfiguration, groups: [String: UpstreamGroup], adminToken: String?, previous: ProxyRuntime? = nil) {
+    init(configuration: SidecarConfiguration, groups: [String: UpstreamGroup], adminToken: String?, previous: ProxyRuntime? = nil,
+         tracer: SidecarTracer? = nil) {
         self.configuration = configuration
+        self.tracer = tracer
         self.adminAuthorization = adminToken.map { "Bearer \($0)" }
         self.groups = groups
         let defaultUpstream = configuration.server.defaultUpstream.flatMap { groups[$0] }

@@ -73,7 +73,9 @@ public final class SidecarServer: Sendable {
             } }
         }
         let state = ServerState(
-            runtime: ProxyRuntime(configuration: configuration, groups: groups, adminToken: adminToken), metrics: metrics, logger: logger, cache: cache)
+            runtime: ProxyRuntime(configuration: configuration, groups: groups, adminToken: adminToken,
+                                  tracer: Self.tracer(configuration.otel, metrics: metrics, logger: logger)),
+            metrics: metrics, logger: logger, cache: cache)
         if let cache {
             // Budgets survive restarts: today's and this month's spend come back from the database.
             // When it cannot be read, budgets stay closed (and it is tried again) rather than
@@ -164,6 +166,14 @@ public final class SidecarServer: Sendable {
         }
     }
 
+    /// The tracer for `[otel]`, nil without it.
+    static func tracer(_ otel: SidecarConfiguration.OTel?, metrics: SidecarMetrics, logger: Logger) -> SidecarTracer? {
+        otel.map { SidecarTracer(exporter: SpanExporter(settings: $0, version: SidecarServer.version, metrics: metrics, logger: logger)) }
+    }
+
+    /// The version `llm-sidecar version` prints, and spans' `service.version`.
+    public static let version = "0.1.0"
+
     /// Graceful stop: stop accepting, ask keep-alive clients to close after their current request,
     /// wait for in-flight requests up to `drainTimeout`, then close everything and the pools.
     public func shutdown(drainTimeout: TimeAmount) async {
@@ -186,6 +196,7 @@ public final class SidecarServer: Sendable {
         for channel in remaining { channel.pipeline.fireUserInboundEventTriggered(DrainTimeoutEvent()) }
         for channel in remaining { try? await channel.close() }
         for group in runtime.groups.values { try? await group.shutdown().get() }
+        await state.runtime.tracer?.exporter.shutdown()
         await state.cache?.close()
     }
 }
@@ -234,7 +245,14 @@ extension SidecarServer {
         } else if configuration.cache.mode != .off {
             logger.notice("the cache was off at start: restart to turn it on")
         }
-        _ = state.swap(ProxyRuntime(configuration: configuration, groups: groups, adminToken: adminToken, previous: old))
+        // The tracer is kept when [otel] did not change; a new one replaces it otherwise, and the
+        // old one sends what it holds, then stops.
+        var tracer = old.tracer
+        if configuration.otel != old.configuration.otel {
+            tracer = Self.tracer(configuration.otel, metrics: state.metrics, logger: logger)
+            if let retired = old.tracer { Task { await retired.exporter.shutdown() } }
+        }
+        _ = state.swap(ProxyRuntime(configuration: configuration, groups: groups, adminToken: adminToken, previous: old, tracer: tracer))
         let retired = old.groups.values.filter { !kept.contains(ObjectIdentifier($0)) }
         let drainTimeout = configuration.server.drainTimeout
         if !retired.isEmpty {
