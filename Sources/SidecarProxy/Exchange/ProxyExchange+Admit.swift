@@ -40,6 +40,7 @@ extension ProxyExchange {
             requestModel = Self.topLevelString("model", in: bytes) ?? APIDialect.modelInPath(Self.barePath(clientHead.uri))
             if downstream.accessLogOn { downstream.access.model = requestModel }
         }
+        var parsedOnce: CanonicalJSON.Value??  // parsed for the prompt prefix, kept for the cache key
         if !routes.isEmpty {
             let model = Self.topLevelString("model", in: bytes)
             if let model, let r = routes[model] {
@@ -53,6 +54,15 @@ extension ProxyExchange {
                 if Self.barePath(clientHead.uri) == "/v1/responses" {
                     previousResponseID = Self.topLevelString("previous_response_id", in: bytes)
                     remembersResponseID = true
+                }
+                if r.group.promptCache != nil, r.group.deployments.count > 1,
+                   bytes.count >= r.group.promptCacheMinimumTokens * 4 || JSONTopLevel.value(of: "prompt_cache_key", in: bytes) != nil {
+                    // Only a body long enough to pass the provider's minimum (or naming its cache) is parsed.
+                    let parsed = parsedOnce ?? CanonicalJSON.parse(bytes)
+                    parsedOnce = .some(parsed)
+                    promptPrefix = parsed.flatMap {
+                        PromptPrefix.of($0, path: Self.barePath(clientHead.uri), group: r.group.name, minimumTokens: r.group.promptCacheMinimumTokens)
+                    }
                 }
                 if r.group.firstTokenTimeout != nil, let v = JSONTopLevel.value(of: "stream", in: bytes) {
                     wantsStream = bytes[v].elementsEqual("true".utf8)

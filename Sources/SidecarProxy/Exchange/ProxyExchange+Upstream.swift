@@ -199,7 +199,7 @@ extension ProxyExchange {
             firstBodyAt = now
             group?.metrics.streamFirstToken.recordNanoseconds((now - sentAt).nanoseconds)
         }
-        if accounting != nil || budget != nil || charged != nil, (200..<300).contains(responseStatus) {
+        if readsUsage, (200..<300).contains(responseStatus) {
             if dialect == .anthropic, isStream, usageHead.count < Self.usageHeadBytes {
                 usageHead += body.readableBytesView.prefix(Self.usageHeadBytes - usageHead.count)
             }

@@ -261,5 +261,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
     /// whether its own answer's id is still to be remembered for the requests that will continue it.
     var previousResponseID: String?
     var remembersResponseID = false
+    /// A routed request's prompt prefix, for prompt-cache affinity (nil: none, or affinity off).
+    var promptPrefix: PromptPrefix?
     var heldBody: [UInt8] = []
 }
