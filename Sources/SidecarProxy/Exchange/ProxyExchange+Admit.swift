@@ -58,7 +58,7 @@ extension ProxyExchange {
                 if r.group.promptCache != nil, r.group.deployments.count > 1,
                    bytes.count >= r.group.promptCacheMinimumTokens * 4 || JSONTopLevel.value(of: "prompt_cache_key", in: bytes) != nil {
                     // Only a body long enough to pass the provider's minimum (or naming its cache) is parsed.
-                    let parsed = parsedOnce ?? CanonicalJSON.parse(bytes)
+                    let parsed = CanonicalJSON.parse(bytes)
                     parsedOnce = .some(parsed)
                     promptPrefix = parsed.flatMap {
                         PromptPrefix.of($0, path: Self.barePath(clientHead.uri), group: r.group.name, minimumTokens: r.group.promptCacheMinimumTokens)
@@ -98,7 +98,7 @@ extension ProxyExchange {
             c.cache.count(model: requestModel ?? "-") { $0.bypasses += 1 }
             return lease(fresh: false)
         }
-        let parsed = CanonicalJSON.parse(bytes)
+        let parsed = parsedOnce ?? CanonicalJSON.parse(bytes)
         if case .string(let m)? = parsed?["model"] { c.model = m } else if let m = APIDialect.modelInPath(Self.barePath(c.path)) { c.model = m }
         let decision = policy
             .decide(method: c.method, path: Self.barePath(c.path), body: parsed, cacheControl: c.cacheControl, ttlHeader: c.ttlHeader)
