@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import SidecarCore
 import SidecarProxy
+import SidecarStore
 import SidecarTestSupport
 import XCTest
 
@@ -100,5 +101,23 @@ final class PromptAffinityProxyTests: XCTestCase {
             let r = try await harness.request("POST", "/v1/chat/completions", body: body(c, turn: 2))
             XCTAssertEqual(r.header("x-sidecar-deployment"), home[c], "a moved conversation stays where its prefix is cached now")
         }
+    }
+
+    /// `llm-sidecar stats` and `spend` read the same tallies from the spend rows, priced at the
+    /// deployment's model.
+    func testSpendRowsBecomeProviderCacheTallies() {
+        var s = ResponseCacheStore.Spend()
+        s.requests = 2
+        s.promptTokens = 1_000
+        s.cachedTokens = 800
+        var other = ResponseCacheStore.Spend()
+        other.requests = 1
+        other.promptTokens = 1_000
+        let rows = [ResponseCacheStore.SpendKey(model: "agent", deployment: "d0/gpt-4.1", client: "a"): s,
+                    ResponseCacheStore.SpendKey(model: "agent", deployment: "d0/gpt-4.1", client: "b"): other]
+        let t = CacheStatsReport.providerCache(rows, prices: PriceTable())["d0/gpt-4.1"]
+        XCTAssertEqual(t?.answers, 3)
+        XCTAssertEqual(t?.hitRatio ?? 0, 0.4, accuracy: 1e-12)
+        XCTAssertEqual(t?.usdSaved ?? 0, 800 * 1.5 / 1_000_000, accuracy: 1e-12)
     }
 }
