@@ -14,7 +14,7 @@ BUILD_DEBS := libssl-dev libsqlite3-dev pkg-config ca-certificates
 TEST_DEBS := $(BUILD_DEBS) openssl systemd python3-venv chromium chromium-driver
 BENCH_DEBS := $(BUILD_DEBS) nginx-light wrk openssl procps util-linux
 
-.PHONY: all build run test bench install uninstall deps test-deps bench-deps clean fuzz bench-framing
+.PHONY: all build run test bench install uninstall deps test-deps bench-deps clean fuzz bench-framing bench-affinity
 
 all: build
 
@@ -114,6 +114,15 @@ bench-framing:
 	$(SWIFTC) -O -wmo -swift-version 6 -warnings-as-errors -parse-as-library -module-name FramingBench \
 		$(FRAMING_SOURCES) bench/framing/FramingBench.swift -o .build/bench-framing/framing-bench
 	.build/bench-framing/framing-bench
+
+# Prompt-cache affinity on a simulated agent workload (Tests/SidecarCoreTests/AgentWorkload.swift:
+# a shadow provider with one prompt cache per deployment, a manual clock, seeded randomness): the
+# provider-cache hit ratio and input dollars with and without affinity, and each deployment's share.
+bench-affinity:
+	$(SWIFT) build --build-tests
+	LLM_SIDECAR_AFFINITY_REPORT=1 $(SWIFT) test --skip-build --disable-swift-testing \
+		--filter 'PromptAffinityTests/(testAffinityGetsNearlyTheIdealHitRatioAndPlainRoutingDoesNot|testWeightsHoldOverManyConversations)' \
+		2>&1 | grep -v '^Test \(Suite\|Case\)' | grep -v '^\[' | sed '/^$$/N;/^\n$$/D'
 
 install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/llm-sidecar

@@ -63,6 +63,8 @@ public final class FakeUpstream: Sendable {
     public let forcedStatus: NIOLockedValueBox<(status: Int, retryAfter: String?)?>
     /// Milliseconds added before every response head: a slow deployment.
     public let extraDelayMs: NIOLockedValueBox<Int64>
+    /// The provider's prompt cache, for chat completions; off until `enabled`.
+    public let promptCache: FakePromptCache
     let state: NIOLockedValueBox<(Counters, [RecordedRequest])>
     private let channel: Channel
     private let group: EventLoopGroup
@@ -89,7 +91,7 @@ public final class FakeUpstream: Sendable {
     """
 
     private init(channel: Channel, group: EventLoopGroup, ownsGroup: Bool, tls: Bool, closeReused: NIOLockedValueBox<Bool>,
-                 forced: NIOLockedValueBox<(status: Int, retryAfter: String?)?>, extraDelay: NIOLockedValueBox<Int64>,
+                 forced: NIOLockedValueBox<(status: Int, retryAfter: String?)?>, extraDelay: NIOLockedValueBox<Int64>, promptCache: FakePromptCache,
                  state: NIOLockedValueBox<(Counters, [RecordedRequest])>) {
         self.channel = channel
         self.group = group
@@ -98,6 +100,7 @@ public final class FakeUpstream: Sendable {
         self.closeReusedConnections = closeReused
         self.forcedStatus = forced
         self.extraDelayMs = extraDelay
+        self.promptCache = promptCache
         self.state = state
     }
 
@@ -111,6 +114,7 @@ public final class FakeUpstream: Sendable {
         let closeReused = NIOLockedValueBox(false)
         let forced = NIOLockedValueBox<(status: Int, retryAfter: String?)?>(nil)
         let extraDelay = NIOLockedValueBox<Int64>(0)
+        let promptCache = FakePromptCache()
         let connectionNumbers = NIOLockedValueBox(0)
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -126,14 +130,14 @@ public final class FakeUpstream: Sendable {
                     let sync = channel.pipeline.syncOperations
                     if let context { try sync.addHandler(TLSHandler(server: context)) }
                     try sync.configureHTTPServerPipeline(withErrorHandling: true)
-                    try sync.addHandler(FakeUpstreamHandler(connection: number, state: state, closeReused: closeReused, forced: forced, extraDelay: extraDelay))
+                    try sync.addHandler(FakeUpstreamHandler(connection: number, state: state, closeReused: closeReused, forced: forced, extraDelay: extraDelay, promptCache: promptCache))
                     return channel.eventLoop.makeSucceededVoidFuture()
                 } catch {
                     return channel.eventLoop.makeFailedFuture(error)
                 }
             }
             .bind(host: "127.0.0.1", port: 0).get()
-        return FakeUpstream(channel: channel, group: group, ownsGroup: ownsGroup, tls: tls != nil, closeReused: closeReused, forced: forced, extraDelay: extraDelay, state: state)
+        return FakeUpstream(channel: channel, group: group, ownsGroup: ownsGroup, tls: tls != nil, closeReused: closeReused, forced: forced, extraDelay: extraDelay, promptCache: promptCache, state: state)
     }
 
     public func stop() async {
@@ -151,6 +155,7 @@ final class FakeUpstreamHandler: ChannelInboundHandler {
     private let closeReused: NIOLockedValueBox<Bool>
     private let forced: NIOLockedValueBox<(status: Int, retryAfter: String?)?>
     private let extraDelay: NIOLockedValueBox<Int64>
+    private let promptCache: FakePromptCache
     private var head: HTTPRequestHead?
     private var body: [UInt8] = []
     private var served = 0
@@ -158,7 +163,9 @@ final class FakeUpstreamHandler: ChannelInboundHandler {
     private var closed = false
 
     init(connection: Int, state: NIOLockedValueBox<(FakeUpstream.Counters, [FakeUpstream.RecordedRequest])>, closeReused: NIOLockedValueBox<Bool>,
-         forced: NIOLockedValueBox<(status: Int, retryAfter: String?)?>, extraDelay: NIOLockedValueBox<Int64>) {
+         forced: NIOLockedValueBox<(status: Int, retryAfter: String?)?>, extraDelay: NIOLockedValueBox<Int64>,
+         promptCache: FakePromptCache) {
+        self.promptCache = promptCache
         self.connection = connection
         self.state = state
         self.closeReused = closeReused
@@ -268,7 +275,7 @@ final class FakeUpstreamHandler: ChannelInboundHandler {
             case (.POST, "/v1/embeddings"):
                 json = #"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.0023064255,-0.009327292,0.015797347]}],"model":"text-embedding-3-small","usage":{"prompt_tokens":5,"total_tokens":5}}"#
             case (.POST, _) where chat:
-                json = FakeUpstream.chatCompletion
+                json = promptCache.answer(body) ?? FakeUpstream.chatCompletion
             case (_, "/v1/echo"):
                 json = text
             default:

@@ -163,7 +163,7 @@ struct SpendCommand: ParsableCommand {
             let today = UTCDay.day(now)
             let month = UTCDay.firstOfMonth(ofDay: today)
             let report = SpendReport(database: path, today: today, todayRows: try store.spend(since: today), monthRows: try store.spend(since: month),
-                                     budgets: configuration?.budgets.limits ?? .init())
+                                     budgets: configuration?.budgets.limits ?? .init(), prices: configuration?.priceTable ?? PriceTable())
             print(json ? report.json() : report.table(), terminator: "")
         }
     }
@@ -177,6 +177,8 @@ struct SpendReport {
     var todayRows: Rows
     var monthRows: Rows
     var budgets: BudgetLedger.Limits
+    /// Prices what the providers' prompt caches saved.
+    var prices = PriceTable()
 
 
     static func group(_ rows: Rows, by key: (ResponseCacheStore.SpendKey) -> String) -> [String: ResponseCacheStore.Spend] {
@@ -194,7 +196,16 @@ struct SpendReport {
             "by_model": Self.group(rows) { $0.model }.mapValues(fields),
             "by_deployment": Self.group(rows) { $0.deployment }.mapValues(fields),
             "by_client": Self.group(rows) { $0.client }.mapValues(fields),
+            "provider_cache": providerCache(rows),
         ]
+    }
+
+    /// What the providers' prompt caches did: input tokens read from them, and the dollars that
+    /// saved, in all and by deployment.
+    private func providerCache(_ rows: Rows) -> [String: Any] {
+        let byDeployment = CacheStatsReport.providerCache(rows, prices: prices)
+        let total = byDeployment.values.reduce(into: ProviderCacheTally()) { $0 += $1 }
+        return ["totals": total.fields, "by_deployment": byDeployment.mapValues(\.fields)]
     }
 
     func json() -> String {
@@ -219,6 +230,16 @@ struct SpendReport {
             let total = rows.values.reduce(into: ResponseCacheStore.Spend()) { $0 += $1 }
             out += "\n\(title): $\(String(format: "%.4f", total.usd)) for \(total.requests) requests, "
                 + "\(total.promptTokens) prompt + \(total.completionTokens) completion tokens\n"
+            let cache = CacheStatsReport.providerCache(rows, prices: prices)
+            let p = cache.values.reduce(into: ProviderCacheTally()) { $0 += $1 }
+            out += String(format: "provider prompt cache: %.1f%% of input tokens read from it, $%.4f saved\n", p.hitRatio * 100, p.usdSaved)
+            if cache.count > 1 {
+                out += "  " + "DEPLOYMENT".padding(toLength: 34, withPad: " ", startingAt: 0) + "CACHED".leftPadded(10) + "SAVED".leftPadded(12) + "\n"
+                for (d, t) in cache.sorted(by: { $0.key < $1.key }).prefix(10) {
+                    out += "  " + String(d.prefix(33)).padding(toLength: 34, withPad: " ", startingAt: 0)
+                        + String(format: "%.1f%%", t.hitRatio * 100).leftPadded(10) + String(format: "$%.4f", t.usdSaved).leftPadded(12) + "\n"
+                }
+            }
             for (label, key) in [("MODEL", { (k: ResponseCacheStore.SpendKey) in k.model }), ("CLIENT", { (k: ResponseCacheStore.SpendKey) in k.client })] {
                 let grouped = Self.group(rows, by: key).sorted { $0.value.usd > $1.value.usd }.prefix(10)
                 guard !grouped.isEmpty else { continue }

@@ -63,4 +63,33 @@ final class ModelGroupConfigurationTests: XCTestCase {
             .contains("is defined twice"))
         XCTAssertTrue(problem("[[models]]\nname = \"m\"\n[[models.deployments]]\nupstream = \"openai\"\nretry = 1\n").contains("unknown key"))
     }
+
+    func testPromptCacheOptions() throws {
+        let group = """
+        [[models]]
+        name = "g"
+        %@
+          [[models.deployments]]
+          upstream = "openai"
+
+        """
+        let defaults = try XCTUnwrap(load(group.replacingOccurrences(of: "%@", with: "")).modelGroup(named: "g"))
+        XCTAssertEqual(defaults.promptCache, PrefixAffinity.Configuration(), "on by default")
+        XCTAssertEqual(defaults.promptCache?.ttl, .minutes(5))
+        XCTAssertEqual(defaults.promptCacheMinimumTokens, 1024)
+        let set = try XCTUnwrap(load(group.replacingOccurrences(of: "%@", with: """
+        prompt_cache_ttl = "1h"
+        prompt_cache_min_tokens = 2048
+        prompt_cache_load_factor = 2
+        prompt_cache_placement = "hash"
+        """)).modelGroup(named: "g"))
+        XCTAssertEqual(set.promptCache?.ttl, .hours(1))
+        XCTAssertEqual(set.promptCache?.loadFactor, 2)
+        XCTAssertEqual(set.promptCache?.placement, .hash)
+        XCTAssertEqual(set.promptCacheMinimumTokens, 2048)
+        XCTAssertNil(try load(group.replacingOccurrences(of: "%@", with: "prompt_cache_affinity = false")).modelGroup(named: "g")?.promptCache)
+        XCTAssertTrue(problem(group.replacingOccurrences(of: "%@", with: "prompt_cache_load_factor = 0.5"))
+            .hasSuffix("models.prompt_cache_load_factor: must be between 1 and 100, got 0.5"))
+        XCTAssertTrue(problem(group.replacingOccurrences(of: "%@", with: #"prompt_cache_placement = "random""#)).contains("not a placement"))
+    }
 }

@@ -99,7 +99,7 @@ struct RawConfiguration: Decodable {
     /// Keys whose values are integers (the rest are strings or tables), for type error messages.
     static let integerKeys: Set<String> = ["max_body_bytes", "max_header_fields", "threads", "max_connections", "queue_size", "ttl_seconds",
                                             "max_bytes", "memory_bytes", "max_entry_bytes", "weight", "max_concurrency", "max_attempts",
-                                            "client_rpm", "client_burst", "alert_percent", "rpm", "tpm", "max_queue_spans"]
+                                            "client_rpm", "client_burst", "alert_percent", "rpm", "tpm", "max_queue_spans", "prompt_cache_min_tokens"]
     static let tableKeys: Set<String> = ["server", "upstreams", "log", "cache", "prices", "models", "deployments", "limits", "budgets", "otel"]
 
     var server: RawServer?
@@ -144,6 +144,11 @@ struct RawConfiguration: Decodable {
         var queue_size: Int?
         var queue_timeout: String?
         var first_token_timeout: String?
+        var prompt_cache_affinity: Bool?
+        var prompt_cache_ttl: String?
+        var prompt_cache_min_tokens: Int?
+        var prompt_cache_load_factor: Number?
+        var prompt_cache_placement: String?
     }
 
     struct RawDeployment: Decodable {
@@ -180,7 +185,7 @@ struct RawConfiguration: Decodable {
             if let d = try? c.decode(Double.self) { value = d } else { value = Double(try c.decode(Int.self)) }
         }
     }
-    static let numberKeys: Set<String> = ["input_per_mtok", "output_per_mtok", "daily_usd", "monthly_usd", "client_daily_usd"]
+    static let numberKeys: Set<String> = ["input_per_mtok", "output_per_mtok", "daily_usd", "monthly_usd", "client_daily_usd", "prompt_cache_load_factor"]
 
     struct RawServer: Decodable {
         var listen: String?
@@ -403,6 +408,7 @@ private struct Validator {
             }
             group.queueTimeout = try duration(rm.queue_timeout, base + ["queue_timeout"], default: group.queueTimeout)
             if let t = rm.first_token_timeout { group.firstTokenTimeout = try duration(t, base + ["first_token_timeout"], default: .seconds(0)) }
+            try promptCache(rm, into: &group)
             groups.append(group)
         }
         let names = Set(groups.map(\.name))
@@ -432,6 +438,25 @@ private struct Validator {
         o.maxQueueSpans = try positive(ro.max_queue_spans, base + ["max_queue_spans"], default: o.maxQueueSpans, max: 1_000_000)
         o.exportInterval = try duration(ro.export_interval, base + ["export_interval"], default: o.exportInterval)
         return o
+    }
+
+    /// A group's `prompt_cache_*` options (docs/routing.md, "Prompt-cache affinity").
+    func promptCache(_ rm: RawConfiguration.RawModel, into group: inout SidecarConfiguration.ModelGroup) throws(ConfigurationError) {
+        let base = ["models"]
+        var affinity = PrefixAffinity.Configuration()
+        affinity.ttl = try duration(rm.prompt_cache_ttl, base + ["prompt_cache_ttl"], default: affinity.ttl)
+        if let f = rm.prompt_cache_load_factor?.value {
+            guard f >= 1, f <= 100 else { throw fail(base + ["prompt_cache_load_factor"], "must be between 1 and 100, got \(f)") }
+            affinity.loadFactor = f
+        }
+        if let p = rm.prompt_cache_placement {
+            guard let placement = PrefixAffinity.Placement(rawValue: p) else {
+                throw fail(base + ["prompt_cache_placement"], "\"\(p)\" is not a placement; write \"least-connections\" or \"hash\"")
+            }
+            affinity.placement = placement
+        }
+        group.promptCacheMinimumTokens = try positive(rm.prompt_cache_min_tokens, base + ["prompt_cache_min_tokens"], default: group.promptCacheMinimumTokens, max: 1_000_000)
+        group.promptCache = rm.prompt_cache_affinity == false ? nil : affinity
     }
 
     func cache(_ rc: RawConfiguration.RawCache?) throws(ConfigurationError) -> SidecarConfiguration.Cache {

@@ -92,6 +92,13 @@ public struct SidecarConfiguration: Sendable, Equatable {
         /// A streaming request whose first event has not arrived this long after it was sent moves
         /// to another deployment (the slow attempt is cancelled). Default: off.
         public var firstTokenTimeout: TimeAmount?
+        /// Prompt-cache affinity: each prompt prefix kept on the deployment whose provider cache
+        /// holds it (docs/routing.md). Default on: `prompt_cache_ttl` 5 min, load factor 1.5,
+        /// new prefixes by least-connections. nil: off (`prompt_cache_affinity = false`).
+        public var promptCache: PrefixAffinity.Configuration? = PrefixAffinity.Configuration()
+        /// The provider's shortest cacheable prompt, in tokens (`prompt_cache_min_tokens`).
+        /// Default 1,024 (OpenAI, Anthropic's Sonnet and Opus 4.x, Gemini 2.5 Flash).
+        public var promptCacheMinimumTokens = 1024
 
         public static let defaultRetryOn: Set<Int> = [429, 500, 502, 503, 504, 529]
         /// Statuses that say the request itself is wrong: retrying elsewhere cannot help.

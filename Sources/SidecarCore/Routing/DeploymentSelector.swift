@@ -98,6 +98,37 @@ public struct DeploymentSelector: Sendable {
         return best
     }
 
+    /// Whether deployment `i` may take one more request and stay within `loadFactor` times its
+    /// weighted share of the group's requests in flight: consistent hashing with bounded loads
+    /// (Mirrokni, Thorup, Zadimoghaddam 2018; HAProxy's `hash-balance-factor`):
+    /// `inFlight(i) + 1 <= ceil(loadFactor × (total + 1) × weight(i) / totalWeight)`, counting the
+    /// deployments that are not ejected and not in `excluding`. False too when `i` is ejected,
+    /// probing, or at its cap. With four equal deployments and a factor of 1.5:
+    ///
+    /// | in flight in the group | most on one deployment |
+    /// |---|---|
+    /// | 0 | 1 |
+    /// | 3 | 2 |
+    /// | 8 | 4 |
+    /// | 40 | 16 |
+    public mutating func admits(_ i: Int, loadFactor: Double, excluding: Set<Int> = [], now: NIODeadline) -> Bool {
+        var total = 0
+        var totalWeight = 0
+        for j in states.indices where !excluding.contains(j) || j == i {
+            refresh(j, now: now)
+            if case .ejected = states[j].health { continue }
+            total += states[j].inFlight
+            totalWeight += deployments[j].weight
+        }
+        switch states[i].health {
+        case .ejected, .halfOpen(probing: true): return false
+        case .healthy, .halfOpen(probing: false): break
+        }
+        if let cap = deployments[i].maxConcurrency, states[i].inFlight >= cap { return false }
+        let share = loadFactor * Double(total + 1) * Double(deployments[i].weight) / Double(totalWeight)
+        return Double(states[i].inFlight + 1) <= share.rounded(.up)
+    }
+
     /// How a request on deployment `i` ended. Releases its in-flight slot, exactly once per
     /// `select` (the caller guarantees that).
     public enum Outcome: Sendable, Equatable {

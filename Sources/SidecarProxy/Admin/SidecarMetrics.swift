@@ -2,6 +2,7 @@ import Metrics
 import NIOConcurrencyHelpers
 import NIOCore
 import Prometheus
+import SidecarCore
 import SidecarStore
 
 /// The daemon's metrics, through swift-metrics into a Prometheus registry of its own (no global
@@ -47,6 +48,17 @@ final class SidecarMetrics: Sendable {
     /// `llm_sidecar_accept_errors_total{reason}`: failed `accept` calls on the listener, by
     /// `AcceptFailure.reason` (emfile, enfile, enobufs, enomem, econnaborted, other).
     private let acceptErrors: CounterFamily
+    /// `llm_sidecar_provider_cache_tokens_total{deployment,kind}` (prompt, cached, cache_write)
+    /// and `llm_sidecar_provider_cache_saved_usd_total{deployment}`: what the providers' prompt
+    /// caches did for routed answers; `providerCacheTotals` keeps the same for `/stats`.
+    private let providerCacheTokens: LabeledFamily<[String: Metrics.Counter]>
+    private let providerCacheSaved: LabeledFamily<Metrics.FloatingPointCounter>
+    private let providerCacheTally = NIOLockedValueBox<[String: ProviderCacheTally]>([:])
+    /// `llm_sidecar_prompt_affinity_total{result}`: routed requests with a prompt prefix, by what
+    /// happened to it (`new`, `kept`, `moved`: PrefixAffinity.Verdict).
+    private let promptAffinityResults: CounterFamily
+    /// `llm_sidecar_prompt_affinity_prefixes{group}`: prefixes in a group's affinity table.
+    private let promptAffinityTable: MeterFamily
     private let deploymentInFlight: MeterFamily
     private let deploymentEjected: MeterFamily
     /// `llm_sidecar_unpriced_requests_total{outcome}`: requests for a model without a price under
@@ -123,6 +135,15 @@ final class SidecarMetrics: Sendable {
         errors = CounterFamily(label: "llm_sidecar_errors_total", dimension: "code", factory: factory)
         retries = CounterFamily(label: "llm_sidecar_routing_retries_total", dimension: "reason", factory: factory)
         acceptErrors = CounterFamily(label: "llm_sidecar_accept_errors_total", dimension: "reason", factory: factory)
+        let f = factory  // a let, for the Sendable closures below
+        providerCacheTokens = LabeledFamily { d in
+            Dictionary(uniqueKeysWithValues: ["prompt", "cached", "cache_write"].map {
+                ($0, Metrics.Counter(label: "llm_sidecar_provider_cache_tokens_total", dimensions: [("deployment", d), ("kind", $0)], factory: f))
+            })
+        }
+        providerCacheSaved = LabeledFamily { Metrics.FloatingPointCounter(label: "llm_sidecar_provider_cache_saved_usd_total", dimensions: [("deployment", $0)], factory: f) }
+        promptAffinityTable = MeterFamily(label: "llm_sidecar_prompt_affinity_prefixes", dimension: "group", factory: factory)
+        promptAffinityResults = CounterFamily(label: "llm_sidecar_prompt_affinity_total", dimension: "result", factory: factory)
         deploymentInFlight = MeterFamily(label: "llm_sidecar_deployment_in_flight", dimension: "deployment", factory: factory)
         deploymentEjected = MeterFamily(label: "llm_sidecar_deployment_ejected", dimension: "deployment", factory: factory)
         unpricedRequests = CounterFamily(label: "llm_sidecar_unpriced_requests_total", dimension: "outcome", factory: factory)
@@ -156,6 +177,24 @@ final class SidecarMetrics: Sendable {
             reported = total.usd
         }
     }
+
+    /// A routed answer's usage on deployment `name` (`UPSTREAM/MODEL`), and the dollars its
+    /// cached input tokens saved.
+    func providerCache(deployment name: String, usage: ResponseInspector.Usage, saved: Double) {
+        let tokens = providerCacheTokens[name]
+        tokens["prompt"]?.increment(by: usage.promptTokens)
+        tokens["cached"]?.increment(by: usage.cachedTokens)
+        tokens["cache_write"]?.increment(by: usage.cacheWriteTokens)
+        if saved > 0 { providerCacheSaved[name].increment(by: saved) }
+        providerCacheTally.withLockedValue { $0[name, default: .init()].add(usage, saved: saved) }
+    }
+
+    /// Per deployment, since the daemon started.
+    var providerCacheTotals: [String: ProviderCacheTally] { providerCacheTally.withLockedValue { $0 } }
+
+    func promptAffinityPrefixes(group: String, _ n: Int) { promptAffinityTable[group].set(n) }
+
+    func promptAffinity(_ verdict: PrefixAffinity.Verdict) { promptAffinityResults[verdict.rawValue].increment() }
 
     /// An attempt moved to another deployment.
     func retry(_ reason: String) { retries[reason].increment() }

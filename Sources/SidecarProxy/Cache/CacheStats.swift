@@ -24,6 +24,9 @@ public struct CacheStatsReport: Sendable {
     public var live: [String: any Sendable]?
     /// The daemon's model groups: per deployment, in-flight requests and health.
     public var routing: [String: any Sendable]?
+    /// The providers' own prompt caches, per deployment: since the daemon started (`/stats`), or
+    /// over the last 7 days of spend (`llm-sidecar stats`).
+    public var providerCache: [String: ProviderCacheTally]?
 
     public var totals: Counters { models.values.reduce(into: Counters()) { $0 += $1 } }
 
@@ -71,6 +74,10 @@ public struct CacheStatsReport: Sendable {
             },
         ]
         if let routing { object["routing"] = routing }
+        if let providerCache {
+            let total = providerCache.values.reduce(into: ProviderCacheTally()) { $0 += $1 }
+            object["provider_cache"] = ["totals": total.fields, "deployments": providerCache.mapValues(\.fields)] as [String: Any]
+        }
         let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes])) ?? Data("{}".utf8)
         return String(decoding: data, as: UTF8.self) + "\n"
     }
@@ -90,6 +97,14 @@ public struct CacheStatsReport: Sendable {
         row("bytes served from cache", Self.size(t.bytesServed))
         row("tokens saved", "\(t.promptTokensSaved) prompt + \(t.completionTokensSaved) completion")
         row("dollars saved", String(format: "$%.4f", totalDollarsSaved))
+        if let providerCache, !providerCache.isEmpty {
+            // Next to ours: what the providers' prompt caches did for the answers that went upstream.
+            let p = providerCache.values.reduce(into: ProviderCacheTally()) { $0 += $1 }
+            row("provider prompt cache", String(format: "%.1f%% of %lld input tokens read from it, $%.4f saved (7 days)", p.hitRatio * 100, p.promptTokens, p.usdSaved))
+            for (d, t) in providerCache.sorted(by: { $0.key < $1.key }).prefix(topModels) {
+                row("  " + String(d.prefix(23)), String(format: "%.1f%%, $%.4f saved", t.hitRatio * 100, t.usdSaved))
+            }
+        }
         let top = models.sorted { (dollarsSaved($0.key, $0.value), $0.value.hits + $0.value.coalesced) > (dollarsSaved($1.key, $1.value), $1.value.hits + $1.value.coalesced) }.prefix(topModels)
         if !top.isEmpty {
             out += "\n" + "MODEL".padding(toLength: 28, withPad: " ", startingAt: 0)
@@ -120,7 +135,24 @@ public struct CacheStatsReport: Sendable {
         let (entries, bytes) = try store.sizes()
         return CacheStatsReport(
             database: path, entries: entries, bytes: bytes, models: try store.counterTotals(), days: try store.dailyTotals(days: days),
-            entriesByModel: try store.entriesByModel(), prices: prices, live: nil, routing: nil)
+            entriesByModel: try store.entriesByModel(), prices: prices, live: nil, routing: nil,
+            providerCache: providerCache(try store.spend(since: UTCDay.day(Int64(Date().timeIntervalSince1970) - Int64(days - 1) * 86_400)), prices: prices))
+    }
+
+    /// Spend rows as provider-cache tallies per deployment, the savings priced at the deployment's
+    /// model (`UPSTREAM/MODEL`), else the row's.
+    public static func providerCache(_ rows: [ResponseCacheStore.SpendKey: ResponseCacheStore.Spend], prices: PriceTable) -> [String: ProviderCacheTally] {
+        var out: [String: ProviderCacheTally] = [:]
+        for (k, s) in rows where s.promptTokens > 0 {
+            let model = k.deployment.split(separator: "/", maxSplits: 1).last.map(String.init) ?? k.model
+            let usage = ResponseInspector.Usage(promptTokens: s.promptTokens, completionTokens: s.completionTokens,
+                                                cachedTokens: s.cachedTokens, cacheWriteTokens: s.cacheWriteTokens)
+            var t = ProviderCacheTally()
+            t.add(usage, saved: (prices.price(of: model) ?? prices.price(of: k.model))?.promptCacheSavings(usage) ?? 0)
+            t.answers = s.requests
+            out[k.deployment, default: .init()] += t
+        }
+        return out
     }
 }
 

@@ -41,6 +41,7 @@ extension ProxyExchange {
             if downstream.accessLogOn { downstream.access.model = requestModel }
         }
         traceDecided(bytes)
+        var parsedOnce: CanonicalJSON.Value??  // parsed for the prompt prefix, kept for the cache key
         if !routes.isEmpty {
             let model = Self.topLevelString("model", in: bytes)
             if let model, let r = routes[model] {
@@ -54,6 +55,15 @@ extension ProxyExchange {
                 if Self.barePath(clientHead.uri) == "/v1/responses" {
                     previousResponseID = Self.topLevelString("previous_response_id", in: bytes)
                     remembersResponseID = true
+                }
+                if r.group.promptCache != nil, r.group.deployments.count > 1,
+                   bytes.count >= r.group.promptCacheMinimumTokens * 4 || JSONTopLevel.value(of: "prompt_cache_key", in: bytes) != nil {
+                    // Only a body long enough to pass the provider's minimum (or naming its cache) is parsed.
+                    let parsed = CanonicalJSON.parse(bytes)
+                    parsedOnce = .some(parsed)
+                    promptPrefix = parsed.flatMap {
+                        PromptPrefix.of($0, path: Self.barePath(clientHead.uri), group: r.group.name, minimumTokens: r.group.promptCacheMinimumTokens)
+                    }
                 }
                 if r.group.firstTokenTimeout != nil, let v = JSONTopLevel.value(of: "stream", in: bytes) {
                     wantsStream = bytes[v].elementsEqual("true".utf8)
@@ -89,7 +99,7 @@ extension ProxyExchange {
             c.cache.count(model: requestModel ?? "-") { $0.bypasses += 1 }
             return lease(fresh: false)
         }
-        let parsed = CanonicalJSON.parse(bytes)
+        let parsed = parsedOnce ?? CanonicalJSON.parse(bytes)
         if case .string(let m)? = parsed?["model"] { c.model = m } else if let m = APIDialect.modelInPath(Self.barePath(c.path)) { c.model = m }
         let decision = policy
             .decide(method: c.method, path: Self.barePath(c.path), body: parsed, cacheControl: c.cacheControl, ttlHeader: c.ttlHeader)

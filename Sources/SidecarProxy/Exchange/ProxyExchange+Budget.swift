@@ -121,10 +121,15 @@ extension ProxyExchange {
         }
     }
 
+    /// Whether an answer's usage is read: for spend, budgets and `tpm`, and from every routed
+    /// answer for its deployment's provider-cache hit ratio.
+    var readsUsage: Bool { accounting != nil || budget != nil || charged != nil || route != nil || span != nil }
+
     /// The answer's usage and cost, for `llm-sidecar spend` (only answers from upstream: a cache
-    /// hit or a coalesced follower costs nothing).
+    /// hit or a coalesced follower costs nothing), and what the provider's prompt cache saved on
+    /// it, per deployment.
     func recordSpend(deployment: String, billedModel: String?) {
-        guard billed, accounting != nil || budget != nil || charged != nil, (200..<300).contains(responseStatus) else { return }
+        guard billed, readsUsage, (200..<300).contains(responseStatus) else { return }
         var tail: [UInt8] = []
         tail.reserveCapacity(usageTailBytes)
         for part in usageTail { tail += part.readableBytesView }
@@ -135,6 +140,9 @@ extension ProxyExchange {
             return settleUnmetered(deployment: deployment)
         }
         answerUsage = usage
+        if route != nil {
+            metrics.providerCache(deployment: deployment, usage: usage, saved: prices.price(of: billedModel ?? "")?.promptCacheSavings(usage) ?? 0)
+        }
         var spend = ResponseCacheStore.Spend()
         spend.requests = 1
         spend.promptTokens = usage.promptTokens

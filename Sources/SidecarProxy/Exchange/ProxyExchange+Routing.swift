@@ -67,6 +67,7 @@ extension ProxyExchange {
         deploymentWait?.timer.cancel()
         deploymentWait = nil
         install(r, i)
+        if let p = promptPrefix, r === route { r.learn(p, deployment: i) }
         if let c = charged { charged = (c.route, c.index, 0) }  // a granted slot charged no tokens
         lease(fresh: false)
     }
@@ -88,10 +89,14 @@ extension ProxyExchange {
         guard let route else { return nil }
         let tokens = needsTokens(route) ? estimatedTokens : 0
         let home = previousResponseID.flatMap { route.deployment(ofResponse: $0) }
-        if let i = route.acquire(excluding: excluded(route), tokens: tokens, prefer: home) { return (route, i) }
+        if let (i, verdict) = route.acquire(excluding: excluded(route), tokens: tokens, prefer: home, prefix: promptPrefix) {
+            if let verdict { metrics.promptAffinity(verdict) }
+            return (route, i)
+        }
         for name in route.group.fallbacks {
+            // The prefix names its group: another group's deployments hold none of it.
             guard let r = routes[name] else { continue }
-            if let i = r.acquire(excluding: excluded(r), tokens: needsTokens(r) ? estimatedTokens : 0) { return (r, i) }
+            if let (i, _) = r.acquire(excluding: excluded(r), tokens: needsTokens(r) ? estimatedTokens : 0) { return (r, i) }
         }
         return nil
     }

@@ -203,7 +203,7 @@ extension ProxyExchange {
             group?.metrics.streamFirstToken.recordNanoseconds((now - sentAt).nanoseconds)
             traceFirstByte()
         }
-        if accounting != nil || budget != nil || charged != nil, (200..<300).contains(responseStatus) {
+        if readsUsage, (200..<300).contains(responseStatus) {
             if dialect == .anthropic, isStream, usageHead.count < Self.usageHeadBytes {
                 usageHead += body.readableBytesView.prefix(Self.usageHeadBytes - usageHead.count)
             }

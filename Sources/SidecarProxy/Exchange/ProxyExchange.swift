@@ -271,5 +271,7 @@ final class ProxyExchange: UpstreamResponseDelegate {
     var cacheSpan: SidecarSpan?
     var attemptSpan: SidecarSpan?
     var sentWallNanos: UInt64 = 0
+    /// A routed request's prompt prefix, for prompt-cache affinity (nil: none, or affinity off).
+    var promptPrefix: PromptPrefix?
     var heldBody: [UInt8] = []
 }

@@ -27,6 +27,8 @@ final class ModelRoute: Sendable {
         var random = SystemRandomNumberGenerator()
         var waiters: Deque<Waiter> = []
         var nextWaiter = 0
+        /// Prompt prefix -> deployment (`prompt_cache_*`); nil when the group turned it off.
+        var affinity: PrefixAffinity?
     }
 
     private let state: NIOLockedValueBox<State>
@@ -43,23 +45,47 @@ final class ModelRoute: Sendable {
         state = NIOLockedValueBox(State(
             selector: selector,
             rpm: group.deployments.map { d in d.rpm.map { TokenBucket(capacity: $0, perMinute: $0, now: now) } },
-            tpm: group.deployments.map { d in d.tpm.map { TokenBucket(capacity: $0, perMinute: $0, now: now) } }))
+            tpm: group.deployments.map { d in d.tpm.map { TokenBucket(capacity: $0, perMinute: $0, now: now) } },
+            affinity: group.promptCache.map { PrefixAffinity(configuration: $0) }))
     }
 
     /// A deployment for one request (weighted least-connections over the healthy ones that are
     /// within their `rpm`/`tpm`), or nil when every deployment is at its cap, ejected or out of
     /// rate. `tokens` is the request's estimated size, charged to the deployment's `tpm`.
-    /// - Parameter prefer: a deployment to take if it can take the request (the one that stored
-    ///   the response a request continues); the others are considered only when it cannot.
-    func acquire(excluding: Set<Int> = [], tokens: Double = 0, prefer: Int? = nil, now: NIODeadline = .now()) -> Int? {
+    /// - Parameters:
+    ///   - prefer: a deployment to take if it can take the request (the one that stored the
+    ///     response a request continues); the others are considered only when it cannot.
+    ///   - prefix: the request's prompt prefix: with the group's prompt-cache affinity on, it goes
+    ///     to the deployment that holds it, within the bounded load (`PrefixAffinity`), and the
+    ///     table learns where it went. `verdict` says which way that went.
+    func acquire(excluding: Set<Int> = [], tokens: Double = 0, prefer: Int? = nil, prefix: PromptPrefix? = nil,
+                 now: NIODeadline = .now()) -> (index: Int, verdict: PrefixAffinity.Verdict?)? {
         state.withLockedValue { s in
             if let p = prefer, !excluding.contains(p), group.deployments.indices.contains(p) {
                 let others = Set(group.deployments.indices).subtracting([p])
-                if let i = Self.select(&s, excluding: excluding.union(others), tokens: tokens, now: now) { return i }
+                if let i = Self.select(&s, excluding: excluding.union(others), tokens: tokens, now: now) {
+                    if let prefix { s.affinity?.learn(prefix, deployment: i, now: now) }
+                    return (i, nil)
+                }
             }
-            return Self.select(&s, excluding: excluding, tokens: tokens, now: now)
+            if let prefix, s.affinity != nil {
+                let skip = Self.outOfRate(s, excluding: excluding, tokens: tokens, now: now)
+                guard let (i, verdict) = s.affinity!.select(prefix, selector: &s.selector, excluding: skip, now: now, random: &s.random) else { return nil }
+                Self.charge(&s, i, tokens: tokens, now: now)
+                return (i, verdict)
+            }
+            return Self.select(&s, excluding: excluding, tokens: tokens, now: now).map { ($0, nil) }
         }
     }
+
+    /// A request of `prefix` that waited in the queue went to deployment `i`: the provider caches
+    /// the prefix there now.
+    func learn(_ prefix: PromptPrefix, deployment i: Int, now: NIODeadline = .now()) {
+        state.withLockedValue { s in s.affinity?.learn(prefix, deployment: i, now: now) }
+    }
+
+    /// Prefixes in the affinity table, for `/stats` (nil: affinity off).
+    var affinityTableSize: Int? { state.withLockedValue { $0.affinity?.count } }
 
     /// Deployment `i` answered with Responses API answer `id`.
     func remember(response id: String, deployment i: Int) {
@@ -72,15 +98,26 @@ final class ModelRoute: Sendable {
     }
 
     private static func select(_ s: inout State, excluding: Set<Int>, tokens: Double, now: NIODeadline) -> Int? {
+        let skip = outOfRate(s, excluding: excluding, tokens: tokens, now: now)
+        guard let i = s.selector.select(now: now, excluding: skip, random: &s.random) else { return nil }
+        charge(&s, i, tokens: tokens, now: now)
+        return i
+    }
+
+    /// `excluding` and the deployments out of their `rpm` or `tpm` for a request of `tokens`.
+    private static func outOfRate(_ s: State, excluding: Set<Int>, tokens: Double, now: NIODeadline) -> Set<Int> {
         var skip = excluding
         for i in s.rpm.indices {
             if let b = s.rpm[i], !b.has(1, now: now) { skip.insert(i) }
             if let b = s.tpm[i], !b.has(min(tokens, b.capacity), now: now) { skip.insert(i) }
         }
-        guard let i = s.selector.select(now: now, excluding: skip, random: &s.random) else { return nil }
+        return skip
+    }
+
+    /// Takes a request and its `tokens` from deployment `i`'s rate buckets.
+    private static func charge(_ s: inout State, _ i: Int, tokens: Double, now: NIODeadline) {
         _ = s.rpm[i]?.take(now: now)
         if let capacity = s.tpm[i]?.capacity { _ = s.tpm[i]?.take(min(tokens, capacity), now: now) }
-        return i
     }
 
     /// The answer said how many tokens it really took: the deployment's `tpm` is corrected.

@@ -43,14 +43,20 @@ extension DownstreamHandler {
         case "/stats":
             let configuration = runtime.configuration
             var groups: [String: any Sendable] = [:]
+            let providerCache = state.metrics.providerCacheTotals
             for (name, route) in runtime.routes {
-                groups[name] = route.snapshot.map { d -> [String: any Sendable] in ["deployment": d.name, "in_flight": d.inFlight, "health": d.health] }
+                groups[name] = route.snapshot.map { d -> [String: any Sendable] in
+                    var f: [String: any Sendable] = ["deployment": d.name, "in_flight": d.inFlight, "health": d.health]
+                    if let p = providerCache[d.name] { f["provider_cache"] = p.fields }
+                    return f
+                }
             }
             let routing = groups
             guard let cache = state.cache, let context else {
                 var report = CacheStatsReport(database: "", entries: 0, bytes: 0, models: [:], days: [], prices: configuration.priceTable,
                                               live: ["mode": "off"])
                 report.routing = routing
+                report.providerCache = providerCache
                 respondLocally(status: .ok, contentType: "application/json", body: ByteBuffer(string: report.json()), headOnly: headOnly)
                 return
             }
@@ -59,6 +65,7 @@ extension DownstreamHandler {
                 var report = await cache.report(prices: configuration.priceTable, mode: configuration.cache.mode.rawValue,
                                                 scope: configuration.cache.scope.rawValue)
                 report.routing = routing
+                report.providerCache = providerCache
                 return report.json()
             }.assumeIsolated().whenSuccess { [self] json in
                 self.respondLocally(status: .ok, contentType: "application/json", body: ByteBuffer(string: json), headOnly: headOnly)

@@ -110,6 +110,7 @@ public final class SidecarServer: Sendable {
             guard let state else { return }
             for route in state.runtime.routes.values {
                 for d in route.snapshot { metrics.deployment(d.name, inFlight: d.inFlight, ejected: d.health == "ejected") }
+                if let n = route.affinityTableSize { metrics.promptAffinityPrefixes(group: route.group.name, n) }
             }
         } }
         let box = ChildRegistry()
