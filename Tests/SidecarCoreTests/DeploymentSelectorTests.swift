@@ -67,7 +67,7 @@ final class DeploymentSelectorTests: XCTestCase {
     }
 
     /// Random start/finish/fail sequences against a shadow model: caps hold, ejected deployments
-    /// are never picked except one half-open probe at a time, in-flight counts match.
+    /// are never picked except one half-open probe at a time, down ones never, in-flight counts match.
     func testRandomEventsAgainstShadowModel() {
         var rng = SplitMix64(seed: 0xBEEF)
         for round in 0..<100 {
@@ -76,13 +76,19 @@ final class DeploymentSelectorTests: XCTestCase {
             var s = DeploymentSelector(deployments: deployments)
             var now = t0
             var running: [Int] = []
+            var down = Set<Int>()
             for _ in 0..<300 {
                 now = now + .milliseconds(Int64(rng.next() % 500))
-                if rng.next() % 3 != 0 {
+                if rng.next() % 10 == 0 {
+                    let i = Int(rng.next() % UInt64(n))
+                    if down.contains(i) { down.remove(i) } else { down.insert(i) }
+                    s.setDown(i, down.contains(i))
+                } else if rng.next() % 3 != 0 {
                     let before = (0..<n).map { s.health($0) }
                     if let i = s.select(now: now, random: &rng) {
                         if case .ejected(let until) = before[i] { XCTAssertLessThanOrEqual(until, now, "round \(round): picked an ejected deployment") }
                         if case .halfOpen(probing: true) = before[i] { XCTFail("round \(round): a second probe") }
+                        XCTAssertFalse(down.contains(i), "round \(round): picked a deployment that is down")
                         if let cap = deployments[i].maxConcurrency { XCTAssertLessThanOrEqual(s.inFlight(i), cap, "round \(round): over the cap") }
                         running.append(i)
                     }
@@ -95,6 +101,22 @@ final class DeploymentSelectorTests: XCTestCase {
                 for i in 0..<n { XCTAssertEqual(s.inFlight(i), running.filter { $0 == i }.count, "round \(round)") }
             }
         }
+    }
+
+    func testDownDeploymentsTakeNothingAndFinishTheirRequests() {
+        var rng = SplitMix64(seed: 4)
+        var s = DeploymentSelector(deployments: [.init(), .init()])
+        XCTAssertEqual(s.select(now: t0, excluding: [0], random: &rng), 1)
+        s.setDown(1, true)
+        for _ in 0..<3 { XCTAssertEqual(s.select(now: t0, random: &rng), 0) }
+        XCTAssertFalse(s.admits(1, loadFactor: 100, now: t0), "down: no placement by affinity either")
+        s.finished(1, .success(latency: .milliseconds(5)), now: t0)
+        XCTAssertEqual(s.inFlight(1), 0, "the request in flight finished normally")
+        s.setDown(0, true)
+        XCTAssertNil(s.select(now: t0, random: &rng), "every deployment down")
+        s.setDown(1, false)
+        XCTAssertEqual(s.select(now: t0, random: &rng), 1)
+        XCTAssertEqual(s.health(0), .healthy, "down is not an ejection")
     }
 
     func testSharesConvergeToWeightsUnderSaturation() {

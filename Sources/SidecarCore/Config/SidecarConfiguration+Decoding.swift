@@ -219,6 +219,7 @@ struct RawConfiguration: Decodable {
         var tls_handshake_timeout: String?
         var first_byte_timeout: String?
         var read_idle_timeout: String?
+        var health_check: RawHealthCheck?
     }
 
     struct RawLog: Decodable {
@@ -560,6 +561,7 @@ private struct Validator {
         up.tlsHandshakeTimeout = try duration(ru.tls_handshake_timeout, base + ["tls_handshake_timeout"], default: up.tlsHandshakeTimeout)
         up.firstByteTimeout = try duration(ru.first_byte_timeout, base + ["first_byte_timeout"], default: up.firstByteTimeout)
         up.readIdleTimeout = try duration(ru.read_idle_timeout, base + ["read_idle_timeout"], default: up.readIdleTimeout)
+        up.healthCheck = try ru.health_check?.validate(at: base + ["health_check"], fail: fail)
         return up
     }
 }

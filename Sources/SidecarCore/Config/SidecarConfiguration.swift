@@ -221,6 +221,8 @@ public struct SidecarConfiguration: Sendable, Equatable {
         public var firstByteTimeout: TimeAmount = .seconds(600)
         /// Longest silence between two response body reads. Default 300 s.
         public var readIdleTimeout: TimeAmount = .seconds(300)
+        /// Active health checks; nil (default) = none, only passive ejection.
+        public var healthCheck: HealthCheck?
 
         public init(name: String, url: UpstreamURL) {
             self.name = name

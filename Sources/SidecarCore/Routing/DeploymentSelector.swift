@@ -14,6 +14,11 @@ import NIOCore
 /// deployment, its failure ejects it again for longer. A 429's `Retry-After` ejects for at least
 /// that long. Never more than `maxEjectionPercent` of the group is ejected at once; if every
 /// deployment is ejected or full anyway, `select` returns nil (panic handling is the caller's).
+///
+/// Down (active health checks, `setDown`): a deployment its upstream's probes marked down takes no
+/// new request and counts in no bounded load until it is marked up again. Independent of
+/// ejection, and not under `maxEjectionPercent`: a probe that fails is evidence about the
+/// deployment alone, not a client request's outcome that a bad request could have caused.
 public struct DeploymentSelector: Sendable {
     public struct Deployment: Sendable, Equatable {
         public var weight: Int
@@ -49,6 +54,7 @@ public struct DeploymentSelector: Sendable {
         var timesEjected = 0
         var health: Health = .healthy
         var latencyEWMA: Double = 0
+        var down = false
     }
 
     public let deployments: [Deployment]
@@ -66,6 +72,12 @@ public struct DeploymentSelector: Sendable {
     public func health(_ i: Int) -> Health { states[i].health }
     /// Deployment `i`'s latency EWMA in milliseconds (0 until its first success).
     public func latencyEWMA(_ i: Int) -> Double { states[i].latencyEWMA }
+    /// Whether deployment `i`'s health check has it down.
+    public func isDown(_ i: Int) -> Bool { states[i].down }
+
+    /// Deployment `i`'s upstream was marked down (or up) by its active health check. Requests in
+    /// flight there finish as they would.
+    public mutating func setDown(_ i: Int, _ down: Bool) { states[i].down = down }
 
     /// The deployment for a new request (its in-flight count is taken), or nil when every
     /// deployment is ejected or at its cap. `excluding` skips deployments this request already
@@ -78,6 +90,7 @@ public struct DeploymentSelector: Sendable {
         for i in states.indices where !excluding.contains(i) {
             refresh(i, now: now)
             let s = states[i]
+            if s.down { continue }
             switch s.health {
             case .ejected, .halfOpen(probing: true): continue
             case .healthy, .halfOpen(probing: false): break
@@ -117,9 +130,11 @@ public struct DeploymentSelector: Sendable {
         for j in states.indices where !excluding.contains(j) || j == i {
             refresh(j, now: now)
             if case .ejected = states[j].health { continue }
+            if states[j].down { continue }
             total += states[j].inFlight
             totalWeight += deployments[j].weight
         }
+        if states[i].down { return false }
         switch states[i].health {
         case .ejected, .halfOpen(probing: true): return false
         case .healthy, .halfOpen(probing: false): break
