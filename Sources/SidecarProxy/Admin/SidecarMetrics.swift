@@ -263,7 +263,12 @@ final class UpstreamMetrics: Sendable {
     /// Replays of a request whose reused keep-alive connection the server had closed.
     let staleConnectionRetries: Metrics.Counter
 
+    private let name: String
+    private let factory: PrometheusMetricsFactory
+
     init(name: String, factory: PrometheusMetricsFactory) {
+        self.name = name
+        self.factory = factory
         let u = [("upstream", name)]
         requests = (1...5).map { Metrics.Counter(label: "llm_sidecar_requests_total", dimensions: u + [("status_class", "\($0)xx")], factory: factory) }
         duration = Metrics.Timer(label: "llm_sidecar_request_duration_seconds", dimensions: u, factory: factory)
@@ -277,6 +282,16 @@ final class UpstreamMetrics: Sendable {
         tlsHandshakes = Metrics.Counter(label: "llm_sidecar_tls_handshakes_total", dimensions: u + [("resumed", "false")], factory: factory)
         tlsResumed = Metrics.Counter(label: "llm_sidecar_tls_handshakes_total", dimensions: u + [("resumed", "true")], factory: factory)
         staleConnectionRetries = Metrics.Counter(label: "llm_sidecar_retries_total", dimensions: u + [("reason", "stale_connection")], factory: factory)
+    }
+
+    /// `llm_sidecar_upstream_health_check_up{upstream}` (1 up, 0 down or not yet checked) and
+    /// `llm_sidecar_upstream_health_checks_total{upstream,result}` (`pass`, `fail`): made only for
+    /// upstreams with a `health_check`, so an unchecked upstream does not read as down.
+    func healthCheck() -> (up: Metrics.Meter, passed: Metrics.Counter, failed: Metrics.Counter) {
+        let u = [("upstream", name)]
+        return (Metrics.Meter(label: "llm_sidecar_upstream_health_check_up", dimensions: u, factory: factory),
+                Metrics.Counter(label: "llm_sidecar_upstream_health_checks_total", dimensions: u + [("result", "pass")], factory: factory),
+                Metrics.Counter(label: "llm_sidecar_upstream_health_checks_total", dimensions: u + [("result", "fail")], factory: factory))
     }
 
     func response(status: Int) {

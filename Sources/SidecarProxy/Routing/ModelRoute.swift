@@ -5,7 +5,9 @@ import SidecarCore
 
 /// One model group's routing state, shared by every event loop: the pure `DeploymentSelector`
 /// (in-flight counts, latency, ejection) and a bounded wait queue, behind one short lock, and
-/// each deployment's upstream. Every slot handed out (by `acquire` or to a waiter) is given back
+/// each deployment's upstream. Deployments whose upstream's active health check has them down
+/// (`HealthProber`) are marked down in the selector before every pick, so a verdict reached on
+/// any loop holds for the next request everywhere. Every slot handed out (by `acquire` or to a waiter) is given back
 /// by exactly one `release` (ProxyExchange keeps the slot and returns it once, however the
 /// request ends).
 final class ModelRoute: Sendable {
@@ -61,6 +63,7 @@ final class ModelRoute: Sendable {
     func acquire(excluding: Set<Int> = [], tokens: Double = 0, prefer: Int? = nil, prefix: PromptPrefix? = nil,
                  now: NIODeadline = .now()) -> (index: Int, verdict: PrefixAffinity.Verdict?)? {
         state.withLockedValue { s in
+            syncHealthChecks(&s)
             if let p = prefer, !excluding.contains(p), group.deployments.indices.contains(p) {
                 let others = Set(group.deployments.indices).subtracting([p])
                 if let i = Self.select(&s, excluding: excluding.union(others), tokens: tokens, now: now) {
@@ -95,6 +98,16 @@ final class ModelRoute: Sendable {
     /// The deployment that stored answer `id`, if known.
     func deployment(ofResponse id: String) -> Int? {
         responses.withLockedValue { $0.get(id) }
+    }
+
+    /// Copies each deployment's upstream health check verdict into the selector: one atomic
+    /// load per checked deployment, under the lock already held.
+    private func syncHealthChecks(_ s: inout State) {
+        for (i, upstream) in upstreams.enumerated() {
+            guard let check = upstream.healthCheck else { continue }
+            let down = check.isDown
+            if s.selector.isDown(i) != down { s.selector.setDown(i, down) }
+        }
     }
 
     private static func select(_ s: inout State, excluding: Set<Int>, tokens: Double, now: NIODeadline) -> Int? {
@@ -151,9 +164,10 @@ final class ModelRoute: Sendable {
     /// deployment is at its `max_concurrency`), bounded by `queue_size`.
     func acquireOrWait(loop: EventLoop, tokens: Double = 0, now: NIODeadline = .now(), grant: @escaping @Sendable (Int) -> Void) -> Admission {
         state.withLockedValue { s in
+            syncHealthChecks(&s)
             if let i = Self.select(&s, excluding: [], tokens: tokens, now: now) { return .acquired(i) }
             let full = group.deployments.indices.contains { i in
-                guard case .healthy = s.selector.health(i), let cap = group.deployments[i].maxConcurrency else { return false }
+                guard case .healthy = s.selector.health(i), !s.selector.isDown(i), let cap = group.deployments[i].maxConcurrency else { return false }
                 return s.selector.inFlight(i) >= cap
             }
             guard full, s.waiters.count < group.queueSize else { return .refused }
@@ -177,6 +191,7 @@ final class ModelRoute: Sendable {
     func release(_ i: Int, _ outcome: DeploymentSelector.Outcome, now: NIODeadline = .now()) {
         let grants = state.withLockedValue { s -> [(Waiter, Int)] in
             s.selector.finished(i, outcome, now: now)
+            syncHealthChecks(&s)
             var out: [(Waiter, Int)] = []
             while !s.waiters.isEmpty, let j = Self.select(&s, excluding: [], tokens: 0, now: now) {
                 out.append((s.waiters.removeFirst(), j))
@@ -189,19 +204,24 @@ final class ModelRoute: Sendable {
     /// `UPSTREAM/MODEL`, as `x-sidecar-deployment` says.
     func name(_ i: Int) -> String { "\(group.deployments[i].upstream)/\(group.deployments[i].model)" }
 
-    /// Per deployment: name, requests in flight, health (for `/stats`), its latency EWMA in
-    /// milliseconds and, while ejected, when it may be tried again (for `/stats/live`).
-    var snapshot: [(name: String, inFlight: Int, health: String, latencyEWMA: Double, ejectedUntil: NIODeadline?)] {
+    /// Per deployment: name, requests in flight, health (for `/stats`: `down` when its health
+    /// check has it down, whatever passive ejection says), its latency EWMA in milliseconds and,
+    /// while ejected, when it may be tried again (for `/stats/live`), and its upstream's health
+    /// check verdict with the last failure's reason (nil without a check).
+    var snapshot: [(name: String, inFlight: Int, health: String, latencyEWMA: Double, ejectedUntil: NIODeadline?,
+                    check: (status: HealthCheckState.Status, lastProblem: String?)?)] {
         state.withLockedValue { s in
-            group.deployments.indices.map { i in
-                let health: String
+            syncHealthChecks(&s)
+            return group.deployments.indices.map { i in
+                var health: String
                 var until: NIODeadline?
                 switch s.selector.health(i) {
                 case .healthy: health = "healthy"
                 case .ejected(let u): health = "ejected"; until = u
                 case .halfOpen: health = "half-open"
                 }
-                return (name(i), s.selector.inFlight(i), health, s.selector.latencyEWMA(i), until)
+                if s.selector.isDown(i) { health = "down" }
+                return (name(i), s.selector.inFlight(i), health, s.selector.latencyEWMA(i), until, upstreams[i].healthCheck?.report)
             }
         }
     }

@@ -48,6 +48,11 @@ extension DownstreamHandler {
                 groups[name] = route.snapshot.map { d -> [String: any Sendable] in
                     var f: [String: any Sendable] = ["deployment": d.name, "in_flight": d.inFlight, "health": d.health]
                     if let p = providerCache[d.name] { f["provider_cache"] = p.fields }
+                    if let check = d.check {
+                        var c: [String: any Sendable] = ["status": check.status.rawValue]
+                        if let problem = check.lastProblem { c["last_failure"] = problem }
+                        f["health_check"] = c
+                    }
                     return f
                 }
             }

@@ -47,8 +47,13 @@ public final class SidecarServer: Sendable {
         var groups: [String: UpstreamGroup] = [:]
         for upstream in configuration.upstreams {
             groups[upstream.name] = try UpstreamGroup(
-                configuration: upstream, apiKey: apiKeys[upstream.name], eventLoops: loops, metrics: metrics.upstream(upstream.name))
+                configuration: upstream, apiKey: apiKeys[upstream.name], eventLoops: loops, metrics: metrics.upstream(upstream.name),
+                logger: logger)
         }
+        // Upstreams with a health check route nothing until their first probe answers: the
+        // listener opens after that (at most each check's `timeout`), so the first client
+        // requests already go only where a probe passed.
+        for g in groups.values { if let check = g.healthCheck { try? await check.firstVerdict.get() } }
         let adminToken = try APIKeys.read(configuration.server.adminToken, key: "server.admin_token", environment: ProcessInfo.processInfo.environment)
         var cache: ResponseCache?
         if configuration.cache.mode != .off {
@@ -229,7 +234,8 @@ extension SidecarServer {
                 kept.insert(ObjectIdentifier(existing))
             } else {
                 groups[upstream.name] = try UpstreamGroup(
-                    configuration: upstream, apiKey: key, eventLoops: loops, metrics: state.metrics.upstream(upstream.name))
+                    configuration: upstream, apiKey: key, eventLoops: loops, metrics: state.metrics.upstream(upstream.name),
+                    logger: logger, carriedOver: old.groups[upstream.name]?.healthCheck?.report.status)
             }
         }
         let adminToken = try APIKeys.read(configuration.server.adminToken, key: "server.admin_token", environment: ProcessInfo.processInfo.environment)

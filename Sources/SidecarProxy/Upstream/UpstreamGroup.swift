@@ -1,3 +1,4 @@
+import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import SidecarCore
@@ -46,8 +47,13 @@ final class UpstreamGroup: Sendable {
 
     let metrics: UpstreamMetrics
     let health = UpstreamHealth()
+    /// The active health check (`health_check`), or nil when the upstream has none.
+    let healthCheck: HealthProber?
 
-    init(configuration: SidecarConfiguration.Upstream, apiKey: String?, eventLoops: [EventLoop], metrics: UpstreamMetrics) throws {
+    /// - Parameter carriedOver: the health check verdict of the group this one replaces on a
+    ///   reload (same name), so that a working upstream stays in while its first probe runs.
+    init(configuration: SidecarConfiguration.Upstream, apiKey: String?, eventLoops: [EventLoop], metrics: UpstreamMetrics,
+         logger: Logger, carriedOver: HealthCheckState.Status? = nil) throws {
         self.configuration = configuration
         self.metrics = metrics
         self.credential = apiKey.map { configuration.api.authorization(key: $0) }
@@ -82,6 +88,14 @@ final class UpstreamGroup: Sendable {
             pools[ObjectIdentifier(loop)] = pool
         }
         self.pools = pools
+        if let check = configuration.healthCheck {
+            self.healthCheck = HealthProber(
+                upstream: configuration.name, check: check, settings: settings, hostHeader: configuration.url.hostHeader,
+                credential: apiKey.map { configuration.api.authorization(key: $0) }, loop: eventLoops[0], logger: logger,
+                metrics: metrics, carriedOver: carriedOver)
+        } else {
+            self.healthCheck = nil
+        }
     }
 
     /// `total` split over `n` parts as evenly as integers allow.
@@ -118,6 +132,7 @@ final class UpstreamGroup: Sendable {
 
     /// Closes idle connections now and the others as their requests finish.
     func shutdown() -> EventLoopFuture<Void> {
+        healthCheck?.stop()
         let futures = pools.values.map { bound in
             bound.eventLoop.flatSubmit { bound.value.shutdown() }
         }
