@@ -40,17 +40,8 @@ final class AdminTests: XCTestCase {
                 labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
                 print(f"{s.name}{{{labels}}} {s.value}")
         """
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: python)
-        p.arguments = ["-c", script, text]
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let parsed = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        let errors = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        XCTAssertEqual(p.terminationStatus, 0, "prometheus_client could not parse /metrics: \(errors)")
+        let (status, parsed, errors) = try runPython(python, script, [text])
+        XCTAssertEqual(status, 0, "prometheus_client could not parse /metrics: \(errors)")
         var samples: [String: Double] = [:]
         for line in parsed.split(separator: "\n") {
             let parts = line.split(separator: " ")

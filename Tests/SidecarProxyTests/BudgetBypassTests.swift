@@ -216,10 +216,16 @@ extension BudgetBypassTests {
         defer { Task { await harness.stop() } }
         var answers: [TestResponse] = []
         for _ in 0..<8 { answers.append(try await harness.request(headers: [("x-fake-gzip", "always")], body: Self.doubleReservation)) }
-        XCTAssertEqual(answers.map(\.status), [200, 200, 200, 200, 200, 429, 429, 429], "each charged 2 of 10.5")
-        for r in answers.prefix(5) {
+        // Each upstream call is charged 2 of 10.5: five fit. A request may also arrive while the one
+        // before it is still finishing on the sidecar (its client already has every byte) and
+        // share its answer ("coalesced": no upstream call, nothing charged); none is a cache hit.
+        let called = answers.filter { $0.status == 200 && $0.header("x-sidecar-cache") == "miss" }
+        XCTAssertEqual(called.count, 5, "each charged 2 of 10.5: \(answers.map { "\($0.status) \($0.header("x-sidecar-cache") ?? "-")" })")
+        XCTAssertEqual(answers.prefix(5).map(\.status), [200, 200, 200, 200, 200])
+        XCTAssertEqual(answers.last?.status, 429)
+        for r in answers where r.status == 200 {
             XCTAssertEqual(r.header("content-encoding"), "gzip")
-            XCTAssertEqual(r.header("x-sidecar-cache"), "miss", "identical and deterministic, but never stored compressed")
+            XCTAssertNotEqual(r.header("x-sidecar-cache"), "hit", "identical and deterministic, but never stored compressed")
         }
         XCTAssertEqual(upstream.requests.count, 5)
         let metrics = try await harness.request("GET", "/metrics").body

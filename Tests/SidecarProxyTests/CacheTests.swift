@@ -470,6 +470,14 @@ extension CacheTests {
         try await start()
         let miss = try await post()
         XCTAssertEqual(miss.header("x-sidecar-cache"), "miss")
+        // The client has every byte of the miss a moment before the sidecar has stored it: until
+        // then an identical request shares the flight ("coalesced"). Wait for the first hit.
+        var stored = false
+        for _ in 0..<200 where !stored {
+            stored = try await post().header("x-sidecar-cache") == "hit"
+            if !stored { try await Task.sleep(nanoseconds: 10_000_000) }  // polling a condition, not waiting for time
+        }
+        XCTAssertTrue(stored)
         let body = Self.deterministic
         let one = "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer client-a\r\ncontent-type: application/json\r\ncontent-length: \(body.utf8.count)\r\n\r\n\(body)"
         let last = one.replacingOccurrences(of: "host: x\r\n", with: "host: x\r\nconnection: close\r\n")

@@ -225,17 +225,8 @@ final class DialectProxyTests: XCTestCase {
 extension DialectProxyTests {
     /// Runs a Python script with `argument`; its stdout is one JSON object.
     static func runJSON(_ python: String, _ script: String, _ argument: String) throws -> [String: Any] {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: python)
-        p.arguments = ["-c", script, argument]
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let output = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        let errors = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        XCTAssertEqual(p.terminationStatus, 0, errors)
+        let (status, output, errors) = try runPython(python, script, [argument])
+        XCTAssertEqual(status, 0, errors)
         return try XCTUnwrap(JSONSerialization.jsonObject(with: Data(output.utf8)) as? [String: Any], output + errors)
     }
 

@@ -59,17 +59,8 @@ final class LimitsTests: XCTestCase {
             print(r.choices[0].message.content[:5])
         print(f"elapsed {time.monotonic() - t0:.2f}")
         """
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: python)
-        p.arguments = ["-c", script, "http://127.0.0.1:\(harness.port)/v1"]
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let output = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        let errors = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        XCTAssertEqual(p.terminationStatus, 0, "the SDK gave up: \(errors)")
+        let (status, output, errors) = try runPython(python, script, ["http://127.0.0.1:\(harness.port)/v1"])
+        XCTAssertEqual(status, 0, "the SDK gave up: \(errors)")
         XCTAssertEqual(output.split(separator: "\n").filter { $0 == "Hello" }.count, 3, output)
         let elapsed = Double(output.split(separator: " ").last?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? 0
         XCTAssertGreaterThanOrEqual(elapsed, 1.5, "it waited for the limit (Retry-After), it was not let through: \(output)")

@@ -90,3 +90,18 @@ func openAIError(_ body: String, file: StaticString = #filePath, line: UInt = #l
     }
     return (message, type, code)
 }
+
+/// Runs `script` with the test venv's Python and `arguments`: its exit status, stdout and stderr.
+func runPython(_ python: String, _ script: String, _ arguments: [String]) throws -> (status: Int32, out: String, err: String) {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: python)
+    p.arguments = ["-c", script] + arguments
+    let out = Pipe(), err = Pipe()
+    p.standardOutput = out
+    p.standardError = err
+    try p.run()
+    let output = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    let errors = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    p.waitUntilExit()
+    return (p.terminationStatus, output, errors)
+}
