@@ -100,13 +100,28 @@ final class DNSDiscovery: Sendable {
         case .emptyUnconfirmed:
             logger.notice("DNS discovery found no addresses; asking again before draining", metadata: metadata)
         case .changed(let added, let removed):
-            apply(added: added, removed: removed, joined: initial ? nil : now)
             logger.notice("DNS discovery changed the addresses", metadata: metadata.merging([
                 "added": "\(added.joined(separator: ","))", "removed": "\(removed.joined(separator: ","))",
                 "addresses": "\(s.state.addresses.count)"]) { a, _ in a })
+            // An address's group is built off the loop (its pools are made on every loop, this
+            // one included); the next query waits for it, so changes apply in order.
+            let joined = initial ? nil : now
+            let bound = NIOLoopBound(self, eventLoop: loop)
+            let loop = self.loop
+            Task {
+                self.apply(added: added, removed: removed, joined: joined)
+                loop.execute { bound.value.scheduleNext() }
+            }
+            return
         }
+        scheduleNext()
+    }
+
+    private func scheduleNext() {
+        let s = loopState.value
         s.first?.succeed(())
         s.first = nil
+        guard !s.stopped else { return }
         s.next = loop.assumeIsolated().scheduleTask(deadline: s.state.nextQuery) { [self] in query() }
     }
 
