@@ -105,8 +105,10 @@ public final class FakeUpstream: Sendable {
     }
 
     /// Starts listening. `tls`: a server configuration (certificate, optional client CA for mTLS,
-    /// optional maximum version), or nil for plain HTTP.
-    public static func start(tls: TLSConfiguration? = nil, group: EventLoopGroup? = nil) async throws -> FakeUpstream {
+    /// optional maximum version), or nil for plain HTTP. `host` and `port`: where to listen (on
+    /// Linux all of 127/8 is loopback, so several fakes can share a port as 127.0.0.2, .3, ...,
+    /// which is what servers found by DNS look like).
+    public static func start(tls: TLSConfiguration? = nil, group: EventLoopGroup? = nil, host: String = "127.0.0.1", port: Int = 0) async throws -> FakeUpstream {
         let ownsGroup = group == nil
         let group = group ?? MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let context = try tls.map { try SSLContext(configuration: $0) }
@@ -136,7 +138,7 @@ public final class FakeUpstream: Sendable {
                     return channel.eventLoop.makeFailedFuture(error)
                 }
             }
-            .bind(host: "127.0.0.1", port: 0).get()
+            .bind(host: host, port: port).get()
         return FakeUpstream(channel: channel, group: group, ownsGroup: ownsGroup, tls: tls != nil, closeReused: closeReused, forced: forced, extraDelay: extraDelay, promptCache: promptCache, state: state)
     }
 

@@ -199,6 +199,7 @@ struct RawConfiguration: Decodable {
         var websocket_max_duration: String?
         var admin_token_env: String?
         var admin_token_file: String?
+        var dns_resolver: String?
     }
 
     struct RawUpstream: Decodable {
@@ -220,6 +221,10 @@ struct RawConfiguration: Decodable {
         var first_byte_timeout: String?
         var read_idle_timeout: String?
         var health_check: RawHealthCheck?
+        var discover: String?
+        var dns_min_ttl: String?
+        var dns_max_ttl: String?
+        var slow_start: String?
     }
 
     struct RawLog: Decodable {
@@ -293,6 +298,13 @@ struct Validator {
             server.adminToken = .file(path)
         case (nil, nil):
             break
+        }
+
+        if let text = rs?.dns_resolver {
+            guard let (host, port) = DNSResolverAddress.parse(text) else {
+                throw fail(["server", "dns_resolver"], "\"\(text)\" is not IP:PORT (e.g. \"127.0.0.1:8600\" for Consul)")
+            }
+            server.dnsResolver = .init(host: host, port: port)
         }
 
         var upstreams: [SidecarConfiguration.Upstream] = []
@@ -485,6 +497,8 @@ struct Validator {
         up.firstByteTimeout = try duration(ru.first_byte_timeout, base + ["first_byte_timeout"], default: up.firstByteTimeout)
         up.readIdleTimeout = try duration(ru.read_idle_timeout, base + ["read_idle_timeout"], default: up.readIdleTimeout)
         up.healthCheck = try ru.health_check?.validate(at: base + ["health_check"], fail: fail)
+        up.discovery = try RawDiscovery(discover: ru.discover, dns_min_ttl: ru.dns_min_ttl, dns_max_ttl: ru.dns_max_ttl, slow_start: ru.slow_start)
+            .validate(at: base, url: url, fail: fail)
         return up
     }
 }

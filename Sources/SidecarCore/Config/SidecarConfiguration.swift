@@ -186,6 +186,14 @@ public struct SidecarConfiguration: Sendable, Equatable {
         /// Where the token for remote admin access comes from (admin endpoints otherwise answer
         /// loopback and unix-socket clients only). Default: none.
         public var adminToken: KeySource = .none
+        /// Where `discover = "dns"` sends its queries (an IP and port). Default: the first
+        /// `nameserver` of /etc/resolv.conf, port 53.
+        public var dnsResolver: ResolverAddress?
+        public struct ResolverAddress: Sendable, Equatable {
+            public var host: String
+            public var port: Int
+            public init(host: String, port: Int) { self.host = host; self.port = port }
+        }
         public init() {}
     }
 
@@ -223,6 +231,9 @@ public struct SidecarConfiguration: Sendable, Equatable {
         public var readIdleTimeout: TimeAmount = .seconds(300)
         /// Active health checks; nil (default) = none, only passive ejection.
         public var healthCheck: HealthCheck?
+        /// `discover = "dns"`: members found by resolving the URL's host; nil (default) = the
+        /// URL is one server.
+        public var discovery: Discovery?
 
         public init(name: String, url: UpstreamURL) {
             self.name = name

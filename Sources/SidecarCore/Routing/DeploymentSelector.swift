@@ -19,6 +19,13 @@ import NIOCore
 /// new request and counts in no bounded load until it is marked up again. Independent of
 /// ejection, and not under `maxEjectionPercent`: a probe that fails is evidence about the
 /// deployment alone, not a client request's outcome that a bad request could have caused.
+///
+/// Members that come and go (`discover = "dns"`, `addMember` / `drain`): a new member may start
+/// slow, its weight ramping linearly from 10 % to full over `slowStart` (Envoy's slow start with
+/// aggression 1 and a 10 % floor), so a server that just joined is not handed its full share of
+/// a busy group while its caches are cold. A drained member takes no new request; once its last
+/// request finishes its slot is free and the next `addMember` reuses the index, so a fleet that
+/// churns for months does not grow the arrays. Indices held by requests in flight stay valid.
 public struct DeploymentSelector: Sendable {
     public struct Deployment: Sendable, Equatable {
         public var weight: Int
@@ -55,14 +62,25 @@ public struct DeploymentSelector: Sendable {
         var health: Health = .healthy
         var latencyEWMA: Double = 0
         var down = false
+        /// Ramp-up of a member that joined at run time: from when, over how long.
+        var slowStart: (from: NIODeadline, over: TimeAmount)?
+        /// No new requests; freed when the last one in flight finishes.
+        var draining = false
+        /// Drained and empty: the index is free for `addMember`.
+        var removed = false
+
+        static func == (a: State, b: State) -> Bool {
+            a.inFlight == b.inFlight && a.consecutiveFailures == b.consecutiveFailures && a.timesEjected == b.timesEjected
+                && a.health == b.health && a.latencyEWMA == b.latencyEWMA && a.down == b.down && a.draining == b.draining
+                && a.removed == b.removed && a.slowStart?.from == b.slowStart?.from && a.slowStart?.over == b.slowStart?.over
+        }
     }
 
-    public let deployments: [Deployment]
+    public private(set) var deployments: [Deployment]
     public let configuration: Configuration
     private var states: [State]
 
     public init(deployments: [Deployment], configuration: Configuration = Configuration()) {
-        precondition(!deployments.isEmpty)
         self.deployments = deployments
         self.configuration = configuration
         self.states = Array(repeating: State(), count: deployments.count)
@@ -79,6 +97,42 @@ public struct DeploymentSelector: Sendable {
     /// flight there finish as they would.
     public mutating func setDown(_ i: Int, _ down: Bool) { states[i].down = down }
 
+    /// Whether member `i` may take new requests (not draining, not removed).
+    public func isLive(_ i: Int) -> Bool { !states[i].draining && !states[i].removed }
+    /// Whether member `i` was drained and its last request finished (its index is free).
+    public func isRemoved(_ i: Int) -> Bool { states[i].removed }
+
+    /// A member joins (a discovered address); returns its index: a removed member's, else a new
+    /// one. With `slowStart` its weight ramps up over that long from `now`.
+    public mutating func addMember(_ d: Deployment, slowStart: TimeAmount? = nil, now: NIODeadline) -> Int {
+        var state = State()
+        if let over = slowStart, over > .zero { state.slowStart = (now, over) }
+        if let free = states.indices.first(where: { states[$0].removed }) {
+            deployments[free] = d
+            states[free] = state
+            return free
+        }
+        deployments.append(d)
+        states.append(state)
+        return states.count - 1
+    }
+
+    /// Member `i` leaves: no new request goes to it; those in flight finish and are reported as
+    /// usual, and the last one frees the index.
+    public mutating func drain(_ i: Int) {
+        states[i].draining = true
+        if states[i].inFlight == 0 { states[i].removed = true }
+    }
+
+    /// Member `i`'s weight now: its configured weight, scaled by its slow start while that lasts
+    /// (at least 10 % of it, so a new member is never starved).
+    public func effectiveWeight(_ i: Int, now: NIODeadline) -> Double {
+        let w = Double(deployments[i].weight)
+        guard let ramp = states[i].slowStart else { return w }
+        let elapsed = Double((now - ramp.from).nanoseconds) / Double(ramp.over.nanoseconds)
+        return w * min(1, max(0.1, elapsed))
+    }
+
     /// The deployment for a new request (its in-flight count is taken), or nil when every
     /// deployment is ejected or at its cap. `excluding` skips deployments this request already
     /// tried. `random` breaks exact ties.
@@ -90,13 +144,13 @@ public struct DeploymentSelector: Sendable {
         for i in states.indices where !excluding.contains(i) {
             refresh(i, now: now)
             let s = states[i]
-            if s.down { continue }
+            if s.down || s.draining || s.removed { continue }
             switch s.health {
             case .ejected, .halfOpen(probing: true): continue
             case .healthy, .halfOpen(probing: false): break
             }
             if let cap = deployments[i].maxConcurrency, s.inFlight >= cap { continue }
-            let score = Double(s.inFlight + 1) / Double(deployments[i].weight)
+            let score = Double(s.inFlight + 1) / effectiveWeight(i, now: now)
             if best < 0 || score < bestScore || (score == bestScore && s.latencyEWMA < bestLatency) {
                 best = i; bestScore = score; bestLatency = s.latencyEWMA; ties = 1
             } else if score == bestScore && s.latencyEWMA == bestLatency {
@@ -126,21 +180,21 @@ public struct DeploymentSelector: Sendable {
     /// | 40 | 16 |
     public mutating func admits(_ i: Int, loadFactor: Double, excluding: Set<Int> = [], now: NIODeadline) -> Bool {
         var total = 0
-        var totalWeight = 0
+        var totalWeight = 0.0
         for j in states.indices where !excluding.contains(j) || j == i {
             refresh(j, now: now)
             if case .ejected = states[j].health { continue }
-            if states[j].down { continue }
+            if states[j].down || states[j].removed { continue }
             total += states[j].inFlight
-            totalWeight += deployments[j].weight
+            if !states[j].draining { totalWeight += effectiveWeight(j, now: now) }
         }
-        if states[i].down { return false }
+        if states[i].down || states[i].draining || states[i].removed { return false }
         switch states[i].health {
         case .ejected, .halfOpen(probing: true): return false
         case .healthy, .halfOpen(probing: false): break
         }
         if let cap = deployments[i].maxConcurrency, states[i].inFlight >= cap { return false }
-        let share = loadFactor * Double(total + 1) * Double(deployments[i].weight) / Double(totalWeight)
+        let share = loadFactor * Double(total + 1) * effectiveWeight(i, now: now) / totalWeight
         return Double(states[i].inFlight + 1) <= share.rounded(.up)
     }
 
@@ -159,6 +213,7 @@ public struct DeploymentSelector: Sendable {
     public mutating func finished(_ i: Int, _ outcome: Outcome, now: NIODeadline) {
         precondition(states[i].inFlight > 0, "finished more requests than were selected on deployment \(i)")
         states[i].inFlight -= 1
+        if states[i].draining && states[i].inFlight == 0 { states[i].removed = true }
         switch outcome {
         case .neutral:
             if case .halfOpen(probing: true) = states[i].health { states[i].health = .halfOpen(probing: false) }
@@ -188,8 +243,9 @@ public struct DeploymentSelector: Sendable {
 
     private mutating func eject(_ i: Int, now: NIODeadline, atLeast: TimeAmount?) {
         // Respect the cap, unless a Retry-After says the deployment refuses work anyway.
-        let ejected = states.indices.filter { j in j != i && { if case .ejected = states[j].health { return true } else { return false } }() }.count
-        if atLeast == nil, (ejected + 1) * 100 > configuration.maxEjectionPercent * states.count {
+        let live = states.indices.filter { isLive($0) }
+        let ejected = live.filter { j in j != i && { if case .ejected = states[j].health { return true } else { return false } }() }.count
+        if atLeast == nil, (ejected + 1) * 100 > configuration.maxEjectionPercent * max(1, live.count) {
             states[i].consecutiveFailures = 0
             if case .halfOpen = states[i].health { states[i].health = .healthy }
             return
@@ -204,40 +260,5 @@ public struct DeploymentSelector: Sendable {
 
     private mutating func refresh(_ i: Int, now: NIODeadline) {
         if case .ejected(let until) = states[i].health, until <= now { states[i].health = .halfOpen(probing: false) }
-    }
-}
-
-/// Exponential backoff with full jitter (AWS architecture blog, "Exponential Backoff And Jitter"):
-/// attempt n waits a random time in [0, min(cap, base × 2^n)]. With base 100 ms and cap 5 s:
-///
-/// | attempt | upper bound |
-/// |---|---|
-/// | 0 | 100 ms |
-/// | 1 | 200 ms |
-/// | 2 | 400 ms |
-/// | 5 | 3.2 s |
-/// | 6+ | 5 s |
-///
-/// A `Retry-After` is a floor for retrying that same deployment.
-public struct Backoff: Sendable, Equatable {
-    public var base: TimeAmount
-    public var cap: TimeAmount
-
-    public init(base: TimeAmount = .milliseconds(100), cap: TimeAmount = .seconds(5)) {
-        self.base = base
-        self.cap = cap
-    }
-
-    public func upperBound(attempt: Int) -> TimeAmount {
-        let shift = min(attempt, 30)
-        let bound = base.nanoseconds.multipliedReportingOverflow(by: Int64(1) << shift)
-        return bound.overflow || bound.partialValue > cap.nanoseconds ? cap : .nanoseconds(bound.partialValue)
-    }
-
-    public func delay<R: RandomNumberGenerator>(attempt: Int, retryAfter: TimeAmount? = nil, random: inout R) -> TimeAmount {
-        let upper = upperBound(attempt: attempt).nanoseconds
-        let jittered = TimeAmount.nanoseconds(upper == 0 ? 0 : Int64(random.next(upperBound: UInt64(upper) + 1)))
-        if let retryAfter, retryAfter > jittered { return retryAfter }
-        return jittered
     }
 }

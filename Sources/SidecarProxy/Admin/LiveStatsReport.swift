@@ -55,8 +55,8 @@ struct LiveStatsReport: Sendable {
         errors = live.errors
         let deadline = NIODeadline.now()
         for (group, route) in runtime.routes.sorted(by: { $0.key < $1.key }) {
-            for (i, d) in route.snapshot.enumerated() {
-                let configured = route.group.deployments[i]
+            for d in route.snapshot {
+                let configured = route.group.deployments[d.deployment]
                 deployments.append(.init(
                     group: group, name: d.name, inFlight: d.inFlight, health: d.health,
                     ejectedForMilliseconds: d.ejectedUntil.map { max(0, ($0 - deadline).nanoseconds / 1_000_000) },

@@ -56,7 +56,7 @@ extension ProxyExchange {
                     previousResponseID = Self.topLevelString("previous_response_id", in: bytes)
                     remembersResponseID = true
                 }
-                if r.group.promptCache != nil, r.group.deployments.count > 1,
+                if r.group.promptCache != nil, r.hasSeveralMembers,
                    bytes.count >= r.group.promptCacheMinimumTokens * 4 || JSONTopLevel.value(of: "prompt_cache_key", in: bytes) != nil {
                     // Only a body long enough to pass the provider's minimum (or naming its cache) is parsed.
                     let parsed = CanonicalJSON.parse(bytes)

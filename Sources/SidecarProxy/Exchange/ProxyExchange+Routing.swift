@@ -111,12 +111,12 @@ extension ProxyExchange {
 
     func install(_ r: ModelRoute, _ i: Int) {
         slot = (r, i)
-        charged = r.group.deployments[i].tpm != nil ? (r, i, estimatedTokens) : nil
+        charged = r.deployment(i).tpm != nil ? (r, i, estimatedTokens) : nil
         tried.append((ObjectIdentifier(r), i))
         machine.deploymentChosen()
-        target(r.upstreams[i])
+        target(r.upstream(i))
         downstream.access.upstream = r.name(i)
-        rewriteModel(to: r.group.deployments[i].model)
+        rewriteModel(to: r.deployment(i).model)
     }
 
     /// Whether another attempt may start: routed, nothing sent to the client yet, the body kept,

@@ -253,7 +253,7 @@ extension ProxyExchange {
         // A connection whose request was not sent to its end cannot carry another request.
         pool?.release(lease.connection, reusable: keepAlive.reusable && requestEnded, keepAlive: keepAlive.timeout)
         let deployment = slot.map { $0.route.name($0.index) } ?? group?.configuration.name ?? "-"
-        let billedModel = slot.map { $0.route.group.deployments[$0.index].model } ?? requestModel
+        let billedModel = slot.map { $0.route.deployment($0.index).model } ?? requestModel
         releaseSlot(outcome)
         recordCompletion()
         recordSpend(deployment: deployment, billedModel: billedModel)

@@ -10,9 +10,26 @@ import SidecarCore
 /// any loop holds for the next request everywhere. Every slot handed out (by `acquire` or to a waiter) is given back
 /// by exactly one `release` (ProxyExchange keeps the slot and returns it once, however the
 /// request ends).
+///
+/// The selector's indices are members, not configured deployments: a deployment on a
+/// `discover = "dns"` upstream has one member per address its `DNSDiscovery` last found (added
+/// with slow start, drained when the address leaves), any other deployment exactly one. The
+/// discovered sets are copied in under the same lock before every pick, as health verdicts are.
 final class ModelRoute: Sendable {
     let group: SidecarConfiguration.ModelGroup
-    let upstreams: [UpstreamGroup]
+    /// Per configured deployment: its upstream (for discovered ones, the name's own group, which
+    /// only requests that name no group use).
+    private let configured: [UpstreamGroup]
+    /// The configured deployments' upstreams (their dialect, for requests checked before routing).
+    var upstreams: [UpstreamGroup] { configured }
+
+    /// One selector index: which configured deployment, which upstream (an address's own group
+    /// for a discovered one) and, when discovered, the address.
+    private struct Member {
+        var deployment: Int
+        var upstream: UpstreamGroup
+        var address: String?
+    }
 
     /// A request waiting for a deployment to have room; `grant` runs on the request's loop.
     private struct Waiter {
@@ -31,6 +48,9 @@ final class ModelRoute: Sendable {
         var nextWaiter = 0
         /// Prompt prefix -> deployment (`prompt_cache_*`); nil when the group turned it off.
         var affinity: PrefixAffinity?
+        var members: [Member]
+        /// Per configured deployment: the `DNSDiscovery.version` last copied in (-1: never).
+        var seen: [Int]
     }
 
     private let state: NIOLockedValueBox<State>
@@ -41,14 +61,65 @@ final class ModelRoute: Sendable {
 
     init(group: SidecarConfiguration.ModelGroup, upstreams: [UpstreamGroup]) {
         self.group = group
-        self.upstreams = upstreams
-        let selector = DeploymentSelector(deployments: group.deployments.map { .init(weight: $0.weight, maxConcurrency: $0.maxConcurrency) })
+        self.configured = upstreams
+        var s = State(selector: DeploymentSelector(deployments: []), rpm: [], tpm: [],
+                      affinity: group.promptCache.map { PrefixAffinity(configuration: $0) },
+                      members: [], seen: Array(repeating: -1, count: upstreams.count))
         let now = NIODeadline.now()
-        state = NIOLockedValueBox(State(
-            selector: selector,
-            rpm: group.deployments.map { d in d.rpm.map { TokenBucket(capacity: $0, perMinute: $0, now: now) } },
-            tpm: group.deployments.map { d in d.tpm.map { TokenBucket(capacity: $0, perMinute: $0, now: now) } },
-            affinity: group.promptCache.map { PrefixAffinity(configuration: $0) }))
+        for (d, upstream) in upstreams.enumerated() where upstream.discovery == nil {
+            Self.add(&s, Member(deployment: d, upstream: upstream), group.deployments[d], slowStart: nil, now: now)
+        }
+        Self.syncDiscovery(&s, configured: upstreams, group: group)
+        state = NIOLockedValueBox(s)
+    }
+
+    private static func add(_ s: inout State, _ m: Member, _ d: SidecarConfiguration.ModelGroup.Deployment, slowStart: (from: NIODeadline, over: TimeAmount)?, now: NIODeadline) {
+        let i = s.selector.addMember(.init(weight: d.weight, maxConcurrency: d.maxConcurrency), slowStart: slowStart?.over, now: slowStart?.from ?? now)
+        let rpm = d.rpm.map { TokenBucket(capacity: $0, perMinute: $0, now: now) }
+        let tpm = d.tpm.map { TokenBucket(capacity: $0, perMinute: $0, now: now) }
+        if i == s.members.count {
+            s.members.append(m); s.rpm.append(rpm); s.tpm.append(tpm)
+        } else {
+            s.members[i] = m; s.rpm[i] = rpm; s.tpm[i] = tpm
+        }
+    }
+
+    /// Copies each discovered deployment's address set into the selector when it changed: new
+    /// addresses join (slow start from when they were found), gone ones drain.
+    private static func syncDiscovery(_ s: inout State, configured: [UpstreamGroup], group: SidecarConfiguration.ModelGroup) {
+        for (d, upstream) in configured.enumerated() {
+            guard let discovery = upstream.discovery else { continue }
+            let version = discovery.version
+            guard version != s.seen[d] else { continue }
+            s.seen[d] = version
+            let found = discovery.members
+            var current: [ObjectIdentifier: Int] = [:]
+            for i in s.members.indices where s.members[i].deployment == d && s.selector.isLive(i) {
+                current[ObjectIdentifier(s.members[i].upstream)] = i
+            }
+            let now = NIODeadline.now()
+            for m in found where current.removeValue(forKey: ObjectIdentifier(m.group)) == nil {
+                add(&s, Member(deployment: d, upstream: m.group, address: m.address), group.deployments[d],
+                    slowStart: m.joined.map { ($0, discovery.slowStart) }, now: now)
+            }
+            for i in current.values { s.selector.drain(i) }
+        }
+    }
+
+    /// The configured deployment member `i` belongs to (its model, its limits).
+    func deployment(_ i: Int) -> SidecarConfiguration.ModelGroup.Deployment {
+        group.deployments[state.withLockedValue { $0.members[i].deployment }]
+    }
+
+    /// The upstream member `i`'s requests go to.
+    func upstream(_ i: Int) -> UpstreamGroup { state.withLockedValue { $0.members[i].upstream } }
+
+    /// Whether the group has more than one live member (prompt-cache affinity needs a choice).
+    var hasSeveralMembers: Bool {
+        state.withLockedValue { s in
+            Self.syncDiscovery(&s, configured: configured, group: group)
+            return s.members.indices.filter { s.selector.isLive($0) }.count > 1
+        }
     }
 
     /// A deployment for one request (weighted least-connections over the healthy ones that are
@@ -64,8 +135,8 @@ final class ModelRoute: Sendable {
                  now: NIODeadline = .now()) -> (index: Int, verdict: PrefixAffinity.Verdict?)? {
         state.withLockedValue { s in
             syncHealthChecks(&s)
-            if let p = prefer, !excluding.contains(p), group.deployments.indices.contains(p) {
-                let others = Set(group.deployments.indices).subtracting([p])
+            if let p = prefer, !excluding.contains(p), s.members.indices.contains(p) {
+                let others = Set(s.members.indices).subtracting([p])
                 if let i = Self.select(&s, excluding: excluding.union(others), tokens: tokens, now: now) {
                     if let prefix { s.affinity?.learn(prefix, deployment: i, now: now) }
                     return (i, nil)
@@ -103,8 +174,9 @@ final class ModelRoute: Sendable {
     /// Copies each deployment's upstream health check verdict into the selector: one atomic
     /// load per checked deployment, under the lock already held.
     private func syncHealthChecks(_ s: inout State) {
-        for (i, upstream) in upstreams.enumerated() {
-            guard let check = upstream.healthCheck else { continue }
+        Self.syncDiscovery(&s, configured: configured, group: group)
+        for (i, member) in s.members.enumerated() {
+            guard let check = member.upstream.healthCheck else { continue }
             let down = check.isDown
             if s.selector.isDown(i) != down { s.selector.setDown(i, down) }
         }
@@ -166,8 +238,9 @@ final class ModelRoute: Sendable {
         state.withLockedValue { s in
             syncHealthChecks(&s)
             if let i = Self.select(&s, excluding: [], tokens: tokens, now: now) { return .acquired(i) }
-            let full = group.deployments.indices.contains { i in
-                guard case .healthy = s.selector.health(i), !s.selector.isDown(i), let cap = group.deployments[i].maxConcurrency else { return false }
+            let full = s.members.indices.contains { i in
+                guard case .healthy = s.selector.health(i), !s.selector.isDown(i), s.selector.isLive(i),
+                      let cap = group.deployments[s.members[i].deployment].maxConcurrency else { return false }
                 return s.selector.inFlight(i) >= cap
             }
             guard full, s.waiters.count < group.queueSize else { return .refused }
@@ -201,18 +274,25 @@ final class ModelRoute: Sendable {
         for (w, j) in grants { w.loop.execute { w.grant(j) } }
     }
 
-    /// `UPSTREAM/MODEL`, as `x-sidecar-deployment` says.
-    func name(_ i: Int) -> String { "\(group.deployments[i].upstream)/\(group.deployments[i].model)" }
+    /// `UPSTREAM/MODEL`, or `UPSTREAM@ADDRESS/MODEL` for a discovered member, as
+    /// `x-sidecar-deployment` says.
+    func name(_ i: Int) -> String { state.withLockedValue { Self.name($0.members[i], group) } }
+
+    private static func name(_ m: Member, _ group: SidecarConfiguration.ModelGroup) -> String {
+        let d = group.deployments[m.deployment]
+        return "\(d.upstream)\(m.address.map { "@\($0)" } ?? "")/\(d.model)"
+    }
 
     /// Per deployment: name, requests in flight, health (for `/stats`: `down` when its health
     /// check has it down, whatever passive ejection says), its latency EWMA in milliseconds and,
     /// while ejected, when it may be tried again (for `/stats/live`), and its upstream's health
     /// check verdict with the last failure's reason (nil without a check).
-    var snapshot: [(name: String, inFlight: Int, health: String, latencyEWMA: Double, ejectedUntil: NIODeadline?,
+    /// Removed members are left out; a draining one says `draining` until its last request ends.
+    var snapshot: [(name: String, deployment: Int, inFlight: Int, health: String, latencyEWMA: Double, ejectedUntil: NIODeadline?,
                     check: (status: HealthCheckState.Status, lastProblem: String?)?)] {
         state.withLockedValue { s in
             syncHealthChecks(&s)
-            return group.deployments.indices.map { i in
+            return s.members.indices.filter { !s.selector.isRemoved($0) }.map { i in
                 var health: String
                 var until: NIODeadline?
                 switch s.selector.health(i) {
@@ -221,7 +301,9 @@ final class ModelRoute: Sendable {
                 case .halfOpen: health = "half-open"
                 }
                 if s.selector.isDown(i) { health = "down" }
-                return (name(i), s.selector.inFlight(i), health, s.selector.latencyEWMA(i), until, upstreams[i].healthCheck?.report)
+                if !s.selector.isLive(i) { health = "draining" }
+                let m = s.members[i]
+                return (Self.name(m, group), m.deployment, s.selector.inFlight(i), health, s.selector.latencyEWMA(i), until, m.upstream.healthCheck?.report)
             }
         }
     }

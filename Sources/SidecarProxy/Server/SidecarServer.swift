@@ -48,8 +48,10 @@ public final class SidecarServer: Sendable {
         for upstream in configuration.upstreams {
             groups[upstream.name] = try UpstreamGroup(
                 configuration: upstream, apiKey: apiKeys[upstream.name], eventLoops: loops, metrics: metrics.upstream(upstream.name),
-                logger: logger)
+                logger: logger, dnsResolver: configuration.server.dnsResolver)
         }
+        // Discovered upstreams have no member until their first answer (at most three 1 s tries).
+        for g in groups.values { if let d = g.discovery { try? await d.firstAnswer.get() } }
         // Upstreams with a health check route nothing until their first probe answers: the
         // listener opens after that (at most each check's `timeout`), so the first client
         // requests already go only where a probe passed.
@@ -235,7 +237,8 @@ extension SidecarServer {
             } else {
                 groups[upstream.name] = try UpstreamGroup(
                     configuration: upstream, apiKey: key, eventLoops: loops, metrics: state.metrics.upstream(upstream.name),
-                    logger: logger, carriedOver: old.groups[upstream.name]?.healthCheck?.report.status)
+                    logger: logger, carriedOver: old.groups[upstream.name]?.healthCheck?.report.status,
+                    dnsResolver: configuration.server.dnsResolver)
             }
         }
         let adminToken = try APIKeys.read(configuration.server.adminToken, key: "server.admin_token", environment: ProcessInfo.processInfo.environment)

@@ -50,7 +50,7 @@ extension ProxyExchange {
     /// An attempt is about to be sent: its span, and its context in the upstream's `traceparent`.
     func traceAttemptStarted() {
         guard let span, let tracer, let group else { return }
-        let model = slot.map { $0.route.group.deployments[$0.index].model } ?? requestModel
+        let model = slot.map { $0.route.deployment($0.index).model } ?? requestModel
         let operation = APIDialect.operation(Self.barePath(clientHead.uri)) ?? "http"
         if span.attributes["gen_ai.request.model"] == nil, let requested = requestModel {
             // A request whose body was not read whole: the model sniffed from its first bytes.

@@ -47,17 +47,21 @@ final class UpstreamGroup: Sendable {
 
     let metrics: UpstreamMetrics
     let health = UpstreamHealth()
-    /// The active health check (`health_check`), or nil when the upstream has none.
+    /// The active health check (`health_check`), or nil when the upstream has none. A
+    /// discovered upstream's checks run per address (each address's group has its own).
     let healthCheck: HealthProber?
+    /// `discover = "dns"`: the addresses the host resolves to, each with its own group; nil otherwise.
+    let discovery: DNSDiscovery?
 
     /// - Parameter carriedOver: the health check verdict of the group this one replaces on a
     ///   reload (same name), so that a working upstream stays in while its first probe runs.
     init(configuration: SidecarConfiguration.Upstream, apiKey: String?, eventLoops: [EventLoop], metrics: UpstreamMetrics,
-         logger: Logger, carriedOver: HealthCheckState.Status? = nil) throws {
+         logger: Logger, carriedOver: HealthCheckState.Status? = nil,
+         dnsResolver: SidecarConfiguration.Server.ResolverAddress? = nil, hostHeader: String? = nil) throws {
         self.configuration = configuration
         self.metrics = metrics
         self.credential = apiKey.map { configuration.api.authorization(key: $0) }
-        self.hostHeader = configuration.url.hostHeader
+        self.hostHeader = hostHeader ?? configuration.url.hostHeader
         if configuration.url.tls {
             var tls = TLSConfiguration.client(
                 trustRoots: configuration.caFile.map { .file($0) } ?? .system,
@@ -88,13 +92,31 @@ final class UpstreamGroup: Sendable {
             pools[ObjectIdentifier(loop)] = pool
         }
         self.pools = pools
-        if let check = configuration.healthCheck {
+        if let discovery = configuration.discovery {
+            self.healthCheck = nil
+            // Each address: the same upstream aimed at the address, SNI and certificate name and
+            // Host still the configured host's.
+            var member = configuration
+            member.discovery = nil
+            member.serverName = configuration.serverName ?? configuration.url.host
+            let host = configuration.url.hostHeader
+            let template = member
+            self.discovery = DNSDiscovery(
+                upstream: configuration.name, host: configuration.url.host, discovery: discovery, resolver: try DNSResolver(dnsResolver),
+                loop: eventLoops[0], logger: logger) { address in
+                    var m = template
+                    m.url.host = address
+                    return try UpstreamGroup(configuration: m, apiKey: apiKey, eventLoops: eventLoops, metrics: metrics, logger: logger, hostHeader: host)
+                }
+        } else if let check = configuration.healthCheck {
+            self.discovery = nil
             self.healthCheck = HealthProber(
-                upstream: configuration.name, check: check, settings: settings, hostHeader: configuration.url.hostHeader,
+                upstream: configuration.name, check: check, settings: settings, hostHeader: self.hostHeader,
                 credential: apiKey.map { configuration.api.authorization(key: $0) }, loop: eventLoops[0], logger: logger,
                 metrics: metrics, carriedOver: carriedOver)
         } else {
             self.healthCheck = nil
+            self.discovery = nil
         }
     }
 
@@ -133,6 +155,7 @@ final class UpstreamGroup: Sendable {
     /// Closes idle connections now and the others as their requests finish.
     func shutdown() -> EventLoopFuture<Void> {
         healthCheck?.stop()
+        discovery?.stop()
         let futures = pools.values.map { bound in
             bound.eventLoop.flatSubmit { bound.value.shutdown() }
         }
