@@ -2,20 +2,7 @@ import NIOCore
 import SidecarCore
 import XCTest
 
-final class DiscoveryConfigurationTests: XCTestCase {
-    func load(_ toml: String) throws(ConfigurationError) -> SidecarConfiguration {
-        try SidecarConfiguration.load(toml: toml, file: "test.toml", environment: [:], fileExists: { _ in false })
-    }
-
-    func assertRefused(_ toml: String, _ expected: String, file: StaticString = #filePath, line: UInt = #line) {
-        do {
-            _ = try load(toml)
-            XCTFail("accepted", file: file, line: line)
-        } catch {
-            XCTAssertEqual(error.description, expected, file: file, line: line)
-        }
-    }
-
+final class DiscoveryConfigurationTests: XCTestCase, ConfigurationLoading {
     func testDefaultsAndValues() throws {
         let off = try load("[upstreams.a]\nurl = \"http://vllm.service.consul:8000\"\n")
         XCTAssertNil(off.upstreams[0].discovery)
