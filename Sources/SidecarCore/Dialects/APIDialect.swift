@@ -32,7 +32,7 @@ public enum APIDialect: String, Sendable, CaseIterable, Equatable {
 
     /// Every header a client may authenticate with, whichever SDK it is: when the upstream has a
     /// key of its own, all of them are removed and the upstream's is sent in its dialect's header.
-    public static let credentialHeaders = ["authorization", "x-api-key", "api-key", "x-goog-api-key"]
+    public static var credentialHeaders: [String] { CacheScope.credentialHeaders }
 
     /// The header that carries an upstream key in this dialect, and its value.
     public func authorization(key: String) -> (name: String, value: String) {
@@ -66,10 +66,10 @@ public enum APIDialect: String, Sendable, CaseIterable, Equatable {
     /// `/v1` the Messages API (`/v1/messages...`) or any request carrying `anthropic-version` (the
     /// Anthropic SDKs send it on every call, `/v1/models` and `/v1/files` included) is Anthropic;
     /// the rest is OpenAI. nil for a path outside every dialect.
-    public static func of(path: some StringProtocol, hasAnthropicVersion: Bool) -> APIDialect? {
+    public static func of(path: some StringProtocol, hasAnthropicVersion: @autoclosure () -> Bool) -> APIDialect? {
         if isGeminiNative(path) { return .gemini }
         if isUnder(path, ["/v1"]) {
-            return hasAnthropicVersion || isUnder(path, ["/v1/messages"]) ? .anthropic : .openai
+            return isUnder(path, ["/v1/messages"]) || hasAnthropicVersion() ? .anthropic : .openai
         }
         if isUnder(path, ["/openai"]) { return .azure }
         if isUnder(path, ["/v1beta"]) { return .gemini }

@@ -9,7 +9,7 @@ extension RealtimeSession {
     /// Checks the client's upgrade and connects upstream (on the client's loop).
     func start() {
         let h = clientHead.headers
-        guard clientHead.method == .GET, h.first(name: "sec-websocket-key") != nil else {
+        guard h.first(name: "sec-websocket-key") != nil else {
             return downstream.respondWithError(.badRequest("a WebSocket upgrade is a GET with Sec-WebSocket-Key (RFC 6455 §4.1)"), closeAfter: true)
         }
         guard h.first(name: "sec-websocket-version") == "13" else {
@@ -30,7 +30,7 @@ extension RealtimeSession {
                 do {
                     let sync = channel.pipeline.syncOperations
                     if let tls { try sync.addHandler(TLSHandler(client: tls, serverName: serverName, handshakeTimeout: handshakeTimeout)) }
-                    try sync.addHandler(RealtimeUpstreamHandler(session: bound.value, tls: tls != nil))
+                    try sync.addHandler(RealtimeUpstreamHandler(session: bound.value, tls: tls != nil, handshakeTimeout: handshakeTimeout))
                     return channel.eventLoop.makeSucceededVoidFuture()
                 } catch {
                     return channel.eventLoop.makeFailedFuture(error)
@@ -42,7 +42,7 @@ extension RealtimeSession {
                     upstream = channel
                     if phase == .closed { channel.close(promise: nil) }
                 case .failure(let error):
-                    failBeforeOpen(.upstreamConnect("\(url.host):\(url.port): \(error)"))
+                    failBeforeOpen(UpstreamConnection.describeConnectError(error, url: url, timeout: group.configuration.connectTimeout))
                 }
             }
         idleTimer = loop.assumeIsolated().scheduleTask(in: group.configuration.connectTimeout + handshakeTimeout + group.configuration.firstByteTimeout) { [self] in
@@ -50,29 +50,28 @@ extension RealtimeSession {
         }
     }
 
-    /// The upgrade request as the upstream gets it: its host and key, the client's other fields,
-    /// no compression, and no key in the subprotocols when the upstream has its own.
+    /// The upgrade request as the upstream gets it: the headers every forwarded request gets
+    /// (`HeaderPolicy`: its host and key, hop-by-hop removed), the upgrade's own hop-by-hop pair
+    /// put back, no compression (`Sec-WebSocket-Extensions` removed: the sidecar reads the
+    /// messages), and no key in the subprotocols when the upstream has its own.
     func upgradeRequest() -> ByteBuffer {
+        var headers = HeaderPolicy.upstreamRequestHeaders(from: clientHead.headers, host: group.hostHeader,
+                                                          credential: group.credential, dialect: group.configuration.api)
+        headers.remove(name: "accept-encoding")
+        headers.remove(name: "sec-websocket-extensions")
+        if group.credential != nil {
+            let kept = headers[canonicalForm: "sec-websocket-protocol"].map { $0.trimmingCharacters(in: .whitespaces) }
+                .filter { !$0.hasPrefix(Self.keyProtocolPrefix) }
+            headers.remove(name: "sec-websocket-protocol")
+            if !kept.isEmpty { headers.add(name: "sec-websocket-protocol", value: kept.joined(separator: ", ")) }
+        }
+        headers.add(name: "upgrade", value: "websocket")
+        headers.add(name: "connection", value: "Upgrade")
         let prefix = group.configuration.url.pathPrefix
-        var text = "GET \(prefix)\(clientHead.uri) HTTP/1.1\r\nhost: \(group.hostHeader)\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
-        let credential = group.credential
-        for (name, value) in clientHead.headers {
-            let lower = name.lowercased()
-            if ["host", "upgrade", "connection", "sec-websocket-extensions", "accept-encoding", "content-length"].contains(lower) { continue }
-            if HeaderPolicy.isHopByHop(name, connectionTokens: []) { continue }
-            if credential != nil, APIDialect.credentialHeaders.contains(lower) { continue }
-            if credential != nil, lower == "sec-websocket-protocol" {
-                let kept = value.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.hasPrefix(Self.keyProtocolPrefix) }
-                if !kept.isEmpty { text += "sec-websocket-protocol: \(kept.joined(separator: ", "))\r\n" }
-                continue
-            }
-            text += "\(name): \(value)\r\n"
-        }
-        if let credential { text += "\(credential.name): \(credential.value)\r\n" }
-        if group.configuration.api == .anthropic, clientHead.headers.first(name: "anthropic-version") == nil {
-            text += "anthropic-version: \(APIDialect.defaultAnthropicVersion)\r\n"
-        }
-        return ByteBuffer(string: text + "\r\n")
+        var writer = HTTPRequestWriter()
+        var buffer = ByteBuffer()
+        writer.writeHead(HTTPRequestHead(version: .http1_1, method: .GET, uri: prefix + clientHead.uri, headers: headers), into: &buffer)
+        return buffer
     }
 
     /// The upstream connection can carry the request (TCP up, TLS done).
@@ -98,28 +97,32 @@ extension RealtimeSession {
         }
     }
 
-    /// The upstream's answer to the upgrade: a 101 opens the session; anything else is the client's answer.
+    /// The upstream's answer to the upgrade, read by the strict response scanner: a 101 opens the
+    /// session; anything else is the client's answer (once its body is here); a head the scanner
+    /// refuses is a 502, never forwarded.
     func readHandshake() {
-        let bytes = handshake.readableBytesView
-        guard let headEnd = bytes.firstRange(of: Array("\r\n\r\n".utf8)) else {
-            if handshake.readableBytes > 64 << 10 { failBeforeOpen(.upstreamProtocol("the upstream's answer to the WebSocket upgrade has no end of head in 64 KiB")) }
-            return
+        if handshakeHead == nil {
+            do {
+                handshakeHead = try handshakeScanner.scan(handshake)
+            } catch {
+                return failBeforeOpen(.upstreamProtocol("the upstream's answer to the WebSocket upgrade is malformed: \(error.reason)"))
+            }
         }
-        let headLength = headEnd.upperBound - bytes.startIndex
-        let head = String(decoding: bytes.prefix(headLength), as: UTF8.self)
-        let status = head.split(separator: " ", maxSplits: 2).dropFirst().first.flatMap { Int($0) } ?? 0
-        guard status == 101 else {
+        guard let head = handshakeHead else { return }
+        guard head.kind == .switchingProtocols else {
             // Its own status and body (a 401 for a bad key, a 404 for a path it has not): read
             // until its Content-Length, or the close.
-            let length = head.split(separator: "\r\n").first { $0.lowercased().hasPrefix("content-length:") }
-                .flatMap { Int($0.dropFirst("content-length:".count).trimmingCharacters(in: .whitespaces)) } ?? -1
-            let body = handshake.readableBytes - headLength
-            if length >= 0, body < length, body < 1 << 20 { return }
-            return passRefusal(status: status, head: head)
+            if head.isChunked {
+                return failBeforeOpen(.upstreamProtocol("the upstream refused the WebSocket upgrade with status \(head.status)"))
+            }
+            let body = handshake.readableBytes - head.length
+            if let length = head.contentLength, body < length, body < 1 << 20 { return }
+            if head.contentLength == nil, head.status >= 200, head.status != 204, head.status != 304 { return }  // until the close
+            return passRefusal(head)
         }
         phase = .open
         var rest = handshake
-        let answer = rest.readSlice(length: headLength)!
+        let answer = rest.readSlice(length: head.length)!
         handshake = ByteBuffer()
         downstream.acceptTunnel(answer)
         idleTimer?.cancel()
@@ -141,18 +144,19 @@ extension RealtimeSession {
     }
 
     /// The upstream refused the upgrade: the client gets its status and body.
-    func passRefusal(status: Int, head: String) {
+    func passRefusal(_ head: ScannedResponseHead) {
         var body = handshake
-        body.moveReaderIndex(forwardBy: head.utf8.count)
-        let contentType = head.split(separator: "\r\n").first { $0.lowercased().hasPrefix("content-type:") }
-            .map { String($0.dropFirst("content-type:".count)).trimmingCharacters(in: .whitespaces) } ?? "application/json"
+        body.moveReaderIndex(forwardBy: head.length)
+        if let length = head.contentLength, body.readableBytes > length { body = body.getSlice(at: body.readerIndex, length: length)! }
+        let contentType = head.contentType.flatMap { handshake.getString(at: handshake.readerIndex + $0.lowerBound, length: $0.count) }
         phase = .closed
         upstream?.close(promise: nil)
         idleTimer?.cancel()
         state.requestFinished()
         downstream.connection.closeAfterResponse()
         downstream.tunnel = nil
-        downstream.respondLocally(status: HTTPResponseStatus(statusCode: status == 0 ? 502 : status), contentType: contentType, body: body, headOnly: false)
+        downstream.respondLocally(status: HTTPResponseStatus(statusCode: head.status), contentType: contentType ?? "application/json",
+                                  body: body, headOnly: false)
     }
 
     /// The session could not open: the client gets an OpenAI-shaped error naming why.
@@ -175,10 +179,12 @@ final class RealtimeUpstreamHandler: ChannelDuplexHandler {
 
     private let session: RealtimeSession
     private let tls: Bool
+    private let handshakeTimeout: TimeAmount
 
-    init(session: RealtimeSession, tls: Bool) {
+    init(session: RealtimeSession, tls: Bool, handshakeTimeout: TimeAmount) {
         self.session = session
         self.tls = tls
+        self.handshakeTimeout = handshakeTimeout
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -206,21 +212,16 @@ final class RealtimeUpstreamHandler: ChannelDuplexHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        if session.phase != .open { session.failBeforeOpen(.upstreamConnect("\(error)")) }
+        if session.phase != .open { session.failBeforeOpen(UpstreamConnection.describeHandshakeError(error, timeout: handshakeTimeout)) }
         context.close(promise: nil)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
         switch session.phase {
         case .connecting, .handshaking:
-            if session.phase == .handshaking, session.handshake.readableBytes > 0 {
-                // An answer without Content-Length ends with the connection.
-                let bytes = session.handshake.readableBytesView
-                if let end = bytes.firstRange(of: Array("\r\n\r\n".utf8)) {
-                    let head = String(decoding: bytes.prefix(end.upperBound - bytes.startIndex), as: UTF8.self)
-                    let status = head.split(separator: " ", maxSplits: 2).dropFirst().first.flatMap { Int($0) } ?? 0
-                    if status != 101 { session.passRefusal(status: status, head: head) }
-                }
+            // An answer without Content-Length ends with the connection.
+            if session.phase == .handshaking, let head = session.handshakeHead, head.kind != .switchingProtocols, !head.isChunked {
+                session.passRefusal(head)
             }
             session.failBeforeOpen(.upstreamClosed("the upstream closed the connection during the WebSocket handshake"))
         case .open:

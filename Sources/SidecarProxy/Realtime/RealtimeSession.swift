@@ -37,8 +37,10 @@ final class RealtimeSession {
     let settings: SidecarConfiguration.Server
     var phase = Phase.connecting
     var upstream: Channel?
-    /// The upstream's answer to the upgrade, until its head is whole.
+    /// The upstream's answer to the upgrade, until its head (and a refusal's body) is whole.
     var handshake = ByteBuffer()
+    var handshakeScanner = HTTPResponseHeadScanner()
+    var handshakeHead: ScannedResponseHead?
     var clientFrames = WebSocketFrameReader(fromClient: true)
     var upstreamFrames = WebSocketFrameReader(fromClient: false)
     /// A client data message being assembled: held until its last frame.
@@ -87,9 +89,10 @@ final class RealtimeSession {
         self.model = RealtimeEvents.model(inTarget: head.uri)
     }
 
-    /// `Upgrade: websocket` with `Connection: upgrade` (RFC 6455 §4.1).
+    /// A GET with `Upgrade: websocket` and `Connection: upgrade` (RFC 6455 §4.1). Other methods
+    /// are not looked at (every proxied request passes here); their `Upgrade` is hop-by-hop and dropped.
     static func isUpgrade(_ head: HTTPRequestHead) -> Bool {
-        head.headers[canonicalForm: "upgrade"].contains { HeaderPolicy.equalsIgnoringASCIICase($0, "websocket") }
+        head.method == .GET && head.headers[canonicalForm: "upgrade"].contains { HeaderPolicy.equalsIgnoringASCIICase($0, "websocket") }
             && head.headers[canonicalForm: "connection"].contains { HeaderPolicy.equalsIgnoringASCIICase($0, "upgrade") }
     }
 

@@ -157,7 +157,7 @@ final class UpstreamConnection {
         }
     }
 
-    private static func describeConnectError(_ error: Error, url: UpstreamURL, timeout: TimeAmount) -> ProxyError {
+    static func describeConnectError(_ error: Error, url: UpstreamURL, timeout: TimeAmount) -> ProxyError {
         if let e = error as? ChannelError, case .connectTimeout = e {
             return .upstreamTimeout(.connect, after: DurationText.format(timeout))
         }
@@ -192,7 +192,7 @@ final class UpstreamConnection {
         }
     }
 
-    private static func describeHandshakeError(_ error: Error, timeout: TimeAmount) -> ProxyError {
+    static func describeHandshakeError(_ error: Error, timeout: TimeAmount) -> ProxyError {
         if let t = error as? TLSError {
             if t.kind == .handshakeTimeout { return .upstreamTimeout(.tlsHandshake, after: DurationText.format(timeout)) }
             return .upstreamTLS(t.reason)
