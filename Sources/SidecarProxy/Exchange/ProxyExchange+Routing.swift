@@ -111,12 +111,13 @@ extension ProxyExchange {
 
     func install(_ r: ModelRoute, _ i: Int) {
         slot = (r, i)
-        charged = r.deployment(i).tpm != nil ? (r, i, estimatedTokens) : nil
+        let member = r.member(i)
+        charged = member.deployment.tpm != nil ? (r, i, estimatedTokens) : nil
         tried.append((ObjectIdentifier(r), i))
         machine.deploymentChosen()
-        target(r.upstream(i))
-        downstream.access.upstream = r.name(i)
-        rewriteModel(to: r.deployment(i).model)
+        target(member.upstream)
+        downstream.access.upstream = member.name
+        rewriteModel(to: member.deployment.model)
     }
 
     /// Whether another attempt may start: routed, nothing sent to the client yet, the body kept,

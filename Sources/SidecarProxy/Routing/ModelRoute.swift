@@ -114,6 +114,15 @@ final class ModelRoute: Sendable {
     /// The upstream member `i`'s requests go to.
     func upstream(_ i: Int) -> UpstreamGroup { state.withLockedValue { $0.members[i].upstream } }
 
+    /// Member `i`'s configured deployment, upstream and name, read under one lock (a routed
+    /// request needs all three when it is placed).
+    func member(_ i: Int) -> (deployment: SidecarConfiguration.ModelGroup.Deployment, upstream: UpstreamGroup, name: String) {
+        state.withLockedValue { s in
+            let m = s.members[i]
+            return (group.deployments[m.deployment], m.upstream, Self.name(m, group))
+        }
+    }
+
     /// Whether the group has more than one live member (prompt-cache affinity needs a choice).
     var hasSeveralMembers: Bool {
         state.withLockedValue { s in
