@@ -132,7 +132,7 @@ final class DialectTests: XCTestCase {
         let body = try XCTUnwrap(CanonicalJSON.parse(Array(#"{"model":"m","temperature":0}"#.utf8)))
         func material(_ headers: [(String, String)]) -> [UInt8]? {
             CanonicalRequest.keyMaterial(method: "POST", path: "/v1/messages", modelGroup: "m", scope: "s",
-                                         vary: CanonicalRequest.varyingHeaders(of: headers.map { (name: $0.0, value: $0.1) }), parsed: body)
+                                         vary: CanonicalRequest.varyingHeaders(of: HTTPHeaders(headers)), parsed: body)
         }
         let none = material([("content-type", "application/json")])
         XCTAssertEqual(none, CanonicalRequest.keyMaterial(method: "POST", path: "/v1/messages", modelGroup: "m", scope: "s", parsed: body),

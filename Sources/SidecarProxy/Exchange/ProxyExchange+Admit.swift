@@ -115,7 +115,7 @@ extension ProxyExchange {
         case .lookupAndStore(let t): (ttl, lookup) = (t, true)
         }
         c.scope = downstream.cacheScope(of: c.headers, shared: c.settings.scope == .shared)
-        let vary = CanonicalRequest.varyingHeaders(of: c.headers.map { ($0.name, $0.value) })
+        let vary = CanonicalRequest.varyingHeaders(of: c.headers)
         guard let parsed, let material = CanonicalRequest.keyMaterial(
             method: c.method, path: c.path, modelGroup: c.model, scope: c.scope, vary: vary, parsed: parsed) else {
             cacheState = nil

@@ -25,7 +25,7 @@ extension ProxyExchange {
         if let r = JSONTopLevel.value(of: "top_p", in: bytes), let d = Double(String(decoding: bytes[r], as: UTF8.self)) {
             span.attributes["gen_ai.request.top_p"] = d
         }
-        if let max = requestMaxTokens ?? Self.maxTokens(in: bytes) { span.attributes["gen_ai.request.max_tokens"] = max }
+        if let max = Self.maxTokens(in: bytes) { span.attributes["gen_ai.request.max_tokens"] = max }
         if let stream = JSONTopLevel.value(of: "stream", in: bytes) { span.attributes["llm_sidecar.stream"] = bytes[stream].elementsEqual("true".utf8) }
         if tracer?.exporter.settings.captureContent == true {
             span.attributes["gen_ai.input.messages"] = String(decoding: bytes.prefix(Self.capturedBytes), as: UTF8.self)
