@@ -28,6 +28,10 @@ let package = Package(
         // library); the spans are exported by SidecarProxy/Telemetry instead (docs/observability.md).
         .package(url: "https://github.com/apple/swift-distributed-tracing.git", from: "1.7.3"),
         .package(url: "https://github.com/swift-otel/swift-w3c-trace-context.git", from: "1.0.0"),
+        // Fleet mode's PostgreSQL client (docs/fleet.md). It brings swift-nio-ssl and swift-crypto
+        // (BoringSSL, symbol-prefixed) for its own TLS and SCRAM authentication only; everything
+        // of ours (upstream TLS, SHA-256 cache keys) stays on the system OpenSSL.
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
     ],
     targets: [
         .systemLibrary(
@@ -70,11 +74,23 @@ let package = Package(
             swiftSettings: strict
         ),
         .target(
+            name: "SidecarFleet",
+            dependencies: [
+                "SidecarCore",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .target(
             name: "SidecarProxy",
             dependencies: [
                 "SidecarCore",
                 "SidecarTLS",
                 "SidecarStore",
+                "SidecarFleet",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
