@@ -121,6 +121,19 @@ public final class ResponseCacheStore {
         """
         ALTER TABLE spend ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0;
         """,
+        // 6: fleet mode's outbox: what this node spent and counted, until PostgreSQL has it.
+        """
+        CREATE TABLE fleet_outbox (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            day TEXT NOT NULL, model TEXT NOT NULL, deployment TEXT NOT NULL, client TEXT NOT NULL,
+            requests INTEGER NOT NULL DEFAULT 0, prompt_tokens INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0, cached_tokens INTEGER NOT NULL DEFAULT 0,
+            cache_write_tokens INTEGER NOT NULL DEFAULT 0, usd REAL NOT NULL DEFAULT 0,
+            hits INTEGER NOT NULL DEFAULT 0, misses INTEGER NOT NULL DEFAULT 0, coalesced INTEGER NOT NULL DEFAULT 0,
+            bypasses INTEGER NOT NULL DEFAULT 0, bytes_served INTEGER NOT NULL DEFAULT 0,
+            prompt_tokens_saved INTEGER NOT NULL DEFAULT 0, completion_tokens_saved INTEGER NOT NULL DEFAULT 0
+        );
+        """,
     ]
 
     /// Who spent: the row key of the `spend` table (without the day).

@@ -99,8 +99,9 @@ struct RawConfiguration: Decodable {
     /// Keys whose values are integers (the rest are strings or tables), for type error messages.
     static let integerKeys: Set<String> = ["max_body_bytes", "max_header_fields", "threads", "max_connections", "queue_size", "ttl_seconds",
                                             "max_bytes", "memory_bytes", "max_entry_bytes", "weight", "max_concurrency", "max_attempts",
-                                            "client_rpm", "client_burst", "alert_percent", "rpm", "tpm", "max_queue_spans", "prompt_cache_min_tokens"]
-    static let tableKeys: Set<String> = ["server", "upstreams", "log", "cache", "prices", "models", "deployments", "limits", "budgets", "otel"]
+                                            "client_rpm", "client_burst", "alert_percent", "rpm", "tpm", "max_queue_spans", "prompt_cache_min_tokens",
+                                            "pool_size", "shared_cache_max_bytes"]
+    static let tableKeys: Set<String> = ["server", "upstreams", "log", "cache", "prices", "models", "deployments", "limits", "budgets", "otel", "fleet"]
 
     var server: RawServer?
     var upstreams: [String: RawUpstream]?
@@ -111,6 +112,24 @@ struct RawConfiguration: Decodable {
     var limits: RawLimits?
     var budgets: RawBudgets?
     var otel: RawOTel?
+    var fleet: RawFleet?
+
+    struct RawFleet: Decodable {
+        var postgres_url_env: String?
+        var postgres_url_file: String?
+        var node: String?
+        var on_unavailable: String?
+        var pool_size: Int?
+        var connect_timeout: String?
+        var statement_timeout: String?
+        var lease_period: String?
+        var sync_interval: String?
+        var budget_slice: Number?
+        var shared_cache: Bool?
+        var shared_cache_timeout: String?
+        var shared_cache_max_bytes: Int?
+        var coalesce_wait: String?
+    }
 
     struct RawOTel: Decodable {
         var endpoint: String?
@@ -368,6 +387,7 @@ struct Validator {
             configuration.budgets = b
         }
         if let ro = raw.otel { configuration.otel = try otel(ro) }
+        if let rf = raw.fleet { configuration.fleet = try fleet(rf, cache: configuration.cache) }
         if let burst = raw.limits?.client_burst {
             guard configuration.limits.clientRPM != nil else { throw fail(["limits", "client_burst"], "needs client_rpm") }
             configuration.limits.clientBurst = try positive(burst, ["limits", "client_burst"], default: 1, max: 100_000_000)

@@ -21,6 +21,9 @@ public struct SidecarConfiguration: Sendable, Equatable {
     public var budgets = Budgets()
     /// `[otel]`: where traces go; nil: no tracing (docs/observability.md).
     public var otel: OTel?
+    /// `[fleet]`: budgets, limits, spend and a cache tier shared through PostgreSQL; nil: this
+    /// sidecar is alone (docs/fleet.md).
+    public var fleet: Fleet?
 
     /// `[otel]`
     public struct OTel: Sendable, Equatable {

@@ -22,7 +22,7 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
         case methodNotAllowed(allow: String)
         case upstreamConnect, upstreamTLS, upstreamClosed, upstreamProtocol, upstreamTimeout(Timeout)
         case poolExhausted, shuttingDown, internalError
-        case modelNotFound, deploymentsBusy, rateLimited, budgetExceeded, modelNotPriced, budgetUnavailable
+        case modelNotFound, deploymentsBusy, rateLimited, budgetExceeded, modelNotPriced, budgetUnavailable, fleetUnavailable
     }
 
     private let code: Code
@@ -105,6 +105,11 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
     }
     /// Spend could not be restored at start, so no budget can be checked: nothing is sent.
     public static func budgetUnavailable(_ why: String) -> ProxyError { .init(.budgetUnavailable, why) }
+    /// The fleet database cannot be reached and this node holds no lease that covers the request
+    /// (or `fleet.on_unavailable = "reject"`): a fleet budget or limit cannot be checked.
+    public static func fleetUnavailable(_ why: String) -> ProxyError {
+        .init(.fleetUnavailable, "The fleet database is unavailable (\(why)), so the fleet's budgets and rate limits cannot be checked; the request was not sent")
+    }
     /// A request that would overshoot a `[budgets]` cap.
     public static func budgetExceeded(_ refusal: BudgetLedger.Refusal) -> ProxyError {
         let which: String
@@ -112,6 +117,9 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
         case .daily(let l): which = "the daily budget ($\(l))"
         case .monthly(let l): which = "the monthly budget ($\(l))"
         case .clientDaily(let l): which = "this client's daily budget ($\(l))"
+        case .fleetSlice(let scope, _):
+            let name = scope.scope == "day" ? "daily" : scope.scope == "month" ? "monthly" : "this client's daily"
+            return .init(.budgetExceeded, "This request would exceed the \(name) budget shared by the fleet ([budgets] with [fleet]: every node's spend counts); it was not sent")
         }
         return .init(.budgetExceeded, "This request would exceed \(which) set on the sidecar ([budgets]); it was not sent")
     }
@@ -132,7 +140,7 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
              .headerFieldsTooLarge, .notImplemented, .httpVersionNotSupported: return .client
         case .upstreamConnect, .upstreamTLS, .upstreamClosed, .upstreamProtocol: return .upstream
         case .upstreamTimeout(let t): return t == .poolQueue ? .internal : .upstream
-        case .poolExhausted, .shuttingDown, .internalError, .budgetUnavailable: return .internal
+        case .poolExhausted, .shuttingDown, .internalError, .budgetUnavailable, .fleetUnavailable: return .internal
         case .modelNotFound, .modelNotPriced: return .client
         case .rateLimited, .budgetExceeded: return .client
         case .deploymentsBusy: return .internal
@@ -176,7 +184,7 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
         case .httpVersionNotSupported: return 505
         case .upstreamConnect, .upstreamTLS, .upstreamClosed, .upstreamProtocol: return 502
         case .upstreamTimeout(let t): return t == .poolQueue ? 503 : 504
-        case .poolExhausted, .shuttingDown, .budgetUnavailable: return 503
+        case .poolExhausted, .shuttingDown, .budgetUnavailable, .fleetUnavailable: return 503
         case .internalError: return 500
         case .modelNotFound: return 404
         case .modelNotPriced: return 400
@@ -229,6 +237,7 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
         case .budgetExceeded: return "budget_exceeded"
         case .modelNotPriced: return "model_not_priced"
         case .budgetUnavailable: return "budget_unavailable"
+        case .fleetUnavailable: return "fleet_unavailable"
         }
     }
 
@@ -242,7 +251,7 @@ public struct ProxyError: Error, Hashable, Sendable, CustomStringConvertible {
     public var retryAfterSeconds: Int? {
         switch code {
         case .poolExhausted, .shuttingDown, .deploymentsBusy: return 1
-        case .budgetUnavailable: return 5
+        case .budgetUnavailable, .fleetUnavailable: return 5
         case .upstreamTimeout(.poolQueue): return 1
         default: return nil
         }

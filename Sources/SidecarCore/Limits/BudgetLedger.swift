@@ -28,6 +28,22 @@ public struct BudgetLedger: Sendable {
 
     public enum Refusal: Sendable, Equatable {
         case daily(limit: Double), monthly(limit: Double), clientDaily(limit: Double)
+        /// Within the configured limit, but not within this node's slice of the fleet's budget
+        /// (`[fleet]`): the node asks the fleet for more of `scope` before it refuses.
+        case fleetSlice(scope: FleetBudgetScope, need: Double)
+    }
+
+    /// In fleet mode, what this node may spend in each scope (its `used` included): its slices of
+    /// the fleet's budgets. A scope without an entry has no slice yet ($0).
+    public struct Allotments: Sendable, Equatable {
+        public var day: Double
+        public var month: Double
+        public var clients: [String: Double]
+        public init(day: Double = 0, month: Double = 0, clients: [String: Double] = [:]) {
+            self.day = day
+            self.month = month
+            self.clients = clients
+        }
     }
 
     private var day = ""
@@ -56,11 +72,17 @@ public struct BudgetLedger: Sendable {
     }
 
     /// Reserves `amount` for one request of `client`, or says which budget it would overshoot.
-    public mutating func reserve(_ amount: Double, client: String, limits: Limits, day: String, month: String) -> Result<Reservation, RefusalError> {
+    /// - Parameter fleet: this node's slices of the fleet's budgets (`[fleet]`), checked after
+    ///   the configured limits; nil: the node is alone.
+    public mutating func reserve(_ amount: Double, client: String, limits: Limits, day: String, month: String,
+                                 fleet: Allotments? = nil) -> Result<Reservation, RefusalError> {
         roll(day: day, month: month)
         // A request that costs nothing (an unpriced or free model) cannot overshoot anything.
         if amount > 0 {
             if let refusal = refusal(amount, client: client, limits: limits) { return .failure(.init(refusal: refusal)) }
+            if let fleet, let refusal = fleetRefusal(amount, client: client, limits: limits, fleet: fleet, day: day, month: month) {
+                return .failure(.init(refusal: refusal))
+            }
         }
         nextID += 1
         let r = Reservation(id: nextID, amount: amount, client: client, day: day, month: month)
@@ -78,6 +100,36 @@ public struct BudgetLedger: Sendable {
             return .clientDaily(limit: limit)
         }
         return nil
+    }
+
+    private func fleetRefusal(_ amount: Double, client: String, limits: Limits, fleet: Allotments, day: String, month: String) -> Refusal? {
+        if limits.dailyUSD != nil, spentDay + reservedDay + amount > fleet.day {
+            return .fleetSlice(scope: .init(scope: "day", period: day), need: spentDay + reservedDay + amount)
+        }
+        if limits.monthlyUSD != nil, spentMonth + reservedMonth + amount > fleet.month {
+            return .fleetSlice(scope: .init(scope: "month", period: month), need: spentMonth + reservedMonth + amount)
+        }
+        if limits.clientDailyUSD != nil {
+            let use = clientSpent[client, default: 0] + clientReserved[client, default: 0]
+            if use + amount > fleet.clients[client, default: 0] {
+                return .fleetSlice(scope: .init(scope: "client:" + client, period: day), need: use + amount)
+            }
+        }
+        return nil
+    }
+
+    /// This node's use (spent and reserved) of every scope it has budgets for, in fleet terms:
+    /// what it reports to the fleet when it renews its slices.
+    public func fleetUse(limits: Limits) -> [FleetBudgetScope: Double] {
+        var out: [FleetBudgetScope: Double] = [:]
+        if limits.dailyUSD != nil, !day.isEmpty { out[.init(scope: "day", period: day)] = spentDay + reservedDay }
+        if limits.monthlyUSD != nil, !month.isEmpty { out[.init(scope: "month", period: month)] = spentMonth + reservedMonth }
+        if limits.clientDailyUSD != nil, !day.isEmpty {
+            for c in Set(clientSpent.keys).union(clientReserved.keys) {
+                out[.init(scope: "client:" + c, period: day)] = clientSpent[c, default: 0] + clientReserved[c, default: 0]
+            }
+        }
+        return out
     }
 
     public struct RefusalError: Error, Sendable, Equatable { public var refusal: Refusal }

@@ -51,11 +51,13 @@ extension ResponseCache {
         let now = clock()
         let maxBytes = settings.maxBytes
         let day = Self.day(now)
+        let outbox = writesOutbox.withLockedValue { $0 }
         database.perform { [self] access in
             self.drainWrites(access, maxBytes: maxBytes)
             let ok = access.use { store -> Bool in
                 try store.add(taken.counters.filter { !$0.value.isEmpty }, day: day)
                 try store.addSpend(taken.spend, day: day)
+                if outbox { try store.addOutbox(counters: taken.counters, spend: taken.spend, day: day) }
                 var touches: [[UInt8]: (count: Int64, at: Int64)] = [:]
                 for (k, t) in taken.touches { touches[k.bytes] = t }
                 try store.touch(touches)

@@ -73,6 +73,8 @@ final class ResponseCache: Sendable {
     let stored = NIOLockedValueBox(StoredKeyIndex())
     private let flights = NIOLockedValueBox<[CacheKey: Flight]>([:])
     let pending = NIOLockedValueBox(Pending())
+    /// `[fleet]`: every flush also goes to the outbox, for the fleet database.
+    let writesOutbox = NIOLockedValueBox(false)
     let housekeeping = NIOLockedValueBox<(task: RepeatedTask?, ticks: Int, generation: Int64?, loop: EventLoop?, reopens: Int)>((nil, 0, nil, nil, 0))
 
     struct Pending {

@@ -1,0 +1,111 @@
+import NIOCore
+
+/// This node's share of the fleet's per-client request limits (docs/fleet.md, "Rate limits").
+/// The exact token bucket of each client lives in the database; a node takes tokens from it in
+/// small slices and admits requests from what it holds. So the request path never waits for the
+/// database, a node may admit `credit` requests of a client it holds no token for (its first,
+/// or one while its ask is on the way); that debt is charged to the fleet bucket with the ask.
+/// Bound: a client gets at most `burst + client_rpm × minutes + nodes × credit` requests
+/// through the fleet in any stretch of time. Pure; the clock is passed in.
+public struct FleetRateLeases: Sendable {
+    public let perMinute: Int
+    public let burst: Int
+    /// Requests a node may admit for a client ahead of the fleet's answer.
+    public let credit: Int
+
+    struct Client: Sendable, Equatable {
+        /// Tokens held (negative: admitted on credit, not yet charged to the fleet).
+        var balance = 0
+        var asking = false
+        /// The fleet's bucket was empty: refused here until then, without asking.
+        var emptyUntil: NIODeadline?
+        /// Requests admitted since the last sync (sizes the next ask; idle clients give back).
+        var used = 0
+    }
+
+    private var clients: [String: Client] = [:]
+
+    public init(perMinute: Int, burst: Int, credit: Int = 1) {
+        self.perMinute = perMinute
+        self.burst = burst
+        self.credit = credit
+    }
+
+    public enum Verdict: Sendable, Equatable {
+        /// Admitted; `ask` is a claim to send now (the IO layer sends it and calls `answered`).
+        case allowed(ask: FleetRateClaim?)
+        case limited(retryAfter: TimeAmount)
+    }
+
+    /// One token's time at `perMinute`.
+    public var tokenInterval: TimeAmount { .nanoseconds(Int64((60e9 / Double(perMinute)).rounded(.up))) }
+
+    public mutating func admit(client: String, now: NIODeadline) -> Verdict {
+        var c = clients[client] ?? Client()
+        defer { clients[client] = c }
+        if c.balance < 1 {
+            if let until = c.emptyUntil, now < until { return .limited(retryAfter: until - now) }
+            guard c.balance > -credit else { return .limited(retryAfter: tokenInterval) }
+        }
+        c.balance -= 1
+        c.used += 1
+        guard !c.asking, c.balance < max(1, want(c) / 2) else { return .allowed(ask: nil) }
+        c.asking = true
+        return .allowed(ask: claim(client, &c, want: want(c)))
+    }
+
+    /// How many tokens to ask for: twice the requests since the last sync, at least one, at most
+    /// a quarter of the burst.
+    private func want(_ c: Client) -> Int { max(1, min(max(1, burst / 4), 2 * c.used)) }
+
+    /// Charges the debt with the claim (given back as a negative number).
+    private func claim(_ name: String, _ c: inout Client, want: Int) -> FleetRateClaim {
+        let debt = max(0, -c.balance)
+        c.balance += debt
+        return FleetRateClaim(client: name, perMinute: perMinute, burst: burst, want: want, giveBack: -debt)
+    }
+
+    /// The fleet's answer to an ask for `client`: `granted` tokens (0: its bucket is empty).
+    public mutating func answered(client: String, granted: Int, now: NIODeadline) {
+        var c = clients[client] ?? Client()
+        c.asking = false
+        c.balance += granted
+        c.emptyUntil = granted == 0 && c.balance < 1 ? now + tokenInterval : nil
+        clients[client] = c
+    }
+
+    /// The ask failed (the database is away): the debt stays charged to the fleet's count when
+    /// the next ask goes (the claim's debt is added back).
+    public mutating func askFailed(_ claim: FleetRateClaim) {
+        guard var c = clients[claim.client] else { return }
+        c.asking = false
+        c.balance += claim.giveBack  // the debt is owed again
+        clients[claim.client] = c
+    }
+
+    /// The periodic round: clients idle since the last one give their tokens back, debts are
+    /// charged; clients with nothing held and nothing owed are forgotten.
+    public mutating func sync(now: NIODeadline) -> [FleetRateClaim] {
+        var out: [FleetRateClaim] = []
+        for (name, var c) in clients {
+            defer { clients[name] = c }
+            if let until = c.emptyUntil, until <= now { c.emptyUntil = nil }
+            guard !c.asking else { continue }
+            if c.balance < 0 {
+                c.asking = true
+                out.append(claim(name, &c, want: 0))
+            } else if c.used == 0, c.balance > 0 {
+                out.append(FleetRateClaim(client: name, perMinute: perMinute, burst: burst, want: 0, giveBack: c.balance))
+                c.balance = 0
+                c.asking = true
+            }
+            c.used = 0
+        }
+        clients = clients.filter { $0.value.balance != 0 || $0.value.asking || $0.value.emptyUntil != nil }
+        return out.sorted { $0.client < $1.client }
+    }
+
+    /// Tokens held for `client` (for tests and `/stats`).
+    public func balance(of client: String) -> Int { clients[client]?.balance ?? 0 }
+    public var clientCount: Int { clients.count }
+}
