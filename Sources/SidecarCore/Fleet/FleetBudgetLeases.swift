@@ -75,7 +75,8 @@ public struct FleetBudgetLeases: Sendable {
     /// - Parameters:
     ///   - use: the ledger's `fleetUse`: this node's spend and reservations per scope.
     ///   - limit: the configured limit of a scope (nil: not limited any more, dropped).
-    public mutating func claims(use: [FleetBudgetScope: Double], limit: (FleetBudgetScope) -> Double?) -> [FleetBudgetClaim] {
+    ///   - releasing: the node is stopping: it wants nothing, so every unused slice goes back now.
+    public mutating func claims(use: [FleetBudgetScope: Double], limit: (FleetBudgetScope) -> Double?, releasing: Bool = false) -> [FleetBudgetClaim] {
         var scopes = Set(use.keys).union(needs.keys).union(held.keys)
         // A client scope with nothing held beyond its use, no new use and no need: nothing to renew.
         scopes = scopes.filter { s in
@@ -92,7 +93,7 @@ public struct FleetBudgetLeases: Sendable {
             let used = use[s] ?? 0
             let extra = max(0, (needs[s] ?? 0) - used)
             let growth = max(0, used - (reported[s] ?? used))
-            let want = max(extra, min(l * settings.slice, 2 * growth + 2 * extra))
+            let want = releasing ? 0 : max(extra, min(l * settings.slice, 2 * growth + 2 * extra))
             out.append(FleetBudgetClaim(scope: s, limit: l, used: used, want: want))
         }
         // Past periods are forgotten once the round no longer names them.

@@ -105,6 +105,15 @@ public struct FleetRateLeases: Sendable {
         return out.sorted { $0.client < $1.client }
     }
 
+    /// A clean stop: every token held goes back and every debt is charged.
+    public mutating func releaseAll() -> [FleetRateClaim] {
+        let out = clients.filter { $0.value.balance != 0 }.map {
+            FleetRateClaim(client: $0.key, perMinute: perMinute, burst: burst, want: 0, giveBack: $0.value.balance)
+        }
+        clients = [:]
+        return out.sorted { $0.client < $1.client }
+    }
+
     /// Tokens held for `client` (for tests and `/stats`).
     public func balance(of client: String) -> Int { clients[client]?.balance ?? 0 }
     public var clientCount: Int { clients.count }
