@@ -77,7 +77,9 @@ public struct FleetBudgetLeases: Sendable {
     ///   - limit: the configured limit of a scope (nil: not limited any more, dropped).
     ///   - releasing: the node is stopping: it wants nothing, so every unused slice goes back now.
     public mutating func claims(use: [FleetBudgetScope: Double], limit: (FleetBudgetScope) -> Double?, releasing: Bool = false) -> [FleetBudgetClaim] {
-        var scopes = Set(use.keys).union(needs.keys).union(held.keys)
+        // The ledger names the current periods' scopes only: a held scope it no longer names is
+        // of a past period, and is dropped.
+        var scopes = Set(use.keys).union(needs.keys)
         // A client scope with nothing held beyond its use, no new use and no need: nothing to renew.
         scopes = scopes.filter { s in
             guard s.scope.hasPrefix("client:") else { return true }

@@ -235,7 +235,8 @@ final class FleetAgent: Sendable {
         case .allowed(let ask):
             if let ask { Task { await self.leaseRates([ask]) } }
             return .init(allowed: true, remaining: 0, retryAfter: .zero, reset: .seconds(60))
-        case .limited(let wait):
+        case .limited(let wait, let ask):
+            if let ask { Task { await self.leaseRates([ask]) } }
             return .init(allowed: false, remaining: 0, retryAfter: wait, reset: .seconds(60))
         }
     }
@@ -247,7 +248,7 @@ final class FleetAgent: Sendable {
             let granted = try await database.leaseRates(claims)
             let now = NIODeadline.now()
             rateLeases.withLockedValue { r in
-                for c in claims { r?.state.answered(client: c.client, granted: granted[c.client] ?? 0, now: now) }
+                for c in claims { r?.state.answered(client: c.client, granted: granted[c.client] ?? 0, wanted: c.want, now: now) }
             }
             connected()
         } catch {
