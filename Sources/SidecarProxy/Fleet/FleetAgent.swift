@@ -87,7 +87,7 @@ final class FleetAgent: Sendable {
             return l.up
         }
         metrics.connected.set(1)
-        if !was { logger.notice("fleet database reachable: leases, limits and outbox are shared again", metadata: ["node": "\(node)"]) }
+        if !was { logger.notice("fleet database connected: budgets, limits, spend and cache are shared", metadata: ["node": "\(node)"]) }
     }
 
     func lost(_ error: any Error) {
@@ -98,7 +98,7 @@ final class FleetAgent: Sendable {
                 l.problem = why
                 if l.since == nil { l.since = Date() }
             }
-            return l.up || !l.migrated
+            return l.up || l.since == nil
         }
         metrics.connected.set(0)
         metrics.errors.increment()
