@@ -59,7 +59,7 @@ extension Validator {
             guard !checkSecrets || fileExists(path) else { throw fail(base + ["postgres_url_file"], "cannot read \(path)") }
             source = .file(path)
         case (nil, nil):
-            throw fail(base + ["postgres_url_env"], "is required (or postgres_url_file): the URL holds a password, so it is never written in this file")
+            throw fail(base, "postgres_url_env (or postgres_url_file) is required: the URL holds a password, so it is never written in this file")
         }
         var f = SidecarConfiguration.Fleet(postgresURL: source, sharedCacheMaxBytes: cache.maxBytes)
         if let node = rf.node {
