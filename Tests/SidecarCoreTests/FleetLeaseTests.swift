@@ -42,7 +42,7 @@ final class FleetLeaseTests: XCTestCase {
                     nodes[i].leases.granted(grants, sentAt: now)
                 }
                 let cost = Double.random(in: 0.01...0.5, using: &rng)
-                let allot = nodes[i].leases.allotments(day: "2026-12-02", month: "2026-12", now: now)
+                let allot = nodes[i].leases.allotments(day: "2026-12-02", month: "2026-12", client: "c", now: now)
                 switch nodes[i].ledger.reserve(cost, client: "c", limits: limits, day: "2026-12-02", month: "2026-12", fleet: allot) {
                 case .success(let r):
                     nodes[i].ledger.settle(r, actual: cost * Double.random(in: 0.2...1, using: &rng), limits: limits)
@@ -52,7 +52,7 @@ final class FleetLeaseTests: XCTestCase {
                     nodes[i].leases.need(scope, total: need)
                     let claims = nodes[i].leases.claims(use: nodes[i].ledger.fleetUse(limits: limits), limit: { _ in limit })
                     nodes[i].leases.granted(claims.map { fleet.lease(node: i, claim: $0, now: now, period: settings.leasePeriod) }, sentAt: now)
-                    let again = nodes[i].leases.allotments(day: "2026-12-02", month: "2026-12", now: now)
+                    let again = nodes[i].leases.allotments(day: "2026-12-02", month: "2026-12", client: "c", now: now)
                     if case .success(let r) = nodes[i].ledger.reserve(cost, client: "c", limits: limits, day: "2026-12-02", month: "2026-12", fleet: again) {
                         nodes[i].ledger.settle(r, actual: cost, limits: limits)
                     } else {
@@ -78,9 +78,9 @@ final class FleetLeaseTests: XCTestCase {
         // Twice what the refused reservation needed, within the slice (10 % of $100).
         XCTAssertEqual(claims, [FleetBudgetClaim(scope: day, limit: 100, used: 1, want: 4)])
         leases.granted([FleetBudgetGrant(scope: day, allotment: 3, fleetGranted: 10, limit: 100)], sentAt: t0)
-        XCTAssertEqual(leases.allotments(day: "2026-12-02", month: "2026-12", now: t0 + .seconds(28)).day, 3)
+        XCTAssertEqual(leases.allotments(day: "2026-12-02", month: "2026-12", client: "c", now: t0 + .seconds(28)).day, 3)
         // A second before the database's own expiry (counted from the send), the node stops using it.
-        XCTAssertEqual(leases.allotments(day: "2026-12-02", month: "2026-12", now: t0 + .seconds(29)).day, 0)
+        XCTAssertEqual(leases.allotments(day: "2026-12-02", month: "2026-12", client: "c", now: t0 + .seconds(29)).day, 0)
         // No growth, no need: it wants nothing, which gives the unused slice back.
         XCTAssertEqual(leases.claims(use: [day: 1], limit: { _ in 100 }).first?.want, 0)
         // A stopping node gives everything back whatever it spent lately.

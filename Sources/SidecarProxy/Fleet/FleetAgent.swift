@@ -125,8 +125,9 @@ final class FleetAgent: Sendable {
     // MARK: budgets
 
     /// This node's usable slices now (expired ones are $0).
-    func allotments(day: String, month: String) -> BudgetLedger.Allotments {
-        budgetLeases.withLockedValue { $0.allotments(day: day, month: month, now: .now()) }
+    func allotments(day: String, month: String, client: String) -> BudgetLedger.Allotments {
+        let now = NIODeadline.now()
+        return budgetLeases.withLockedValue { $0.allotments(day: day, month: month, client: client, now: now) }
     }
 
     /// Whether asking the fleet for `scope` again can help a reservation of `need` in all.
