@@ -11,8 +11,10 @@ import SidecarCore
 /// Errors are `FleetError`s and never carry the database URL or its password.
 ///
 /// Every call is bounded by `statementTimeout` twice over: the server's `statement_timeout`
-/// (a startup parameter of every connection) and a client-side deadline, so a dead or
-/// partitioned server cannot hold a caller longer than that.
+/// (a startup parameter of every connection) and a client-side deadline (the same plus a short
+/// grace), so a dead or partitioned server cannot hold a caller much longer than that. A call
+/// that timed out on the client side may still complete on the server: every write is safe to
+/// repeat (upserts, leases recomputed, the outbox's compare-and-set).
 public final class FleetDatabase: Sendable {
     /// The node this process is, as registered in `fleet_nodes`.
     public let node: String
@@ -235,11 +237,15 @@ public final class FleetDatabase: Sendable {
         }
     }
 
+    /// The client-side deadline is the statement timeout plus a grace of a tenth of it (50 ms to
+    /// 500 ms): a slow statement is normally ended by the server (the query cancelled, the
+    /// connection healthy and back in the pool); the deadline answers when the server cannot.
     private func bounded<T: Sendable>(_ work: @escaping @Sendable (NIOLockedValueBox<Bool>) async throws -> T) async throws -> T {
         let connected = NIOLockedValueBox(false)
         let timeout = statementTimeout
+        let grace = TimeAmount.nanoseconds(min(500_000_000, max(50_000_000, timeout.nanoseconds / 10)))
         do {
-            return try await Deadline.run(after: timeout, timeoutError: { FleetError.timedOut(after: timeout, connected: connected.withLockedValue { $0 }) }) {
+            return try await Deadline.run(after: timeout + grace, timeoutError: { FleetError.timedOut(after: timeout, connected: connected.withLockedValue { $0 }) }) {
                 try await work(connected)
             }
         } catch {

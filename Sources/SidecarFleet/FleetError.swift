@@ -26,17 +26,21 @@ public struct FleetError: Error, CustomStringConvertible, Sendable, Equatable {
         case other
     }
 
+    /// What kind of failure.
     public let kind: Kind
     /// The server's SQLSTATE when `kind == .server` (e.g. `57014` for a cancelled statement).
     public let sqlState: String?
+    /// The text for logs and status pages (no URL, password or statement parameters).
     public let message: String
 
+    /// A failure of `kind` described by `message` (which must not contain secrets).
     public init(_ kind: Kind, _ message: String, sqlState: String? = nil) {
         self.kind = kind
         self.message = message
         self.sqlState = sqlState
     }
 
+    /// `message`.
     public var description: String { message }
 
     /// `fleet database URL: <what>`.
