@@ -121,6 +121,7 @@ extension FleetDatabaseTests {
         } catch let error as FleetError {
             XCTAssertEqual(error.kind, .timeout, error.description)
             XCTAssertEqual(error.description, "fleet database statement timed out after 0.5 s")
+            XCTAssertEqual(error.sqlState, "57014", "the server's statement_timeout (a startup parameter) ended it")
         }
         _ = await holder.value
 

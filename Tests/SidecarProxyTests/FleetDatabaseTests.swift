@@ -29,6 +29,13 @@ final class FleetDatabaseTests: XCTestCase {
         super.tearDown()
     }
 
+    /// Warnings only: PostgresNIO logs every failed connection attempt at info.
+    static let logger: Logger = {
+        var logger = Logger(label: "fleet-test")
+        logger.logLevel = .warning
+        return logger
+    }()
+
     /// The running databases of a test, stopped at its end.
     private var running: [(FleetDatabase, Task<Void, Never>)] = []
 
@@ -51,7 +58,7 @@ final class FleetDatabaseTests: XCTestCase {
 
     func open(_ url: String, node: String, poolSize: Int = 4, statementTimeout: TimeAmount = .seconds(5)) throws -> FleetDatabase {
         let database = try FleetDatabase(url: url, node: node, poolSize: poolSize, connectTimeout: .seconds(2),
-                                         statementTimeout: statementTimeout, logger: Logger(label: "fleet-test"))
+                                         statementTimeout: statementTimeout, logger: Self.logger)
         let task = Task { await database.run() }
         running.append((database, task))
         return database
