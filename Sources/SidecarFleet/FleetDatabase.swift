@@ -24,6 +24,15 @@ public final class FleetDatabase: Sendable {
     let listenConfiguration: PostgresConnection.Configuration
     let statementTimeout: TimeAmount
     let logger: Logger
+    /// The pool retries failed connections quietly (a lease just waits): when a call finds no
+    /// connection in time, a direct connection attempt (at most one at a time) finds out why,
+    /// for the next calls' errors (a refused connection, a failed authentication...).
+    let connectProbe = NIOLockedValueBox(ConnectProbe())
+
+    struct ConnectProbe: Sendable {
+        var running = false
+        var lastFailure: String?
+    }
 
     // MARK: set-up
 
@@ -245,11 +254,39 @@ public final class FleetDatabase: Sendable {
         let timeout = statementTimeout
         let grace = TimeAmount.nanoseconds(min(500_000_000, max(50_000_000, timeout.nanoseconds / 10)))
         do {
-            return try await Deadline.run(after: timeout + grace, timeoutError: { FleetError.timedOut(after: timeout, connected: connected.withLockedValue { $0 }) }) {
+            return try await Deadline.run(after: timeout + grace, timeoutError: { [self] in
+                let connected = connected.withLockedValue { $0 }
+                if !connected { probeConnection() }
+                return FleetError.timedOut(after: timeout, connected: connected,
+                                           lastConnectFailure: connectProbe.withLockedValue { $0.lastFailure })
+            }) {
                 try await work(connected)
             }
         } catch {
             throw FleetError.from(error, statementTimeout: timeout)
+        }
+    }
+
+    /// Starts a direct connection attempt (unless one runs) and records why it failed, or nil.
+    private func probeConnection() {
+        let start = connectProbe.withLockedValue { probe in
+            defer { probe.running = true }
+            return !probe.running
+        }
+        guard start else { return }
+        let configuration = listenConfiguration
+        let logger = self.logger
+        let timeout = statementTimeout
+        let probe = connectProbe
+        Task {
+            var failure: String?
+            do {
+                let connection = try await PostgresConnection.connect(configuration: configuration, id: 0, logger: logger)
+                try? await connection.close()
+            } catch {
+                failure = FleetError.from(error, statementTimeout: timeout).reason
+            }
+            probe.withLockedValue { $0 = ConnectProbe(running: false, lastFailure: failure) }
         }
     }
 }

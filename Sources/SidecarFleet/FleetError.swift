@@ -48,11 +48,23 @@ public struct FleetError: Error, CustomStringConvertible, Sendable, Equatable {
         FleetError(.badURL, "fleet database URL: \(what)")
     }
 
-    static func timedOut(after timeout: TimeAmount, connected: Bool) -> FleetError {
+    /// `lastConnectFailure`: why the latest direct connection attempt failed, if it did.
+    static func timedOut(after timeout: TimeAmount, connected: Bool, lastConnectFailure: String? = nil) -> FleetError {
         let seconds = secondsText(timeout)
-        return connected
-            ? FleetError(.timeout, "fleet database statement timed out after \(seconds) s")
-            : FleetError(.unreachable, "fleet database unreachable: no connection within \(seconds) s")
+        if connected {
+            return FleetError(.timeout, "fleet database statement timed out after \(seconds) s")
+        }
+        let reason = lastConnectFailure.map { " (\($0))" } ?? ""
+        return FleetError(.unreachable, "fleet database unreachable: no connection within \(seconds) s\(reason)")
+    }
+
+    static let unreachablePrefix = "fleet database unreachable: "
+
+    /// The message without its `fleet database unreachable: ` / `fleet database ` prefix.
+    var reason: String {
+        if message.hasPrefix(Self.unreachablePrefix) { return String(message.dropFirst(Self.unreachablePrefix.count)) }
+        if message.hasPrefix("fleet database ") { return String(message.dropFirst("fleet database ".count)) }
+        return message
     }
 
     static func secondsText(_ amount: TimeAmount) -> String {

@@ -151,6 +151,13 @@ extension FleetDatabaseTests {
             XCTAssertFalse(error.description.contains("s3cr"), error.description)
             XCTAssertFalse(error.description.contains("nonexistent"), error.description)
         }
+        try await Task.sleep(nanoseconds: 300_000_000)  // the connection probe started by the failure finds out why
+        do {
+            try await nowhere.heartbeat(version: "1", startedAt: 0)
+            XCTFail("connected to nothing")
+        } catch let error as FleetError {
+            XCTAssertEqual(error.description, "fleet database unreachable: no connection within 1 s (no such file or directory)")
+        }
     }
 
     func testThePoolReconnectsAfterTheServerCrashes() async throws {
