@@ -165,7 +165,7 @@ if [ "$FLEET" = 1 ]; then
   for who in alone fleet; do
     port=$([ $who = alone ] && echo $ALONE_PORT || echo $FLEET_PORT)
     sed -e "s/^listen = .*/listen = \"127.0.0.1:$port\"/" -e "s#^path = .*#path = \"$OUT/$who.sqlite3\"#" "$OUT/sidecar.toml" > "$OUT/$who.toml"
-    printf '[budgets]\ndaily_usd = 1000000000.0\n[limits]\nclient_rpm = 1000000000\n' >> "$OUT/$who.toml"
+    printf '[budgets]\ndaily_usd = 1000000000.0\n[limits]\nclient_rpm = 100000000\n' >> "$OUT/$who.toml"
   done
   printf '[fleet]\npostgres_url_env = "BENCH_FLEET_URL"\nnode = "bench"\n' >> "$OUT/fleet.toml"
 fi

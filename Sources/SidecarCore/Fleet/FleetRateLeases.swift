@@ -2,12 +2,13 @@ import NIOCore
 
 /// This node's share of the fleet's per-client request limits (docs/fleet.md, "Rate limits").
 /// The exact token bucket of each client lives in the database; a node takes tokens from it in
-/// small slices and admits requests from what it holds. So the request path never waits for the
-/// database, a node may admit `credit` requests of a client it holds no token for (its first,
-/// or one while its ask is on the way); that debt is charged to the fleet bucket with the ask.
-/// Bound: a client gets at most `burst + client_rpm × minutes + 2 × nodes × credit` requests
-/// (one credit outstanding per node, one charged and not yet refilled)
-/// through the fleet in any stretch of time. Pure; the clock is passed in.
+/// slices (in the background when its slice runs low) and admits requests from what it holds. A
+/// request for a client it holds no token for waits for the node's ask (one statement), unless
+/// the database already said the client is at its limit (then 429 without asking, for one
+/// token's time). With `credit` > 0 a node may instead admit that many requests ahead of the
+/// answer, charged with the ask. Bound: a client gets at most `burst + client_rpm × minutes +
+/// 2 × nodes × credit` requests through the fleet in any stretch of time (with the default
+/// credit 0: exactly its bucket). Pure; the clock is passed in.
 public struct FleetRateLeases: Sendable {
     public let perMinute: Int
     public let burst: Int
@@ -27,11 +28,13 @@ public struct FleetRateLeases: Sendable {
         /// Whether this node may admit on credit: until the fleet has once answered "empty",
         /// and again after it granted tokens (a client at its limit never runs on credit).
         var creditOK = true
+        /// Requests waiting for the ask on the way (the next ask asks for them too).
+        var waiting = 0
     }
 
     private var clients: [String: Client] = [:]
 
-    public init(perMinute: Int, burst: Int, credit: Int = 1) {
+    public init(perMinute: Int, burst: Int, credit: Int = 0) {
         self.perMinute = perMinute
         self.burst = burst
         self.credit = credit
@@ -42,6 +45,9 @@ public struct FleetRateLeases: Sendable {
         case allowed(ask: FleetRateClaim?)
         /// Refused; `ask` (when set) asks the fleet whether tokens are back.
         case limited(retryAfter: TimeAmount, ask: FleetRateClaim?)
+        /// No token here yet, and the fleet has not said the client is at its limit: the request
+        /// waits for the ask (`ask`, when set, is to be sent now), then is admitted again.
+        case wait(ask: FleetRateClaim?)
     }
 
     /// One token's time at `perMinute`.
@@ -52,9 +58,16 @@ public struct FleetRateLeases: Sendable {
         defer { clients[client] = c }
         if c.balance < 1 {
             if let until = c.emptyUntil, now < until { return .limited(retryAfter: until - now, ask: nil) }
-            guard c.creditOK, c.balance > -credit else {
+            if c.creditOK, c.balance > -credit {
+                // On credit: admitted now, charged with the ask.
+            } else if c.creditOK || c.asking {
+                // The fleet has not said "at the limit" (or is being asked): wait for its answer.
+                c.waiting += 1
+                guard !c.asking else { return .wait(ask: nil) }
+                c.asking = true
+                return .wait(ask: claim(client, &c, want: want(c)))
+            } else {
                 // At the limit: asks (once at a time) whether a token is back; this one waits.
-                guard !c.asking else { return .limited(retryAfter: tokenInterval, ask: nil) }
                 c.asking = true
                 return .limited(retryAfter: tokenInterval, ask: claim(client, &c, want: 1))
             }
@@ -66,9 +79,17 @@ public struct FleetRateLeases: Sendable {
         return .allowed(ask: claim(client, &c, want: want(c)))
     }
 
-    /// How many tokens to ask for: twice the requests since the last sync, at least one, at most
-    /// a quarter of the burst.
-    private func want(_ c: Client) -> Int { max(1, min(max(1, burst / 4), 2 * c.used)) }
+    /// A waiting request gives up its place (it is admitted again, or refused, by `admit`).
+    public mutating func stopWaiting(client: String) {
+        if var c = clients[client], c.waiting > 0 {
+            c.waiting -= 1
+            clients[client] = c
+        }
+    }
+
+    /// How many tokens to ask for: twice the requests since the last sync and the ones waiting,
+    /// at least one, at most a quarter of the burst (or the waiting ones, if more).
+    private func want(_ c: Client) -> Int { max(1, min(max(1, burst / 4), 2 * c.used + c.waiting), min(burst, c.waiting)) }
 
     /// Charges the debt with the claim (given back as a negative number); the balance stays
     /// negative until the fleet has answered, so the credit is not spent twice meanwhile.
@@ -120,7 +141,7 @@ public struct FleetRateLeases: Sendable {
             }
             c.used = 0
         }
-        clients = clients.filter { $0.value.balance != 0 || $0.value.asking || $0.value.emptyUntil != nil || !$0.value.creditOK }
+        clients = clients.filter { $0.value.balance != 0 || $0.value.asking || $0.value.emptyUntil != nil || !$0.value.creditOK || $0.value.waiting > 0 }
         return out.sorted { $0.client < $1.client }
     }
 

@@ -19,8 +19,27 @@ extension ProxyExchange {
         lease(fresh: false)
     }
 
+    /// The fleet admitted the request (`[fleet]` client limit): it goes on where it waited.
+    func admitted() {
+        admissionPending = false
+        guard !machine.isFinished else { return }
+        let leaseWaited = leaseDeferred
+        leaseDeferred = false
+        start()
+        if decideDeferred {
+            decideDeferred = false
+            decide()
+        } else if leaseWaited, machine.phase == .choosingDeployment {
+            lease(fresh: false)  // a body too large to key began to stream while it waited
+        }
+    }
+
     /// The whole body is here: look it up, follow an identical request, or go upstream.
     func decide() {
+        if admissionPending {
+            decideDeferred = true
+            return
+        }
         var bytes: [UInt8] = []
         bytes.reserveCapacity(bodyBytes)
         for part in body { bytes += part.readableBytesView }

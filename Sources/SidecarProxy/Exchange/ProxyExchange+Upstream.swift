@@ -10,6 +10,10 @@ import Foundation
 /// The upstream request and its response: lease a connection, send, stream the answer back, finish.
 extension ProxyExchange {
     func lease(fresh: Bool) {
+        if admissionPending {
+            leaseDeferred = true
+            return
+        }
         if machine.budgetCheckDue() {
             guard reserveBudget() else { return }
         }

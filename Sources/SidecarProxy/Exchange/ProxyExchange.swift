@@ -141,6 +141,11 @@ final class ProxyExchange: UpstreamResponseDelegate {
     var reservation: BudgetLedger.Reservation?
     /// This request already asked the fleet for a larger budget slice (it asks once).
     var askedFleet = false
+    /// `[fleet]` client limit: the request waits for the fleet's answer about its client's
+    /// tokens; nothing is looked up or sent until `admitted()`.
+    var admissionPending = false
+    var decideDeferred = false
+    var leaseDeferred = false
     /// ... and that round did not reach the fleet database (a refusal is then 503, not 429).
     var fleetRoundFailed = false
     var downgradedFrom: String?

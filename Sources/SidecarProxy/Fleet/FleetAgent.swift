@@ -24,6 +24,8 @@ final class FleetAgent: Sendable {
     /// client's limit (`client_rpm` / nodes seen alive), so the fleet stays within the limit.
     private let fallback: NIOLockedValueBox<(nodes: Int, limiter: ClientRateLimiter?)>
     private let link = NIOLockedValueBox(Link())
+    /// Requests waiting for an answer about their client's tokens.
+    private let rateWaiters = NIOLockedValueBox<[String: [@Sendable (ClientRateLimiter.Verdict) -> Void]]>([:])
     private let round = NIOLockedValueBox(Round())
     /// What the agent reads of the server: the budget ledger, the configuration, the cache database.
     private let source: NIOLockedValueBox<Source?>
@@ -235,32 +237,82 @@ final class FleetAgent: Sendable {
 
     // MARK: client rate limits
 
-    /// Admits one request of `client` under `client_rpm` for the whole fleet (no database trip:
-    /// a slice of tokens is asked for in the background when it runs low).
-    func admit(client: String, perMinute: Int, burst: Int) -> ClientRateLimiter.Verdict {
+    /// What `admit` decided: now, or later (through `resume`, called once, on any thread).
+    enum Admission {
+        case decided(ClientRateLimiter.Verdict)
+        case waiting
+    }
+
+    /// Admits one request of `client` under `client_rpm` for the whole fleet: from this node's
+    /// slice of the client's tokens (no database trip; a new slice is asked for in the background
+    /// when it runs low), or, holding none, after the node's ask for some has been answered.
+    func admit(client: String, perMinute: Int, burst: Int, resume: @escaping @Sendable (ClientRateLimiter.Verdict) -> Void) -> Admission {
         let now = NIODeadline.now()
         if !isUp, link.withLockedValue({ $0.migrated || $0.since != nil }) {
-            // Away: this node's share of the limit, until the database is back.
-            return fallback.withLockedValue { f in
-                let n = max(1, f.nodes)
-                if f.limiter == nil || f.limiter?.perMinute != max(1, perMinute / n) {
-                    f.limiter = ClientRateLimiter(perMinute: max(1, perMinute / n), burst: max(1, burst / n))
-                }
-                return f.limiter!.request(client: client, now: now)
-            }
+            return .decided(fallbackVerdict(client: client, perMinute: perMinute, burst: burst, now: now))
         }
         let verdict = rateLeases.withLockedValue { r -> FleetRateLeases.Verdict in
             if r == nil || r!.rpm != perMinute || r!.burst != burst { r = (perMinute, burst, FleetRateLeases(perMinute: perMinute, burst: burst)) }
-            return r!.state.admit(client: client, now: now)
+            let v = r!.state.admit(client: client, now: now)
+            if case .wait = v { rateWaiters.withLockedValue { $0[client, default: []].append(resume) } }
+            return v
         }
         switch verdict {
         case .allowed(let ask):
             if let ask { Task { await self.leaseRates([ask]) } }
-            return .init(allowed: true, remaining: 0, retryAfter: .zero, reset: .seconds(60))
+            return .decided(.init(allowed: true, remaining: 0, retryAfter: .zero, reset: .seconds(60)))
         case .limited(let wait, let ask):
             if let ask { Task { await self.leaseRates([ask]) } }
-            return .init(allowed: false, remaining: 0, retryAfter: wait, reset: .seconds(60))
+            return .decided(.init(allowed: false, remaining: 0, retryAfter: wait, reset: .seconds(60)))
+        case .wait(let ask):
+            if let ask { Task { await self.leaseRates([ask]) } }
+            return .waiting
         }
+    }
+
+    /// Away: this node's share of the limit (`client_rpm` / nodes alive), until the database is back.
+    private func fallbackVerdict(client: String, perMinute: Int, burst: Int, now: NIODeadline) -> ClientRateLimiter.Verdict {
+        fallback.withLockedValue { f in
+            let n = max(1, f.nodes)
+            if f.limiter == nil || f.limiter?.perMinute != max(1, perMinute / n) {
+                f.limiter = ClientRateLimiter(perMinute: max(1, perMinute / n), burst: max(1, burst / n))
+            }
+            return f.limiter!.request(client: client, now: now)
+        }
+    }
+
+    /// The requests of `client` that waited for an answer are admitted again, in order.
+    private func wake(_ client: String, perMinute: Int, burst: Int, failed: Bool) {
+        let waiting = rateWaiters.withLockedValue { $0.removeValue(forKey: client) ?? [] }
+        guard !waiting.isEmpty else { return }
+        let now = NIODeadline.now()
+        var asks: [FleetRateClaim] = []
+        for resume in waiting {
+            if failed {
+                rateLeases.withLockedValue { $0?.state.stopWaiting(client: client) }
+                resume(fallbackVerdict(client: client, perMinute: perMinute, burst: burst, now: now))
+                continue
+            }
+            let v = rateLeases.withLockedValue { r -> FleetRateLeases.Verdict? in
+                r?.state.stopWaiting(client: client)
+                let v = r?.state.admit(client: client, now: now)
+                if case .wait = v { rateWaiters.withLockedValue { $0[client, default: []].append(resume) } }
+                return v
+            }
+            switch v {
+            case .allowed(let ask)?:
+                if let ask { asks.append(ask) }
+                resume(.init(allowed: true, remaining: 0, retryAfter: .zero, reset: .seconds(60)))
+            case .limited(let wait, let ask)?:
+                if let ask { asks.append(ask) }
+                resume(.init(allowed: false, remaining: 0, retryAfter: wait, reset: .seconds(60)))
+            case .wait(let ask)?:
+                if let ask { asks.append(ask) }
+            case nil:
+                resume(.init(allowed: true, remaining: 0, retryAfter: .zero, reset: .seconds(60)))
+            }
+        }
+        if !asks.isEmpty { Task { await self.leaseRates(asks) } }
     }
 
     private func leaseRates(_ claims: [FleetRateClaim]) async {
@@ -273,9 +325,11 @@ final class FleetAgent: Sendable {
                 for c in claims { r?.state.answered(client: c.client, granted: granted[c.client] ?? 0, wanted: c.want, now: now) }
             }
             connected()
+            for c in claims { wake(c.client, perMinute: c.perMinute, burst: c.burst, failed: false) }
         } catch {
             rateLeases.withLockedValue { r in for c in claims { r?.state.askFailed(c) } }
             lost(error)
+            for c in claims { wake(c.client, perMinute: c.perMinute, burst: c.burst, failed: true) }
         }
     }
 }

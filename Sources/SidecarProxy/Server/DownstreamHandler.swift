@@ -193,26 +193,26 @@ final class DownstreamHandler: ChannelDuplexHandler {
         guard context != nil, group != nil || !runtime.routes.isEmpty else {
             return respondWithError(dialect == .openai ? .notFound(path: path) : .noUpstream(for: dialect, path: String(bare)), closeAfter: false)
         }
+        var admissionPending = false
         if let limits = runtime.clientLimits {
             let client = scope(of: head.headers)
-            let verdict: ClientRateLimiter.Verdict
-            if let fleet = state.fleet {
-                // The limit is the fleet's (docs/fleet.md): this node admits from its slice.
+            var verdict: ClientRateLimiter.Verdict?
+            if let fleet = state.fleet, let loop = context?.eventLoop {
+                // The limit is the fleet's (docs/fleet.md): admitted from this node's slice of the
+                // client's tokens, or after the node has asked the fleet for some.
                 if let why = fleet.rejects { return respondWithError(.fleetUnavailable(why), closeAfter: false) }
-                verdict = fleet.admit(client: client, perMinute: limits.perMinute, burst: limits.burst)
+                admissionSerial &+= 1
+                let serial = admissionSerial, me = NIOLoopBound(self, eventLoop: loop)
+                switch fleet.admit(client: client, perMinute: limits.perMinute, burst: limits.burst, resume: { v in
+                    loop.execute { me.value.admissionDecided(v, limits: limits, serial: serial) }
+                }) {
+                case .decided(let v): verdict = v
+                case .waiting: admissionPending = !RealtimeSession.isUpgrade(head)
+                }
             } else {
                 verdict = limits.request(client: client)
             }
-            if !verdict.allowed {
-                // OpenAI's own headers, so SDKs back off the way they do with OpenAI.
-                let wait = ClientRateLimiter.openAIDuration(verdict.retryAfter)
-                return respondWithError(.rateLimited(limit: limits.perMinute, retryAfter: wait), closeAfter: false, extraHeaders: [
-                    ("retry-after", String((verdict.retryAfter.nanoseconds + 999_999_999) / 1_000_000_000)),
-                    ("x-ratelimit-limit-requests", String(limits.perMinute)),
-                    ("x-ratelimit-remaining-requests", "0"),
-                    ("x-ratelimit-reset-requests", ClientRateLimiter.openAIDuration(verdict.reset)),
-                ])
-            }
+            if let verdict, !verdict.allowed { return refuseRateLimited(verdict, limits: limits) }
         }
         if RealtimeSession.isUpgrade(head) {
             guard let group else { return respondWithError(.noUpstream(for: dialect, path: String(bare)), closeAfter: true) }
@@ -233,7 +233,32 @@ final class DownstreamHandler: ChannelDuplexHandler {
         self.exchange = exchange
         access.upstream = group?.configuration.name
         state.requestStarted()
-        exchange.start()
+        if admissionPending {
+            exchange.admissionPending = true  // started when the fleet has answered
+        } else {
+            exchange.start()
+        }
+    }
+
+    /// 429 `rate_limit_exceeded` with OpenAI's own headers, so SDKs back off the way they do with OpenAI.
+    func refuseRateLimited(_ verdict: ClientRateLimiter.Verdict, limits: ClientLimits) {
+        let wait = ClientRateLimiter.openAIDuration(verdict.retryAfter)
+        respondWithError(.rateLimited(limit: limits.perMinute, retryAfter: wait), closeAfter: false, extraHeaders: [
+            ("retry-after", String((verdict.retryAfter.nanoseconds + 999_999_999) / 1_000_000_000)),
+            ("x-ratelimit-limit-requests", String(limits.perMinute)),
+            ("x-ratelimit-remaining-requests", "0"),
+            ("x-ratelimit-reset-requests", ClientRateLimiter.openAIDuration(verdict.reset)),
+        ])
+    }
+
+    /// The fleet answered for a request that waited for its client's tokens (`[fleet]`).
+    func admissionDecided(_ verdict: ClientRateLimiter.Verdict, limits: ClientLimits, serial: Int) {
+        guard serial == admissionSerial, let exchange, exchange.admissionPending else { return }  // gone meanwhile
+        if verdict.allowed {
+            exchange.admitted()
+        } else {
+            refuseRateLimited(verdict, limits: limits)
+        }
     }
 
 
@@ -243,6 +268,8 @@ final class DownstreamHandler: ChannelDuplexHandler {
     /// and project) on every request of a keep-alive connection, so they are hashed once, not
     /// per request.
     var lastClient: (scope: CacheScope, name: String)?
+    /// Numbers the requests that wait for the fleet's admission, so a late answer finds its own.
+    var admissionSerial = 0
     var lastCacheScope: (scope: CacheScope, name: String)?
     /// What bad bytes in the input are answered with, waiting for the requests before them.
     var pendingRefusal: ProxyError?
