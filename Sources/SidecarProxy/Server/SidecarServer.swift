@@ -11,7 +11,7 @@ import SidecarCore
 /// `DownstreamHandler`, and stops gracefully (stop accepting, let in-flight requests finish up to
 /// the drain timeout, then close what is left).
 public final class SidecarServer: Sendable {
-    private let state: ServerState
+    let state: ServerState
     private let loops: [EventLoop]
     private let serverChannel: Channel
     private let children = NIOLockedValueBox<[ObjectIdentifier: Channel]>([:])
@@ -64,6 +64,7 @@ public final class SidecarServer: Sendable {
             let opened = await ResponseCache.open(settings: settings, logger: logger, clock: cacheClock ?? ResponseCache.wallClock)
             opened.startHousekeeping(on: loops[0])
             cache = opened
+            try await Self.startSharedCache(configuration: configuration, cache: opened, metrics: metrics, logger: logger)
             metrics.beforeRender.withLockedValue { $0.append { [weak opened] in
                 guard let opened else { return }
                 let hot = opened.hotTier
