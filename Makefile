@@ -11,8 +11,8 @@ BIN := .build/release/llm-sidecar
 
 # System libraries we link (OpenSSL for TLS and SHA-256, SQLite for the cache) and tools.
 BUILD_DEBS := libssl-dev libsqlite3-dev pkg-config ca-certificates
-TEST_DEBS := $(BUILD_DEBS) openssl systemd python3-venv chromium chromium-driver
-BENCH_DEBS := $(BUILD_DEBS) nginx-light wrk openssl procps util-linux
+TEST_DEBS := $(BUILD_DEBS) openssl systemd python3-venv chromium chromium-driver postgresql
+BENCH_DEBS := $(BUILD_DEBS) nginx-light wrk openssl procps util-linux postgresql
 
 .PHONY: all build run test bench install uninstall deps test-deps bench-deps clean fuzz bench-framing bench-affinity
 

@@ -79,6 +79,7 @@ let package = Package(
                 "SidecarCore",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -153,7 +154,7 @@ let package = Package(
         .testTarget(
             name: "SidecarProxyTests",
             dependencies: [
-                "SidecarProxy", "SidecarCore", "SidecarTLS", "SidecarTestSupport",
+                "SidecarProxy", "SidecarCore", "SidecarTLS", "SidecarTestSupport", "SidecarFleet",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),

@@ -16,6 +16,13 @@
 #   sidecar-routed : wrk -> llm-sidecar, model "bench-group": two deployments (two upstream pools
 #                    to the same nginx), weighted least-connections and the body's model rewritten
 #
+# Fleet scenarios (same run; FLEET=0 skips them): two more sidecars with [budgets] and [limits]
+# (set so high nothing is refused, so every request reserves and is admitted), one alone and one
+# with [fleet] on a private PostgreSQL on this machine (unix socket):
+#   alone / alone-hit : pass-through and hits with budgets and limits, no fleet
+#   fleet / fleet-hit : the same with [fleet]; fleet / alone is the ratio to read, and the fleet
+#                       database's statements per request (llm_sidecar_fleet_statements_total)
+#
 # Both proxies are pinned to the same CPU and get one worker/thread each, so they compete on equal
 # terms. Each scenario runs ROUNDS times, interleaved, and the median is reported; ratios to nginx
 # are what to read (the machines are shared and noisy).
@@ -27,10 +34,14 @@ DURATION=${DURATION:-5}
 ROUNDS=${ROUNDS:-3}
 SOAK_REQUESTS=${SOAK_REQUESTS:-1000000}
 OUT=$(mktemp -d /tmp/llm-sidecar-bench.XXXXXX)
-UP_PORT=19443; NGINX_PORT=19080; SIDECAR_PORT=19081; NGINX_CACHE_PORT=19082
+UP_PORT=19443; NGINX_PORT=19080; SIDECAR_PORT=19081; NGINX_CACHE_PORT=19082; ALONE_PORT=19083; FLEET_PORT=19084
+FLEET=${FLEET:-1}
 PROXY_CPU=${PROXY_CPU:-1}; LOAD_CPU=${LOAD_CPU:-0}
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true
+  [ -n "${PG_CTL:-}" ] && pg_as "$PG_CTL" -D "$OUT/pg" -m immediate stop >/dev/null 2>&1 || true
+}
 trap cleanup EXIT
 
 # --- certificates, made now -------------------------------------------------------------------
@@ -140,6 +151,25 @@ name = "bench-group"
   upstream = "bench2"
   model = "gpt-4o-mini"
 CONF
+# The fleet scenarios' daemons: the sidecar's upstream and cache, budgets and limits nobody reaches.
+pg_as() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+if [ "$FLEET" = 1 ]; then
+  PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+  PG_CTL=$PG_BIN/pg_ctl
+  mkdir -p "$OUT/pg"; chmod 755 "$OUT"
+  [ "$(id -u)" = 0 ] && chown postgres "$OUT/pg"
+  pg_as "$PG_BIN/initdb" -D "$OUT/pg" -A trust -U postgres --no-sync >/dev/null
+  printf "listen_addresses = ''\nunix_socket_directories = '%s'\nport = 19432\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n" "$OUT/pg" >> "$OUT/pg/postgresql.conf"
+  pg_as "$PG_CTL" -D "$OUT/pg" -l "$OUT/pg/log" -w start >/dev/null
+  psql -h "$OUT/pg" -p 19432 -U postgres -qc "CREATE DATABASE fleet" >/dev/null
+  for who in alone fleet; do
+    port=$([ $who = alone ] && echo $ALONE_PORT || echo $FLEET_PORT)
+    sed -e "s/^listen = .*/listen = \"127.0.0.1:$port\"/" -e "s#^path = .*#path = \"$OUT/$who.sqlite3\"#" "$OUT/sidecar.toml" > "$OUT/$who.toml"
+    printf '[budgets]\ndaily_usd = 1000000000.0\n[limits]\nclient_rpm = 1000000000\n' >> "$OUT/$who.toml"
+  done
+  printf '[fleet]\npostgres_url_env = "BENCH_FLEET_URL"\nnode = "bench"\n' >> "$OUT/fleet.toml"
+fi
+
 # One fixed POST, repeated: sampled (not cacheable), temperature 0 (cache hits), and a model group.
 fixed_lua() { # name body
   cat > "$OUT/$1.lua" <<LUA
@@ -187,7 +217,13 @@ PY
 )
 read -r READY_MS SIDECAR_PID <<<"$ready_ms"
 pids+=("$SIDECAR_PID")
-for port in $UP_PORT $NGINX_PORT $NGINX_CACHE_PORT; do
+if [ "$FLEET" = 1 ]; then
+  for who in alone fleet; do
+    BENCH_UPSTREAM_KEY=sk-bench-upstream BENCH_FLEET_URL="postgres://postgres@/fleet?host=$OUT/pg&port=19432" \
+      taskset -c "$PROXY_CPU" "$BIN" serve --config "$OUT/$who.toml" >"$OUT/$who.log" 2>&1 </dev/null & pids+=($!)
+  done
+fi
+for port in $UP_PORT $NGINX_PORT $NGINX_CACHE_PORT $([ "$FLEET" = 1 ] && echo "$ALONE_PORT $FLEET_PORT"); do
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
 done
 
@@ -225,13 +261,19 @@ median() { sort -g | awk '{a[NR]=$1} END { print a[int((NR+1)/2)] }'; }
 declare -A RPS P50 P99
 total_sidecar=0
 targets=(direct nginx sidecar nginx-cache sidecar-hit sidecar-miss sidecar-routed)
+[ "$FLEET" = 1 ] && targets+=(alone fleet alone-hit fleet-hit)
 url_of() { case $1 in
   direct) echo "https://127.0.0.1:$UP_PORT";;
   nginx) echo "http://127.0.0.1:$NGINX_PORT";;
   sidecar|sidecar-hit|sidecar-miss|sidecar-routed) echo "http://127.0.0.1:$SIDECAR_PORT";;
   nginx-cache) echo "http://127.0.0.1:$NGINX_CACHE_PORT";;
+  alone|alone-hit) echo "http://127.0.0.1:$ALONE_PORT";;
+  fleet|fleet-hit) echo "http://127.0.0.1:$FLEET_PORT";;
 esac; }
-script_of() { case $1 in nginx-cache|sidecar-hit) echo hit;; sidecar-miss) echo miss;; sidecar-routed) echo routed;; *) echo sampled;; esac; }
+script_of() { case $1 in nginx-cache|sidecar-hit|alone-hit|fleet-hit) echo hit;; sidecar-miss) echo miss;; sidecar-routed) echo routed;; *) echo sampled;; esac; }
+
+fleet_statements() { curl -s "http://127.0.0.1:$FLEET_PORT/metrics" | awk '$1 == "llm_sidecar_fleet_statements_total" { print $2 + 0 }'; }
+fleet_requests=0
 
 # Warm up every path (TLS pools, caches) before measuring.
 for t in "${targets[@]}"; do
@@ -273,6 +315,8 @@ if [ "${PROFILE:-0}" = 1 ]; then
   exit 0
 fi
 
+FLEET_STATEMENTS_START=$([ "$FLEET" = 1 ] && fleet_statements || echo 0)
+FLEET_T0=$(date +%s)
 for conns in 64 1; do
   for t in "${targets[@]}"; do : > "$OUT/$t.$conns"; done
   for r in $(seq "$ROUNDS"); do
@@ -281,6 +325,7 @@ for conns in 64 1; do
       echo "$res" >> "$OUT/$t.$conns"
       [ "$t" = sidecar-miss ] && settle_writer >> "$OUT/settle.$conns"
       [ "$t" = sidecar ] && total_sidecar=$((total_sidecar + $(awk '{print $4}' <<<"$res")))
+      if [ "$t" = fleet ] || [ "$t" = fleet-hit ]; then fleet_requests=$((fleet_requests + $(awk '{print $4}' <<<"$res"))); fi
     done
   done
   for t in "${targets[@]}"; do
@@ -289,6 +334,11 @@ for conns in 64 1; do
     P99[$t.$conns]=$(awk '{print $3}' "$OUT/$t.$conns" | median)
   done
 done
+
+if [ "$FLEET" = 1 ]; then
+  FLEET_STATEMENTS=$(( $(fleet_statements) - FLEET_STATEMENTS_START ))
+  FLEET_SECONDS=$(( $(date +%s) - FLEET_T0 ))
+fi
 
 # Soak: keep going until the sidecar has served SOAK_REQUESTS, then read its RSS.
 rate=${RPS[sidecar.64]%.*}
@@ -322,4 +372,10 @@ printf "  cache hits at 64 connections, sidecar / nginx proxy_cache = %s   (targ
 printf "  a cache lookup on a miss adds %s us p50 at 1 connection (sidecar-miss - sidecar)   (target <= 20 us)\n" "$(awk -v a="${P50[sidecar-miss.1]}" -v b="${P50[sidecar.1]}" 'BEGIN { printf "%.0f", a-b }')"
 printf "  two deployments at 64 connections, routed / single upstream = %s   (target >= 0.95)\n" "$(awk -v a="${RPS[sidecar-routed.64]}" -v b="${RPS[sidecar.64]}" 'BEGIN { printf "%.2f", a/b }')"
 printf "  cache writer after a miss run: its answers written %s ms after the run ended (median; the next run waits for it)\n" "$(cat "$OUT"/settle.* 2>/dev/null | median)"
+if [ "$FLEET" = 1 ]; then
+  printf "  fleet mode (PostgreSQL on this machine), pass-through at 64 connections, fleet / alone = %s   (target >= 0.90)\n" "$(awk -v a="${RPS[fleet.64]}" -v b="${RPS[alone.64]}" 'BEGIN { printf "%.2f", a/b }')"
+  printf "  fleet mode, cache hits at 64 connections, fleet-hit / alone-hit = %s   (target >= 0.90)\n" "$(awk -v a="${RPS[fleet-hit.64]}" -v b="${RPS[alone-hit.64]}" 'BEGIN { printf "%.2f", a/b }')"
+  printf "  fleet database: %s statements for %s requests in %s s: %s per request, %s per second\n" "$FLEET_STATEMENTS" "$fleet_requests" "$FLEET_SECONDS" \
+    "$(awk -v a="$FLEET_STATEMENTS" -v b="$fleet_requests" 'BEGIN { printf "%.6f", a/(b>0?b:1) }')" "$(awk -v a="$FLEET_STATEMENTS" -v b="$FLEET_SECONDS" 'BEGIN { printf "%.1f", a/(b>0?b:1) }')"
+fi
 printf "  sidecar cache: %s\n" "$(BENCH_UPSTREAM_KEY=x "$BIN" stats --database "$OUT/cache.sqlite3" | grep -E "entries|hit ratio" | tr -s ' ' | paste -sd';')"

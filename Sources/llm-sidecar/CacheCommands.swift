@@ -63,7 +63,27 @@ func reportingErrors(_ body: () throws -> Void) throws {
     }
 }
 
-struct Stats: ParsableCommand {
+/// Runs an async command body, turning errors into one line on stderr and exit status 1.
+func reportingErrorsAsync<T>(_ body: () async throws -> T) async throws -> T {
+    do {
+        return try await body()
+    } catch {
+        FileHandle.standardError.write(Data("llm-sidecar: \(error)\n".utf8))
+        throw ExitCode(error is ConfigurationError ? 78 : 1)
+    }
+}
+
+/// The configuration of a `--fleet` command: its `[fleet]` URL source must be readable.
+func fleetConfiguration(_ option: ConfigOption) async throws -> SidecarConfiguration {
+    try await reportingErrorsAsync {
+        let environment = ProcessInfo.processInfo.environment
+        let c = try ConfigOption.load(path: option.path(environment: environment).path, environment: environment, checkSecrets: false)
+        guard c.fleet != nil else { throw CommandError("the configuration has no [fleet] table (docs/fleet.md)") }
+        return c
+    }
+}
+
+struct Stats: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "What the cache saved: hits, tokens and dollars, by model (reads the database; the daemon need not run).")
 
@@ -75,7 +95,15 @@ struct Stats: ParsableCommand {
     @Option(name: .long, help: "Days of daily totals to show (default 7).")
     var days = 7
 
-    func run() throws {
+    @Flag(name: .long, help: "The whole fleet's counters, by node and model, from the [fleet] database.")
+    var fleet = false
+
+    func run() async throws {
+        if fleet {
+            let configuration = try await fleetConfiguration(databaseOption.configOption)
+            let text = try await reportingErrorsAsync { try await FleetReport.stats(configuration, days: days, json: json) }
+            return print(text, terminator: "")
+        }
         try reportingErrors {
             let (store, path, configuration) = try databaseOption.open()
             _ = store
@@ -146,7 +174,7 @@ struct Cache: ParsableCommand {
     }
 }
 
-struct SpendCommand: ParsableCommand {
+struct SpendCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "spend",
         abstract: "What upstream calls cost today and this month (UTC), by model and by client credential (hashed).")
@@ -156,7 +184,15 @@ struct SpendCommand: ParsableCommand {
     @Flag(name: .long, help: "JSON instead of a table.")
     var json = false
 
-    func run() throws {
+    @Flag(name: .long, help: "The whole fleet's spend, by node, model and client, from the [fleet] database.")
+    var fleet = false
+
+    func run() async throws {
+        if fleet {
+            let configuration = try await fleetConfiguration(databaseOption.configOption)
+            let text = try await reportingErrorsAsync { try await FleetReport.spend(configuration, json: json) }
+            return print(text, terminator: "")
+        }
         try reportingErrors {
             let (store, path, configuration) = try databaseOption.open()
             let now = Int64(Date().timeIntervalSince1970)

@@ -12,7 +12,7 @@ struct LLMSidecar: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "llm-sidecar",
         abstract: "A local sidecar that makes an app's OpenAI-compatible API calls cheaper, faster and sturdier.",
-        subcommands: [Serve.self, CheckConfig.self, Stats.self, SpendCommand.self, Cache.self, Batch.self, Version.self],
+        subcommands: [Serve.self, CheckConfig.self, Stats.self, SpendCommand.self, Cache.self, FleetCommand.self, Batch.self, Version.self],
         defaultSubcommand: Serve.self)
 }
 

@@ -387,7 +387,12 @@ struct Validator {
             configuration.budgets = b
         }
         if let ro = raw.otel { configuration.otel = try otel(ro) }
-        if let rf = raw.fleet { configuration.fleet = try fleet(rf, cache: configuration.cache) }
+        if let rf = raw.fleet {
+            guard configuration.cache.mode != .off else {
+                throw fail(["fleet"], "needs the local cache database, and cache.mode is \"off\": the spend outbox and the shared tier live there (set cache.mode = \"deterministic\")")
+            }
+            configuration.fleet = try fleet(rf, cache: configuration.cache)
+        }
         if let burst = raw.limits?.client_burst {
             guard configuration.limits.clientRPM != nil else { throw fail(["limits", "client_burst"], "needs client_rpm") }
             configuration.limits.clientBurst = try positive(burst, ["limits", "client_burst"], default: 1, max: 100_000_000)

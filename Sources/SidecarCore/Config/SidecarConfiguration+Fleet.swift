@@ -24,8 +24,8 @@ extension SidecarConfiguration {
         public var leasePeriod: TimeAmount = .seconds(30)
         /// How often leases are renewed (reporting use) and the outbox is written. Default 2 s.
         public var syncInterval: TimeAmount = .seconds(2)
-        /// The largest share of a budget one node may hold unused at once. Default 0.1.
-        public var budgetSlice = 0.1
+        /// The largest share of a budget one node may hold unused at once. Default 0.02.
+        public var budgetSlice = 0.02
         /// Ask the shared cache tier on a local miss, and write local answers behind to it.
         public var sharedCache = true
         /// How long a local miss waits for the shared tier before going upstream. Default 25 ms.
@@ -59,7 +59,7 @@ extension Validator {
             guard !checkSecrets || fileExists(path) else { throw fail(base + ["postgres_url_file"], "cannot read \(path)") }
             source = .file(path)
         case (nil, nil):
-            throw fail(base + ["postgres_url_env"], "is required (or postgres_url_file): the URL holds a password, so it is never written in this file")
+            throw fail(base, "postgres_url_env (or postgres_url_file) is required: the URL holds a password, so it is never written in this file")
         }
         var f = SidecarConfiguration.Fleet(postgresURL: source, sharedCacheMaxBytes: cache.maxBytes)
         if let node = rf.node {

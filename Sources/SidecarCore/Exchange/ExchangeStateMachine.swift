@@ -169,6 +169,12 @@ public struct ExchangeStateMachine: Sendable {
         return true
     }
 
+    /// The reservation waits for the fleet (a larger slice, `[fleet]`): it is tried again when
+    /// the request goes on.
+    public mutating func budgetCheckAgain() {
+        budgetChecked = false
+    }
+
     // MARK: answered here
 
     /// Answered without going upstream (a cache hit, the local model list): done.

@@ -39,19 +39,16 @@ public struct FleetBudgetLeases: Sendable {
 
     public init(settings: Settings) { self.settings = settings }
 
-    /// What this node may spend now in each scope of the current `day` and `month` (an expired
-    /// or missing slice is $0: nothing priced may be reserved against it).
-    public func allotments(day: String, month: String, now: NIODeadline) -> BudgetLedger.Allotments {
-        var a = BudgetLedger.Allotments()
-        for (scope, h) in held where h.validUntil > now {
-            if scope.scope == "day", scope.period == day {
-                a.day = h.allotment
-            } else if scope.scope == "month", scope.period == month {
-                a.month = h.allotment
-            } else if scope.scope.hasPrefix("client:"), scope.period == day {
-                a.clients[String(scope.scope.dropFirst(7))] = h.allotment
-            }
+    /// What this node may spend now in the current `day` and `month`, and for `client` (an
+    /// expired or missing slice is $0: nothing priced may be reserved against it). Three lookups,
+    /// whatever the number of clients.
+    public func allotments(day: String, month: String, client: String?, now: NIODeadline) -> BudgetLedger.Allotments {
+        func live(_ scope: FleetBudgetScope) -> Double {
+            guard let h = held[scope], h.validUntil > now else { return 0 }
+            return h.allotment
         }
+        var a = BudgetLedger.Allotments(day: live(.init(scope: "day", period: day)), month: live(.init(scope: "month", period: month)))
+        if let client { a.clients[client] = live(.init(scope: "client:" + client, period: day)) }
         return a
     }
 
@@ -75,8 +72,11 @@ public struct FleetBudgetLeases: Sendable {
     /// - Parameters:
     ///   - use: the ledger's `fleetUse`: this node's spend and reservations per scope.
     ///   - limit: the configured limit of a scope (nil: not limited any more, dropped).
-    public mutating func claims(use: [FleetBudgetScope: Double], limit: (FleetBudgetScope) -> Double?) -> [FleetBudgetClaim] {
-        var scopes = Set(use.keys).union(needs.keys).union(held.keys)
+    ///   - releasing: the node is stopping: it wants nothing, so every unused slice goes back now.
+    public mutating func claims(use: [FleetBudgetScope: Double], limit: (FleetBudgetScope) -> Double?, releasing: Bool = false) -> [FleetBudgetClaim] {
+        // The ledger names the current periods' scopes only: a held scope it no longer names is
+        // of a past period, and is dropped.
+        var scopes = Set(use.keys).union(needs.keys)
         // A client scope with nothing held beyond its use, no new use and no need: nothing to renew.
         scopes = scopes.filter { s in
             guard s.scope.hasPrefix("client:") else { return true }
@@ -92,7 +92,7 @@ public struct FleetBudgetLeases: Sendable {
             let used = use[s] ?? 0
             let extra = max(0, (needs[s] ?? 0) - used)
             let growth = max(0, used - (reported[s] ?? used))
-            let want = max(extra, min(l * settings.slice, 2 * growth + 2 * extra))
+            let want = releasing ? 0 : max(extra, min(l * settings.slice, 2 * growth + 2 * extra))
             out.append(FleetBudgetClaim(scope: s, limit: l, used: used, want: want))
         }
         // Past periods are forgotten once the round no longer names them.

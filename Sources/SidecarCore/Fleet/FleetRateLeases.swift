@@ -17,10 +17,15 @@ public struct FleetRateLeases: Sendable {
         /// Tokens held (negative: admitted on credit, not yet charged to the fleet).
         var balance = 0
         var asking = false
+        /// The debt the ask on the way charges (paid when it is answered).
+        var charging = 0
         /// The fleet's bucket was empty: refused here until then, without asking.
         var emptyUntil: NIODeadline?
         /// Requests admitted since the last sync (sizes the next ask; idle clients give back).
         var used = 0
+        /// Whether this node may admit on credit: until the fleet has once answered "empty",
+        /// and again after it granted tokens (a client at its limit never runs on credit).
+        var creditOK = true
     }
 
     private var clients: [String: Client] = [:]
@@ -34,7 +39,8 @@ public struct FleetRateLeases: Sendable {
     public enum Verdict: Sendable, Equatable {
         /// Admitted; `ask` is a claim to send now (the IO layer sends it and calls `answered`).
         case allowed(ask: FleetRateClaim?)
-        case limited(retryAfter: TimeAmount)
+        /// Refused; `ask` (when set) asks the fleet whether tokens are back.
+        case limited(retryAfter: TimeAmount, ask: FleetRateClaim?)
     }
 
     /// One token's time at `perMinute`.
@@ -44,8 +50,13 @@ public struct FleetRateLeases: Sendable {
         var c = clients[client] ?? Client()
         defer { clients[client] = c }
         if c.balance < 1 {
-            if let until = c.emptyUntil, now < until { return .limited(retryAfter: until - now) }
-            guard c.balance > -credit else { return .limited(retryAfter: tokenInterval) }
+            if let until = c.emptyUntil, now < until { return .limited(retryAfter: until - now, ask: nil) }
+            guard c.creditOK, c.balance > -credit else {
+                // At the limit: asks (once at a time) whether a token is back; this one waits.
+                guard !c.asking else { return .limited(retryAfter: tokenInterval, ask: nil) }
+                c.asking = true
+                return .limited(retryAfter: tokenInterval, ask: claim(client, &c, want: 1))
+            }
         }
         c.balance -= 1
         c.used += 1
@@ -58,19 +69,25 @@ public struct FleetRateLeases: Sendable {
     /// a quarter of the burst.
     private func want(_ c: Client) -> Int { max(1, min(max(1, burst / 4), 2 * c.used)) }
 
-    /// Charges the debt with the claim (given back as a negative number).
+    /// Charges the debt with the claim (given back as a negative number); the balance stays
+    /// negative until the fleet has answered, so the credit is not spent twice meanwhile.
     private func claim(_ name: String, _ c: inout Client, want: Int) -> FleetRateClaim {
         let debt = max(0, -c.balance)
-        c.balance += debt
+        c.charging = debt
         return FleetRateClaim(client: name, perMinute: perMinute, burst: burst, want: want, giveBack: -debt)
     }
 
     /// The fleet's answer to an ask for `client`: `granted` tokens (0: its bucket is empty).
-    public mutating func answered(client: String, granted: Int, now: NIODeadline) {
+    /// `wanted` 0 (a give-back or a debt charged at a sync) says nothing about the fleet's bucket.
+    public mutating func answered(client: String, granted: Int, wanted: Int = 1, now: NIODeadline) {
         var c = clients[client] ?? Client()
         c.asking = false
-        c.balance += granted
-        c.emptyUntil = granted == 0 && c.balance < 1 ? now + tokenInterval : nil
+        c.balance += c.charging + granted
+        c.charging = 0
+        if wanted > 0 {
+            c.emptyUntil = granted == 0 && c.balance < 1 ? now + tokenInterval : nil
+            c.creditOK = granted > 0
+        }
         clients[client] = c
     }
 
@@ -79,7 +96,8 @@ public struct FleetRateLeases: Sendable {
     public mutating func askFailed(_ claim: FleetRateClaim) {
         guard var c = clients[claim.client] else { return }
         c.asking = false
-        c.balance += claim.giveBack  // the debt is owed again
+        if claim.giveBack > 0 { c.balance += claim.giveBack }  // tokens given back are ours again
+        c.charging = 0  // the debt stays in the balance, charged with the next ask
         clients[claim.client] = c
     }
 
@@ -101,7 +119,16 @@ public struct FleetRateLeases: Sendable {
             }
             c.used = 0
         }
-        clients = clients.filter { $0.value.balance != 0 || $0.value.asking || $0.value.emptyUntil != nil }
+        clients = clients.filter { $0.value.balance != 0 || $0.value.asking || $0.value.emptyUntil != nil || !$0.value.creditOK }
+        return out.sorted { $0.client < $1.client }
+    }
+
+    /// A clean stop: every token held goes back and every debt is charged.
+    public mutating func releaseAll() -> [FleetRateClaim] {
+        let out = clients.filter { $0.value.balance != 0 }.map {
+            FleetRateClaim(client: $0.key, perMinute: perMinute, burst: burst, want: 0, giveBack: $0.value.balance)
+        }
+        clients = [:]
         return out.sorted { $0.client < $1.client }
     }
 

@@ -94,6 +94,12 @@ public struct ClientRateLimiter: Sendable {
         public var retryAfter: TimeAmount
         /// How long until the client's bucket is full again.
         public var reset: TimeAmount
+        public init(allowed: Bool, remaining: Int, retryAfter: TimeAmount, reset: TimeAmount) {
+            self.allowed = allowed
+            self.remaining = remaining
+            self.retryAfter = retryAfter
+            self.reset = reset
+        }
     }
 
     public mutating func request(client: String, now: NIODeadline) -> Verdict {

@@ -21,14 +21,19 @@ extension ProxyExchange {
             fail(.budgetUnavailable(why))
             return false
         }
+        let fleet = downstream.state.fleet
+        if let why = fleet?.rejects {
+            withdrawFromFlight()
+            fail(.fleetUnavailable(why))
+            return false
+        }
         let maxTokens = requestMaxTokens
         let client = downstream.scope(of: clientHead.headers)
         let now = accounting?.clock() ?? Int64(Date().timeIntervalSince1970)
         func attempt(_ model: String?) -> Result<BudgetLedger.Reservation, BudgetLedger.RefusalError> {
             let price = prices.price(of: billedModel(for: model) ?? "")
             let most = BudgetLedger.estimate(bodyBytes: bodyBytes, maxTokens: maxTokens, price: price, writesPromptCache: dialect == .anthropic)
-            return budget.reserve(most, client: client,
-                                  limits: budgets.limits, now: now)
+            return budget.reserve(most, client: client, limits: budgets.limits, now: now, fleet: fleet)
         }
         if let model = requestModel, prices.price(of: billedModel(for: model) ?? model) == nil {
             // No price: the reservation would be $0 and the spend unseen by the budget.
@@ -49,6 +54,25 @@ extension ProxyExchange {
             reservation = r
             return true
         case .failure(let refusal):
+            if case .fleetSlice(let scope, let need) = refusal.refusal, let fleet {
+                // Within the budget, not within this node's slice: ask the fleet for more, once,
+                // and try again when it has answered.
+                if !askedFleet, fleet.mayGrant(scope, need: need) {
+                    askedFleet = true
+                    machine.budgetCheckAgain()
+                    guard let loop = downstream.eventLoop else { return false }
+                    let me = NIOLoopBound(self, eventLoop: loop)
+                    fleet.ask(scope, total: need) {
+                        loop.execute { me.value.fleetAnswered() }
+                    }
+                    return false
+                }
+                if let why = fleet.problem {
+                    withdrawFromFlight()
+                    fail(.fleetUnavailable(why))
+                    return false
+                }
+            }
             if case .downgrade(let cheaper) = budgets.onExhausted, cheaper != requestModel, case .success(let r) = attempt(cheaper) {
                 reservation = r
                 downgrade(to: cheaper)
@@ -58,6 +82,13 @@ extension ProxyExchange {
             fail(.budgetExceeded(refusal.refusal))
             return false
         }
+    }
+
+    /// The fleet answered the ask for a larger slice: the request goes on (and reserves again)
+    /// unless it ended meanwhile (the client left).
+    func fleetAnswered() {
+        guard !machine.isFinished else { return }
+        lease(fresh: false)
     }
 
     /// This request will not go upstream, for a reason of its own (its budget, its model's price):

@@ -143,6 +143,8 @@ final class ProxyExchange: UpstreamResponseDelegate {
     let budgets: SidecarConfiguration.Budgets
     let logger: Logger?
     var reservation: BudgetLedger.Reservation?
+    /// This request already asked the fleet for a larger budget slice (it asks once).
+    var askedFleet = false
     var downgradedFrom: String?
     /// Where spend is recorded (the cache's database); nil without one.
     let accounting: ResponseCache?

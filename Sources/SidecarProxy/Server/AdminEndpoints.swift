@@ -28,12 +28,28 @@ extension DownstreamHandler {
             for (name, group) in runtime.groups.sorted(by: { $0.key < $1.key }) {
                 if let problem = group.health.problem { reasons.append("upstream \(name): \(problem)") }
             }
+            // The fleet database away: with on_unavailable = "reject" the node refuses spending
+            // requests (not ready); with "local" it serves on (ready, and says it is degraded).
+            var degraded: [String] = []
+            if let fleet = state.fleet, let why = fleet.problem {
+                let line = "fleet database unavailable: \(why)"
+                if fleet.settings.onUnavailable == .reject { reasons.append(line) } else { degraded.append(line + " (serving from local state and the leases held)") }
+            }
             var json = reasons.isEmpty ? #"{"status":"ready""# : #"{"status":"not ready","reasons":["#
             for (i, r) in reasons.enumerated() {
                 if i > 0 { json += "," }
                 JSONString.append(r, to: &json)
             }
-            json += reasons.isEmpty ? "}" : "]}"
+            json += reasons.isEmpty ? "" : "]"
+            if !degraded.isEmpty {
+                json += #","degraded":["#
+                for (i, r) in degraded.enumerated() {
+                    if i > 0 { json += "," }
+                    JSONString.append(r, to: &json)
+                }
+                json += "]"
+            }
+            json += "}"
             respondLocally(status: reasons.isEmpty ? .ok : .serviceUnavailable, contentType: "application/json",
                            body: ByteBuffer(string: json), headOnly: headOnly)
         case "/ui":

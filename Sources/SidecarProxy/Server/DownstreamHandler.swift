@@ -194,7 +194,15 @@ final class DownstreamHandler: ChannelDuplexHandler {
             return respondWithError(dialect == .openai ? .notFound(path: path) : .noUpstream(for: dialect, path: String(bare)), closeAfter: false)
         }
         if let limits = runtime.clientLimits {
-            let verdict = limits.request(client: scope(of: head.headers))
+            let client = scope(of: head.headers)
+            let verdict: ClientRateLimiter.Verdict
+            if let fleet = state.fleet {
+                // The limit is the fleet's (docs/fleet.md): this node admits from its slice.
+                if let why = fleet.rejects { return respondWithError(.fleetUnavailable(why), closeAfter: false) }
+                verdict = fleet.admit(client: client, perMinute: limits.perMinute, burst: limits.burst)
+            } else {
+                verdict = limits.request(client: client)
+            }
             if !verdict.allowed {
                 // OpenAI's own headers, so SDKs back off the way they do with OpenAI.
                 let wait = ClientRateLimiter.openAIDuration(verdict.retryAfter)

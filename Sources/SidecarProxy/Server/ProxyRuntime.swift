@@ -95,9 +95,12 @@ final class ServerState: Sendable {
     let cache: ResponseCache?
     /// What was spent and reserved today and this month, for `[budgets]`.
     let budget = BudgetBox()
+    /// `[fleet]`: budgets, limits, spend and the shared cache tier through PostgreSQL; nil: alone.
+    let fleet: FleetAgent?
 
-    init(runtime: ProxyRuntime, metrics: SidecarMetrics, logger: Logger, cache: ResponseCache?) {
+    init(runtime: ProxyRuntime, metrics: SidecarMetrics, logger: Logger, cache: ResponseCache?, fleet: FleetAgent? = nil) {
         current = NIOLockedValueBox(runtime)
+        self.fleet = fleet
         self.metrics = metrics
         self.logger = logger
         self.cache = cache
@@ -144,10 +147,12 @@ final class ServerState: Sendable {
 /// The per-client request limiter behind one short lock.
 final class ClientLimits: Sendable {
     let perMinute: Int
+    let burst: Int
     private let limiter: NIOLockedValueBox<ClientRateLimiter>
 
     init(perMinute: Int, burst: Int) {
         self.perMinute = perMinute
+        self.burst = burst
         limiter = NIOLockedValueBox(ClientRateLimiter(perMinute: perMinute, burst: burst))
     }
 
@@ -169,9 +174,12 @@ final class BudgetBox: Sendable {
 
     func close(_ why: String) { problem.withLockedValue { $0 = why } }
 
-    func reserve(_ amount: Double, client: String, limits: BudgetLedger.Limits, now: Int64) -> Result<BudgetLedger.Reservation, BudgetLedger.RefusalError> {
+    func reserve(_ amount: Double, client: String, limits: BudgetLedger.Limits, now: Int64,
+                 fleet: FleetAgent? = nil) -> Result<BudgetLedger.Reservation, BudgetLedger.RefusalError> {
         let day = ResponseCache.day(now)
-        return ledger.withLockedValue { $0.reserve(amount, client: client, limits: limits, day: day, month: UTCDay.month(ofDay: day)) }
+        let month = UTCDay.month(ofDay: day)
+        let allotments = fleet?.allotments(day: day, month: month, client: client)
+        return ledger.withLockedValue { $0.reserve(amount, client: client, limits: limits, day: day, month: month, fleet: allotments) }
     }
 
     func settle(_ r: BudgetLedger.Reservation, actual: Double, limits: BudgetLedger.Limits) -> [String] {
@@ -184,4 +192,7 @@ final class BudgetBox: Sendable {
     }
 
     var totals: (day: Double, month: Double, reservedDay: Double, reservedMonth: Double) { ledger.withLockedValue { $0.totals } }
+
+    /// This node's use of each fleet budget scope (`[fleet]`).
+    func fleetUse(limits: BudgetLedger.Limits) -> [FleetBudgetScope: Double] { ledger.withLockedValue { $0.fleetUse(limits: limits) } }
 }

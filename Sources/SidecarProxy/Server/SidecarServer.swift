@@ -16,6 +16,8 @@ public final class SidecarServer: Sendable {
     private let serverChannel: Channel
     private let children = NIOLockedValueBox<[ObjectIdentifier: Channel]>([:])
     private let logger: Logger
+    /// The fleet agent's task (connection pool and sync rounds), cancelled at the end of a stop.
+    let fleetTask = NIOLockedValueBox<Task<Void, Never>?>(nil)
 
     /// Where the server actually listens (with the real port when the configuration said 0).
     public var localAddress: SocketAddress? { serverChannel.localAddress }
@@ -80,10 +82,11 @@ public final class SidecarServer: Sendable {
                 metrics.cacheWriteQueueBytes.set(opened.writeQueueBytes)
             } }
         }
+        let fleet = try configuration.fleet.map { try Self.makeFleet($0, metrics: metrics, logger: logger) }
         let state = ServerState(
             runtime: ProxyRuntime(configuration: configuration, groups: groups, adminToken: adminToken,
                                   tracer: Self.tracer(configuration.otel, metrics: metrics, logger: logger)),
-            metrics: metrics, logger: logger, cache: cache)
+            metrics: metrics, logger: logger, cache: cache, fleet: fleet)
         if let cache {
             // Budgets survive restarts: today's and this month's spend come back from the database.
             // When it cannot be read, budgets stay closed (and it is tried again) rather than
@@ -157,6 +160,7 @@ public final class SidecarServer: Sendable {
           }
         }
         let server = SidecarServer(state: state, loops: loops, serverChannel: channel, logger: logger)
+        if let fleet { server.startFleet(fleet, cache: cache) }
         box.server = server
         return server
     }
@@ -206,6 +210,7 @@ public final class SidecarServer: Sendable {
         for channel in remaining { try? await channel.close() }
         for group in runtime.groups.values { try? await group.shutdown().get() }
         await state.runtime.tracer?.exporter.shutdown()
+        await stopFleet()
         await state.cache?.close()
     }
 }
@@ -227,6 +232,9 @@ extension SidecarServer {
         }
         if configuration.server.threads != old.configuration.server.threads {
             throw ReloadRefused(description: "server.threads changed: restart to apply it")
+        }
+        if configuration.fleet != old.configuration.fleet {
+            throw ReloadRefused(description: "[fleet] changed: restart to apply it")
         }
         var groups: [String: UpstreamGroup] = [:]
         var kept: Set<ObjectIdentifier> = []

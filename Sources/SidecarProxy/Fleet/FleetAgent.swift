@@ -1,0 +1,260 @@
+import Foundation
+import Logging
+import Metrics
+import NIOConcurrencyHelpers
+import NIOCore
+import SidecarCore
+import SidecarFleet
+import SidecarStore
+
+/// Fleet mode's IO layer (docs/fleet.md): owns the connection to the fleet database and runs one
+/// sync round every `sync_interval` (heartbeat, budget slices renewed with this node's use,
+/// client tokens given back or charged, outbox pushed). The decisions are the pure state
+/// machines' (`FleetBudgetLeases`, `FleetRateLeases`); this class only sends their claims and
+/// feeds the answers back. Nothing here runs per request except `admit` (a lock and a lookup).
+final class FleetAgent: Sendable {
+    let database: FleetDatabase
+    let settings: SidecarConfiguration.Fleet
+    let node: String
+    let logger: Logger
+    let metrics: FleetMetrics
+    private let budgetLeases: NIOLockedValueBox<FleetBudgetLeases>
+    private let rateLeases: NIOLockedValueBox<(rpm: Int, burst: Int, state: FleetRateLeases)?>
+    /// While the database is away (`on_unavailable = "local"`): each node admits its share of a
+    /// client's limit (`client_rpm` / nodes seen alive), so the fleet stays within the limit.
+    private let fallback: NIOLockedValueBox<(nodes: Int, limiter: ClientRateLimiter?)>
+    private let link = NIOLockedValueBox(Link())
+    private let round = NIOLockedValueBox(Round())
+    /// What the agent reads of the server: the budget ledger, the configuration, the cache database.
+    private let source: NIOLockedValueBox<Source?>
+
+    struct Source {
+        var budget: BudgetBox
+        var limits: @Sendable () -> BudgetLedger.Limits
+        var cache: ResponseCache?
+    }
+
+    /// Whether the database answers, and since when it does not.
+    struct Link {
+        var up = false
+        var since: Date?
+        var problem: String? = "not connected yet"
+        var pushed: Int64?
+        var migrated = false
+        var nodesAlive = 1
+    }
+
+    /// The budget round in flight and who waits for one.
+    struct Round {
+        var running = false
+        /// Wait for the round after the running one (their need was not in it).
+        var next: [@Sendable () -> Void] = []
+        var current: [@Sendable () -> Void] = []
+    }
+
+    init(database: FleetDatabase, settings: SidecarConfiguration.Fleet, node: String, logger: Logger, metrics: FleetMetrics) {
+        self.database = database
+        self.settings = settings
+        self.node = node
+        self.logger = logger
+        self.metrics = metrics
+        budgetLeases = NIOLockedValueBox(FleetBudgetLeases(settings: .init(leasePeriod: settings.leasePeriod, slice: settings.budgetSlice)))
+        rateLeases = NIOLockedValueBox(nil)
+        fallback = NIOLockedValueBox((1, nil))
+        source = NIOLockedValueBox(nil)
+    }
+
+    func attach(budget: BudgetBox, limits: @escaping @Sendable () -> BudgetLedger.Limits, cache: ResponseCache?) {
+        source.withLockedValue { $0 = Source(budget: budget, limits: limits, cache: cache) }
+        cache?.writesOutbox.withLockedValue { $0 = true }
+    }
+
+    // MARK: state
+
+    /// nil while the database answers; else why not (for `/readyz`, errors and logs).
+    var problem: String? { link.withLockedValue { $0.up ? nil : $0.problem } }
+    var isUp: Bool { link.withLockedValue { $0.up } }
+
+    /// Whether a request that needs the fleet's budgets or limits is refused outright now.
+    var rejects: String? {
+        guard settings.onUnavailable == .reject else { return nil }
+        return problem
+    }
+
+    func connected() {
+        let was = link.withLockedValue { l -> Bool in
+            defer { l.up = true; l.problem = nil; l.since = nil }
+            return l.up
+        }
+        metrics.connected.set(1)
+        if !was { logger.notice("fleet database connected: budgets, limits, spend and cache are shared", metadata: ["node": "\(node)"]) }
+    }
+
+    func lost(_ error: any Error) {
+        let why = "\(error)"
+        let was = link.withLockedValue { l -> Bool in
+            defer {
+                l.up = false
+                l.problem = why
+                if l.since == nil { l.since = Date() }
+            }
+            return l.up || l.since == nil
+        }
+        metrics.connected.set(0)
+        metrics.errors.increment()
+        if was {
+            logger.error("fleet database unavailable", metadata: [
+                "node": "\(node)", "reason": "\(why)", "on_unavailable": "\(settings.onUnavailable.rawValue)",
+                "effect": "\(settings.onUnavailable == .local ? "serving from local state and the leases held until they lapse" : "requests under fleet budgets or limits get 503 fleet_unavailable")"])
+        }
+    }
+
+    var isMigrated: Bool { link.withLockedValue { $0.migrated } }
+    func markMigrated() { link.withLockedValue { $0.migrated = true } }
+    var pushedSequence: Int64? { link.withLockedValue { $0.pushed } }
+    func setPushed(_ seq: Int64) { link.withLockedValue { $0.pushed = seq } }
+    var cacheForOutbox: ResponseCache? { source.withLockedValue { $0?.cache } }
+    /// Nodes that sent a heartbeat within three lease periods (the fallback rate limit's divisor).
+    func setNodesAlive(_ n: Int) {
+        link.withLockedValue { $0.nodesAlive = max(1, n) }
+        fallback.withLockedValue { f in
+            if f.nodes != max(1, n) { f = (max(1, n), nil) }
+        }
+    }
+
+    // MARK: budgets
+
+    /// This node's usable slices now (expired ones are $0).
+    func allotments(day: String, month: String, client: String) -> BudgetLedger.Allotments {
+        let now = NIODeadline.now()
+        return budgetLeases.withLockedValue { $0.allotments(day: day, month: month, client: client, now: now) }
+    }
+
+    /// Whether asking the fleet for `scope` again can help a reservation of `need` in all.
+    func mayGrant(_ scope: FleetBudgetScope, need: Double) -> Bool {
+        isUp && budgetLeases.withLockedValue { $0.fleetHasRoom(scope, beyond: need - ($0.allotment(scope) ?? 0)) }
+    }
+
+    /// A reservation did not fit this node's slice of `scope`: a budget round is run now (or the
+    /// one after the running one), and `then` is called when it has answered (or failed).
+    func ask(_ scope: FleetBudgetScope, total: Double, then: @escaping @Sendable () -> Void) {
+        budgetLeases.withLockedValue { $0.need(scope, total: total) }
+        askRound(then: then)
+    }
+
+    /// Runs a budget round (or joins the running one) with no new need: the periodic renewal.
+    func askRound(then: @escaping @Sendable () -> Void) {
+        let start = round.withLockedValue { r -> Bool in
+            if r.running {
+                r.next.append(then)
+                return false
+            }
+            r.running = true
+            r.current.append(then)
+            return true
+        }
+        if start { Task { await self.budgetRound() } }
+    }
+
+    func releaseRates() -> [FleetRateClaim] { rateLeases.withLockedValue { $0?.state.releaseAll() ?? [] } }
+
+    /// The periodic round of client tokens: idle clients' tokens go back, debts are charged.
+    func syncRates() async {
+        let claims = rateLeases.withLockedValue { $0?.state.sync(now: .now()) ?? [] }
+        await leaseRates(claims)
+    }
+
+    /// One budget round: this node's use of every scope goes to the fleet with the headroom it
+    /// wants; the answer replaces its slices.
+    private func budgetRound() async {
+        while true {
+            await leaseBudgets()
+            let waiters = round.withLockedValue { r -> [@Sendable () -> Void] in
+                let done = r.current
+                r.current = r.next
+                r.next = []
+                if r.current.isEmpty { r.running = false }
+                return done
+            }
+            waiters.forEach { $0() }
+            if round.withLockedValue({ !$0.running }) { return }
+        }
+    }
+
+    func leaseBudgets(releasing: Bool = false) async {
+        guard let src = source.withLockedValue({ $0 }) else { return }
+        let limits = src.limits()
+        guard !limits.isEmpty else { return }
+        let use = src.budget.fleetUse(limits: limits)
+        let claims = budgetLeases.withLockedValue { $0.claims(use: use, limit: { Self.limit(of: $0, in: limits) }, releasing: releasing) }
+        guard !claims.isEmpty else { return }
+        let sent = NIODeadline.now()
+        do {
+            metrics.statements.increment()
+            let grants = try await database.leaseBudgets(claims, leaseSeconds: Double(settings.leasePeriod.nanoseconds) / 1e9)
+            budgetLeases.withLockedValue { $0.granted(grants, sentAt: sent) }
+            for g in grants where g.scope.scope == "day" || g.scope.scope == "month" {
+                metrics.allotment(g.scope.scope).set(g.allotment)
+                metrics.fleetGranted(g.scope.scope).set(g.fleetGranted)
+            }
+            connected()
+        } catch {
+            budgetLeases.withLockedValue { $0.roundFailed(needs: claims) }
+            lost(error)
+        }
+    }
+
+    static func limit(of scope: FleetBudgetScope, in limits: BudgetLedger.Limits) -> Double? {
+        switch scope.scope {
+        case "day": return limits.dailyUSD
+        case "month": return limits.monthlyUSD
+        default: return scope.scope.hasPrefix("client:") ? limits.clientDailyUSD : nil
+        }
+    }
+
+    // MARK: client rate limits
+
+    /// Admits one request of `client` under `client_rpm` for the whole fleet (no database trip:
+    /// a slice of tokens is asked for in the background when it runs low).
+    func admit(client: String, perMinute: Int, burst: Int) -> ClientRateLimiter.Verdict {
+        let now = NIODeadline.now()
+        if !isUp, link.withLockedValue({ $0.migrated || $0.since != nil }) {
+            // Away: this node's share of the limit, until the database is back.
+            return fallback.withLockedValue { f in
+                let n = max(1, f.nodes)
+                if f.limiter == nil || f.limiter?.perMinute != max(1, perMinute / n) {
+                    f.limiter = ClientRateLimiter(perMinute: max(1, perMinute / n), burst: max(1, burst / n))
+                }
+                return f.limiter!.request(client: client, now: now)
+            }
+        }
+        let verdict = rateLeases.withLockedValue { r -> FleetRateLeases.Verdict in
+            if r == nil || r!.rpm != perMinute || r!.burst != burst { r = (perMinute, burst, FleetRateLeases(perMinute: perMinute, burst: burst)) }
+            return r!.state.admit(client: client, now: now)
+        }
+        switch verdict {
+        case .allowed(let ask):
+            if let ask { Task { await self.leaseRates([ask]) } }
+            return .init(allowed: true, remaining: 0, retryAfter: .zero, reset: .seconds(60))
+        case .limited(let wait, let ask):
+            if let ask { Task { await self.leaseRates([ask]) } }
+            return .init(allowed: false, remaining: 0, retryAfter: wait, reset: .seconds(60))
+        }
+    }
+
+    private func leaseRates(_ claims: [FleetRateClaim]) async {
+        guard !claims.isEmpty else { return }
+        do {
+            metrics.statements.increment()
+            let granted = try await database.leaseRates(claims)
+            let now = NIODeadline.now()
+            rateLeases.withLockedValue { r in
+                for c in claims { r?.state.answered(client: c.client, granted: granted[c.client] ?? 0, wanted: c.want, now: now) }
+            }
+            connected()
+        } catch {
+            rateLeases.withLockedValue { r in for c in claims { r?.state.askFailed(c) } }
+            lost(error)
+        }
+    }
+}
