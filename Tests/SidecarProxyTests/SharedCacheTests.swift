@@ -205,4 +205,33 @@ final class SharedCacheTests: XCTestCase {
         let waited = (a.server.sharedCacheCounts?["follower_timeout"] ?? 0) + (b.server.sharedCacheCounts?["follower_timeout"] ?? 0)
         XCTAssertEqual(waited, 1)
     }
+
+    // A client leaving while its node follows another node's claim: nothing is left behind, and
+    // the node answers the same request from the shared tier afterwards.
+    func testAClientLeavingWhileFollowingAnotherNode() async throws {
+        let (a, b) = try await startNodes()
+        _ = try await post(a, #"{"model":"gpt-4o-mini","temperature":0,"messages":[{"role":"user","content":"warm a"}]}"#)
+        _ = try await post(b, #"{"model":"gpt-4o-mini","temperature":0,"messages":[{"role":"user","content":"warm b"}]}"#)
+        let before = upstream.counters.requests
+        let body = Self.deterministic
+        let leader = Task { try await a.request("POST", "/v1/chat/completions", headers: [("authorization", "Bearer client-a"), ("x-fake-delay-ms", "1500")], body: body) }
+        let upstreamNow = upstream
+        let claimed = await eventually(5) { (upstreamNow?.counters.requests ?? 0) > before }
+        XCTAssertTrue(claimed, "A's leader reached the upstream")
+        let request = "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer client-a\r\ncontent-type: application/json\r\ncontent-length: \(body.utf8.count)\r\n\r\n" + body
+        let gone = try FlightLeaderTests.rawSend(port: b.port, request)
+        try await Task.sleep(nanoseconds: 200_000_000)  // B is waiting for A's answer
+        FlightLeaderTests.reset(gone)
+        let answered = try await leader.value
+        XCTAssertEqual(answered.status, 200)
+        let followed = await eventually(5) { b.server.sharedCacheCounts?["follower_hit"] == 1 }
+        XCTAssertTrue(followed, "B's left request had followed A's claim: \(String(describing: b.server.sharedCacheCounts))")
+        let again = try await post(b)
+        XCTAssertEqual(again.status, 200)
+        XCTAssertEqual(again.header("x-sidecar-cache"), "hit")
+        XCTAssertEqual(again.body, answered.body)
+        XCTAssertEqual(upstream.counters.requests - before, 1)
+        let flightsLeft = try await b.request("GET", "/metrics").body.contains("llm_sidecar_cache_flights_in_progress 0")
+        XCTAssertTrue(flightsLeft)
+    }
 }
