@@ -98,7 +98,9 @@ final class SharedCacheTier: Sendable {
     func start() {
         let listener = Task { [weak self] in
             while !Task.isCancelled {
-                guard let stream = self?.database.cacheNotifications() else { return }
+                // Notifications sent while the listening connection was down are lost: every
+                // (re)subscription wakes the waiters, which look their keys up again.
+                guard let stream = self?.database.cacheNotifications(onSubscribe: { [weak self] in self?.wakeAll() }) else { return }
                 for await key in stream { self?.notified(key) }
                 // The listening connection ended (the database went away): listen again shortly.
                 try? await Task.sleep(nanoseconds: 1_000_000_000)
@@ -231,6 +233,15 @@ final class SharedCacheTier: Sendable {
         }
         promise.futureResult.whenComplete { _ in timer.cancel() }
         return promise.futureResult
+    }
+
+    /// Wakes every waiter (they look up once more, without a claim).
+    func wakeAll() {
+        let waiting = state.withLockedValue { s -> [EventLoopPromise<Void>] in
+            defer { s.waiters = [:] }
+            return s.waiters.values.flatMap { $0.values }
+        }
+        waiting.forEach { $0.succeed(()) }
     }
 
     /// A key was stored or released by some node.
