@@ -61,6 +61,8 @@ final class SharedCacheTests: XCTestCase {
                 configure(&config)
             })
             nodes.append(h)
+            let ready = await eventually(10) { h.server.sharedCacheReady == true }
+            XCTAssertTrue(ready, "node \(node)'s fleet database was migrated")
         }
         return (nodes[0], nodes[1])
     }

@@ -12,13 +12,14 @@ extension SharedCacheTier {
     func writeBehind(_ entries: [CacheEntry]) {
         guard !entries.isEmpty else { return }
         var dropped: [CacheKey] = []
+        let ready = isReady()
         let startFlush = state.withLockedValue { s -> Bool in
             for e in entries {
                 guard e.key.count == 32 else { continue }
                 let key = CacheKey(digest: e.key)
                 // Written behind: storing it drops this node's claim; nothing to release later.
                 s.claims.removeValue(forKey: key)
-                guard !s.stopped, s.queuedBytes + e.body.count <= Self.maxQueuedBytes else {
+                guard !s.stopped, ready, s.queuedBytes + e.body.count <= Self.maxQueuedBytes else {
                     dropped.append(key)
                     continue
                 }

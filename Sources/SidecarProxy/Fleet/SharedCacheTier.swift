@@ -28,6 +28,9 @@ final class SharedCacheTier: Sendable {
     let settings: SidecarConfiguration.Fleet
     let logger: Logger
     let clock: @Sendable () -> Int64
+    /// False until the fleet database can serve the tier (its schema migrated): lookups are misses
+    /// and writes are dropped meanwhile, without a round trip.
+    let isReady: @Sendable () -> Bool
 
     enum Claim { case asking, held, ended }
 
@@ -60,7 +63,9 @@ final class SharedCacheTier: Sendable {
     private let writes: [String: Metrics.Counter]
 
     init(database: FleetDatabase, settings: SidecarConfiguration.Fleet, logger: Logger,
-         metricsFactory: (any MetricsFactory)? = nil, clock: @escaping @Sendable () -> Int64 = ResponseCache.wallClock) {
+         metricsFactory: (any MetricsFactory)? = nil, isReady: @escaping @Sendable () -> Bool = { true },
+         clock: @escaping @Sendable () -> Int64 = ResponseCache.wallClock) {
+        self.isReady = isReady
         self.database = database
         self.settings = settings
         self.logger = logger
@@ -153,6 +158,10 @@ final class SharedCacheTier: Sendable {
     }
 
     private func lookup(key: CacheKey, scope: String, claim: Bool, followUp: Bool, on loop: EventLoop) -> EventLoopFuture<Result> {
+        guard isReady() else {
+            count(lookup: followUp ? "follower_timeout" : "error")
+            return loop.makeSucceededFuture(.miss)
+        }
         let promise = loop.makePromise(of: Result.self)
         let done = NIOLockedValueBox(false)
         let finish: @Sendable (Result, String?) -> Void = { [self] result, label in

@@ -4,42 +4,23 @@ import Metrics
 import SidecarCore
 import SidecarFleet
 
-/// Fleet mode's shared cache tier, wired into a starting server (a minimal wiring of its own: the
-/// fleet agent, which owns the fleet database, can call `makeSharedTier` instead).
+/// Fleet mode's shared cache tier, wired into a starting server over the fleet agent's database
+/// (whose pool the agent runs, and whose schema it migrates).
 extension SidecarServer {
     /// The shared tier over `database` (started by the caller with `start()`; attach it with
-    /// `ResponseCache.attachSharedTier`).
+    /// `ResponseCache.attachSharedTier`). `isReady`: whether the database's schema is there yet.
     static func makeSharedTier(database: FleetDatabase, settings: SidecarConfiguration.Fleet, logger: Logger,
-                               metricsFactory: (any MetricsFactory)? = nil) -> SharedCacheTier {
-        SharedCacheTier(database: database, settings: settings, logger: logger, metricsFactory: metricsFactory)
+                               metricsFactory: (any MetricsFactory)? = nil,
+                               isReady: @escaping @Sendable () -> Bool = { true }) -> SharedCacheTier {
+        SharedCacheTier(database: database, settings: settings, logger: logger, metricsFactory: metricsFactory, isReady: isReady)
     }
 
-    /// `[fleet]` with `shared_cache = true` and a cache: opens the fleet database (its own pool,
-    /// run until the cache closes), migrates it (retried every 5 s in the background when it is
-    /// away at start) and attaches the shared tier to `cache`.
-    static func startSharedCache(configuration: SidecarConfiguration, cache: ResponseCache, metrics: SidecarMetrics, logger: Logger) async throws {
-        guard let fleet = configuration.fleet, fleet.sharedCache else { return }
-        guard let url = try APIKeys.read(fleet.postgresURL, key: "fleet.postgres_url", environment: ProcessInfo.processInfo.environment) else { return }
-        let node = fleet.node ?? ProcessInfo.processInfo.hostName
-        let database = try FleetDatabase(url: url, node: node, poolSize: fleet.poolSize, connectTimeout: fleet.connectTimeout,
-                                         statementTimeout: fleet.statementTimeout, logger: logger)
-        let run = Task { await database.run() }
-        let tier = makeSharedTier(database: database, settings: fleet, logger: logger, metricsFactory: metrics.factory)
-        tier.onStop { run.cancel() }
-        do {
-            try await database.migrate()
-        } catch {
-            logger.warning("fleet database not migrated at start: the shared cache tier misses until it is", metadata: [
-                "reason": "\(error)", "retry": "every 5 s"])
-            let retry = Task {
-                while !Task.isCancelled {
-                    try? await Task.sleep(nanoseconds: 5_000_000_000)
-                    if Task.isCancelled { return }
-                    if (try? await database.migrate()) != nil { return }
-                }
-            }
-            tier.onStop { retry.cancel() }
-        }
+    /// `[fleet]` with `shared_cache = true` (and a cache): the shared tier, attached to `cache`;
+    /// it misses until the agent has migrated the fleet database. Stopped when the cache closes.
+    func startSharedCache(_ agent: FleetAgent, cache: ResponseCache) {
+        guard agent.settings.sharedCache else { return }
+        let tier = Self.makeSharedTier(database: agent.database, settings: agent.settings, logger: agent.logger,
+                                       metricsFactory: state.metrics.factory, isReady: { [weak agent] in agent?.isMigrated ?? false })
         tier.start()
         cache.attachSharedTier(tier)
     }
@@ -47,4 +28,7 @@ extension SidecarServer {
     /// The shared tier's counts (`hit`, `miss`, `timeout`, `error`, `follower_hit`,
     /// `follower_timeout`, `stored`, `dropped`); nil without one.
     public var sharedCacheCounts: [String: Int]? { state.cache?.sharedTier.withLockedValue { $0 }?.counts }
+
+    /// Whether the shared tier is in use (the fleet database's schema is there); nil without one.
+    public var sharedCacheReady: Bool? { state.cache?.sharedTier.withLockedValue { $0 }?.isReady() }
 }

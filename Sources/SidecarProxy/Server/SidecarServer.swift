@@ -66,7 +66,6 @@ public final class SidecarServer: Sendable {
             let opened = await ResponseCache.open(settings: settings, logger: logger, clock: cacheClock ?? ResponseCache.wallClock)
             opened.startHousekeeping(on: loops[0])
             cache = opened
-            try await Self.startSharedCache(configuration: configuration, cache: opened, metrics: metrics, logger: logger)
             metrics.beforeRender.withLockedValue { $0.append { [weak opened] in
                 guard let opened else { return }
                 let hot = opened.hotTier
@@ -161,6 +160,7 @@ public final class SidecarServer: Sendable {
         }
         let server = SidecarServer(state: state, loops: loops, serverChannel: channel, logger: logger)
         if let fleet { server.startFleet(fleet, cache: cache) }
+        if let fleet, let cache { server.startSharedCache(fleet, cache: cache) }
         box.server = server
         return server
     }
