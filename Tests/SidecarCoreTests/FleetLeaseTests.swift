@@ -37,7 +37,7 @@ final class FleetLeaseTests: XCTestCase {
                 let i = Int.random(in: 0..<3, using: &rng)
                 if step % 50 == i {
                     // A round: the node reports its use and takes a slice.
-                    let claims = nodes[i].leases.claims(use: nodes[i].ledger.fleetUse(limits: limits), limit: { _ in limit })
+                    let claims = nodes[i].leases.claims(use: nodes[i].ledger.fleetUse(limits: limits), limit: { _ in limit }, now: now)
                     let grants = claims.map { fleet.lease(node: i, claim: $0, now: now, period: settings.leasePeriod) }
                     nodes[i].leases.granted(grants, sentAt: now)
                 }
@@ -50,7 +50,7 @@ final class FleetLeaseTests: XCTestCase {
                     guard case .fleetSlice(let scope, let need) = refusal.refusal else { continue }
                     // Asks at once, as the IO layer does, then tries again once.
                     nodes[i].leases.need(scope, total: need)
-                    let claims = nodes[i].leases.claims(use: nodes[i].ledger.fleetUse(limits: limits), limit: { _ in limit })
+                    let claims = nodes[i].leases.claims(use: nodes[i].ledger.fleetUse(limits: limits), limit: { _ in limit }, now: now)
                     nodes[i].leases.granted(claims.map { fleet.lease(node: i, claim: $0, now: now, period: settings.leasePeriod) }, sentAt: now)
                     let again = nodes[i].leases.allotments(day: "2026-12-02", month: "2026-12", client: "c", now: now)
                     if case .success(let r) = nodes[i].ledger.reserve(cost, client: "c", limits: limits, day: "2026-12-02", month: "2026-12", fleet: again) {
@@ -74,20 +74,22 @@ final class FleetLeaseTests: XCTestCase {
         let t0 = NIODeadline.uptimeNanoseconds(5_000_000_000)
         let day = FleetBudgetScope(scope: "day", period: "2026-12-02")
         leases.need(day, total: 3)
-        let claims = leases.claims(use: [day: 1], limit: { _ in 100 })
-        // Twice what the refused reservation needed, within the slice (10 % of $100).
-        XCTAssertEqual(claims, [FleetBudgetClaim(scope: day, limit: 100, used: 1, want: 4)])
+        let claims = leases.claims(use: [day: 1], limit: { _ in 100 }, now: t0)
+        // A reservation waits: a whole slice (10 % of $100).
+        XCTAssertEqual(claims, [FleetBudgetClaim(scope: day, limit: 100, used: 1, want: 10)])
         leases.granted([FleetBudgetGrant(scope: day, allotment: 3, fleetGranted: 10, limit: 100)], sentAt: t0)
         XCTAssertEqual(leases.allotments(day: "2026-12-02", month: "2026-12", client: "c", now: t0 + .seconds(28)).day, 3)
         // A second before the database's own expiry (counted from the send), the node stops using it.
         XCTAssertEqual(leases.allotments(day: "2026-12-02", month: "2026-12", client: "c", now: t0 + .seconds(29)).day, 0)
-        // No growth, no need: it wants nothing, which gives the unused slice back.
-        XCTAssertEqual(leases.claims(use: [day: 1], limit: { _ in 100 }).first?.want, 0)
+        // No growth and no need, but active a moment ago: it keeps a whole slice.
+        XCTAssertEqual(leases.claims(use: [day: 1], limit: { _ in 100 }, now: t0 + .seconds(1)).first?.want, 10)
+        // Idle for idleAfter (4 s): it wants nothing, which gives the unused slice back.
+        XCTAssertEqual(leases.claims(use: [day: 1], limit: { _ in 100 }, now: t0 + .seconds(4)).first?.want, 0)
         // A stopping node gives everything back whatever it spent lately.
-        XCTAssertEqual(leases.claims(use: [day: 50], limit: { _ in 100 }, releasing: true).first?.want, 0)
+        XCTAssertEqual(leases.claims(use: [day: 50], limit: { _ in 100 }, now: t0 + .seconds(5), releasing: true).first?.want, 0)
         // Another day's scope is forgotten once the round no longer names it.
         let tomorrow = FleetBudgetScope(scope: "day", period: "2026-12-03")
-        XCTAssertEqual(leases.claims(use: [tomorrow: 0], limit: { _ in 100 }).map(\.scope), [tomorrow])
+        XCTAssertEqual(leases.claims(use: [tomorrow: 0], limit: { _ in 100 }, now: t0 + .seconds(6)).map(\.scope), [tomorrow])
         XCTAssertNil(leases.allotment(day))
     }
 

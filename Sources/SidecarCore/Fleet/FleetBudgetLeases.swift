@@ -16,10 +16,13 @@ public struct FleetBudgetLeases: Sendable {
         public var slice: Double
         /// How much earlier than the database the node stops using a slice.
         public var margin: TimeAmount
-        public init(leasePeriod: TimeAmount, slice: Double, margin: TimeAmount = .seconds(1)) {
+        /// A scope without new use or need for this long is idle: its unused slice goes back.
+        public var idleAfter: TimeAmount
+        public init(leasePeriod: TimeAmount, slice: Double, margin: TimeAmount = .seconds(1), idleAfter: TimeAmount = .seconds(4)) {
             self.leasePeriod = leasePeriod
             self.slice = slice
             self.margin = margin
+            self.idleAfter = idleAfter
         }
     }
 
@@ -32,8 +35,10 @@ public struct FleetBudgetLeases: Sendable {
     private var held: [FleetBudgetScope: Held] = [:]
     /// What refused reservations needed (the scope's whole use with them), since the last round.
     private var needs: [FleetBudgetScope: Double] = [:]
-    /// Use reported in the last round, per scope: its growth sizes the next slice.
+    /// Use reported in the last round, per scope: its growth says the scope is in use.
     private var reported: [FleetBudgetScope: Double] = [:]
+    /// When each scope last grew or needed more.
+    private var lastActive: [FleetBudgetScope: NIODeadline] = [:]
     /// The fleet's total allotment and limit per scope, from the last answer.
     public private(set) var fleet: [FleetBudgetScope: (granted: Double, limit: Double)] = [:]
 
@@ -66,14 +71,15 @@ public struct FleetBudgetLeases: Sendable {
     }
 
     /// The claims of one round: every scope the node uses, holds or needs, with its use (a fact,
-    /// always counted) and the headroom it wants: what a refused reservation needs, and about
-    /// twice what it spent since the last round, at most `slice` of the budget; an idle scope
-    /// wants nothing, which gives its unused slice back. Scopes of past periods are dropped.
+    /// always counted) and the headroom it wants: `slice` of the budget while it is in use (or
+    /// what a refused reservation needs, if more); an idle scope wants nothing, which gives its
+    /// unused slice back. Scopes of past periods are dropped.
     /// - Parameters:
     ///   - use: the ledger's `fleetUse`: this node's spend and reservations per scope.
     ///   - limit: the configured limit of a scope (nil: not limited any more, dropped).
     ///   - releasing: the node is stopping: it wants nothing, so every unused slice goes back now.
-    public mutating func claims(use: [FleetBudgetScope: Double], limit: (FleetBudgetScope) -> Double?, releasing: Bool = false) -> [FleetBudgetClaim] {
+    public mutating func claims(use: [FleetBudgetScope: Double], limit: (FleetBudgetScope) -> Double?, now: NIODeadline,
+                                releasing: Bool = false) -> [FleetBudgetClaim] {
         // The ledger names the current periods' scopes only: a held scope it no longer names is
         // of a past period, and is dropped.
         var scopes = Set(use.keys).union(needs.keys)
@@ -92,12 +98,18 @@ public struct FleetBudgetLeases: Sendable {
             let used = use[s] ?? 0
             let extra = max(0, (needs[s] ?? 0) - used)
             let growth = max(0, used - (reported[s] ?? used))
-            let want = releasing ? 0 : max(extra, min(l * settings.slice, 2 * growth + 2 * extra))
+            // In use (more spent or reserved, or a reservation waits, within `idleAfter`): a full
+            // slice, so the next requests need no round; idle: nothing, which gives the unused
+            // slice back.
+            if growth > 0 || extra > 0 { lastActive[s] = now }
+            let active = lastActive[s].map { now - $0 < settings.idleAfter } ?? false
+            let want = releasing || !active ? 0 : max(extra, l * settings.slice)
             out.append(FleetBudgetClaim(scope: s, limit: l, used: used, want: want))
         }
         // Past periods are forgotten once the round no longer names them.
         let named = Set(out.map(\.scope))
         held = held.filter { named.contains($0.key) }
+        lastActive = lastActive.filter { named.contains($0.key) }
         reported = Dictionary(uniqueKeysWithValues: out.map { ($0.scope, $0.used) })
         needs = [:]
         return out

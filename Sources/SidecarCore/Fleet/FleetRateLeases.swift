@@ -5,7 +5,8 @@ import NIOCore
 /// small slices and admits requests from what it holds. So the request path never waits for the
 /// database, a node may admit `credit` requests of a client it holds no token for (its first,
 /// or one while its ask is on the way); that debt is charged to the fleet bucket with the ask.
-/// Bound: a client gets at most `burst + client_rpm × minutes + nodes × credit` requests
+/// Bound: a client gets at most `burst + client_rpm × minutes + 2 × nodes × credit` requests
+/// (one credit outstanding per node, one charged and not yet refilled)
 /// through the fleet in any stretch of time. Pure; the clock is passed in.
 public struct FleetRateLeases: Sendable {
     public let perMinute: Int

@@ -62,12 +62,12 @@ extension ProxyExchange {
                     machine.budgetCheckAgain()
                     guard let loop = downstream.eventLoop else { return false }
                     let me = NIOLoopBound(self, eventLoop: loop)
-                    fleet.ask(scope, total: need) {
-                        loop.execute { me.value.fleetAnswered() }
+                    fleet.ask(scope, total: need) { reached in
+                        loop.execute { me.value.fleetAnswered(reached: reached) }
                     }
                     return false
                 }
-                if let why = fleet.problem {
+                if let why = fleet.problem ?? (fleetRoundFailed ? "the budget round did not reach it" : nil) {
                     withdrawFromFlight()
                     fail(.fleetUnavailable(why))
                     return false
@@ -79,6 +79,9 @@ extension ProxyExchange {
                 return true
             }
             withdrawFromFlight()
+            if case .fleetSlice(let scope, let need) = refusal.refusal, let fleet {
+                logger?.notice("fleet budget refused", metadata: fleet.describe(scope, need: need, asked: askedFleet))
+            }
             fail(.budgetExceeded(refusal.refusal))
             return false
         }
@@ -86,8 +89,9 @@ extension ProxyExchange {
 
     /// The fleet answered the ask for a larger slice: the request goes on (and reserves again)
     /// unless it ended meanwhile (the client left).
-    func fleetAnswered() {
+    func fleetAnswered(reached: Bool) {
         guard !machine.isFinished else { return }
+        fleetRoundFailed = !reached
         lease(fresh: false)
     }
 

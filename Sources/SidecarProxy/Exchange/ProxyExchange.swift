@@ -145,6 +145,8 @@ final class ProxyExchange: UpstreamResponseDelegate {
     var reservation: BudgetLedger.Reservation?
     /// This request already asked the fleet for a larger budget slice (it asks once).
     var askedFleet = false
+    /// ... and that round did not reach the fleet database (a refusal is then 503, not 429).
+    var fleetRoundFailed = false
     var downgradedFrom: String?
     /// Where spend is recorded (the cache's database); nil without one.
     let accounting: ResponseCache?

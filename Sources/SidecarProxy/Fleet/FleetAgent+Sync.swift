@@ -20,7 +20,7 @@ extension FleetAgent {
 
     private func syncLoop(version: String, startedAt: Int64) async {
         var rounds = 0
-        while !Task.isCancelled {
+        while !Task.isCancelled, !isStopping {
             await sync(version: version, startedAt: startedAt, rounds: &rounds)
             try? await Task.sleep(nanoseconds: UInt64(settings.syncInterval.nanoseconds))
         }
@@ -50,7 +50,7 @@ extension FleetAgent {
         // Budget slices: renewed every round (so they never lapse while the database answers),
         // reporting this node's use; an idle scope gives its unused slice back.
         await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
-            askRound { done.resume() }
+            askRound { _ in done.resume() }
         }
         await syncRates()
         await pushOutbox()
@@ -58,9 +58,11 @@ extension FleetAgent {
 
     /// A clean stop: the outbox is written and every unused slice and token given back.
     func finalRound() async {
+        markStopping()
         guard isUp else { return }
         await pushOutbox()
-        await leaseBudgets(releasing: true)
+        // Through the same queue as every budget round, so no round sent before it can land after it.
+        await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in askRound { _ in done.resume() } }
         let claims = releaseRates()
         if !claims.isEmpty { _ = try? await database.leaseRates(claims) }
     }

@@ -42,14 +42,16 @@ final class FleetAgent: Sendable {
         var pushed: Int64?
         var migrated = false
         var nodesAlive = 1
+        /// A clean stop began: every round from now on gives the slices back.
+        var stopping = false
     }
 
     /// The budget round in flight and who waits for one.
     struct Round {
         var running = false
         /// Wait for the round after the running one (their need was not in it).
-        var next: [@Sendable () -> Void] = []
-        var current: [@Sendable () -> Void] = []
+        var next: [@Sendable (Bool) -> Void] = []
+        var current: [@Sendable (Bool) -> Void] = []
     }
 
     init(database: FleetDatabase, settings: SidecarConfiguration.Fleet, node: String, logger: Logger, metrics: FleetMetrics) {
@@ -58,7 +60,8 @@ final class FleetAgent: Sendable {
         self.node = node
         self.logger = logger
         self.metrics = metrics
-        budgetLeases = NIOLockedValueBox(FleetBudgetLeases(settings: .init(leasePeriod: settings.leasePeriod, slice: settings.budgetSlice)))
+        budgetLeases = NIOLockedValueBox(FleetBudgetLeases(settings: .init(
+            leasePeriod: settings.leasePeriod, slice: settings.budgetSlice, idleAfter: .nanoseconds(2 * settings.syncInterval.nanoseconds))))
         rateLeases = NIOLockedValueBox(nil)
         fallback = NIOLockedValueBox((1, nil))
         source = NIOLockedValueBox(nil)
@@ -110,6 +113,8 @@ final class FleetAgent: Sendable {
     }
 
     var isMigrated: Bool { link.withLockedValue { $0.migrated } }
+    var isStopping: Bool { link.withLockedValue { $0.stopping } }
+    func markStopping() { link.withLockedValue { $0.stopping = true } }
     func markMigrated() { link.withLockedValue { $0.migrated = true } }
     var pushedSequence: Int64? { link.withLockedValue { $0.pushed } }
     func setPushed(_ seq: Int64) { link.withLockedValue { $0.pushed = seq } }
@@ -135,15 +140,26 @@ final class FleetAgent: Sendable {
         isUp && budgetLeases.withLockedValue { $0.fleetHasRoom(scope, beyond: need - ($0.allotment(scope) ?? 0)) }
     }
 
+    /// Why a reservation of `scope` was refused, for the log line.
+    func describe(_ scope: FleetBudgetScope, need: Double, asked: Bool) -> Logger.Metadata {
+        budgetLeases.withLockedValue { l in
+            var m: Logger.Metadata = ["scope": "\(scope.scope)", "period": "\(scope.period)", "need_usd": "\(need)", "asked": "\(asked)"]
+            if let a = l.allotment(scope) { m["slice_usd"] = "\(a)" }
+            if let f = l.fleet[scope] { m["fleet_granted_usd"] = "\(f.granted)"; m["limit_usd"] = "\(f.limit)" }
+            return m
+        }
+    }
+
     /// A reservation did not fit this node's slice of `scope`: a budget round is run now (or the
     /// one after the running one), and `then` is called when it has answered (or failed).
-    func ask(_ scope: FleetBudgetScope, total: Double, then: @escaping @Sendable () -> Void) {
+    /// `then` learns whether the round reached the database.
+    func ask(_ scope: FleetBudgetScope, total: Double, then: @escaping @Sendable (Bool) -> Void) {
         budgetLeases.withLockedValue { $0.need(scope, total: total) }
         askRound(then: then)
     }
 
     /// Runs a budget round (or joins the running one) with no new need: the periodic renewal.
-    func askRound(then: @escaping @Sendable () -> Void) {
+    func askRound(then: @escaping @Sendable (Bool) -> Void) {
         let start = round.withLockedValue { r -> Bool in
             if r.running {
                 r.next.append(then)
@@ -168,26 +184,29 @@ final class FleetAgent: Sendable {
     /// wants; the answer replaces its slices.
     private func budgetRound() async {
         while true {
-            await leaseBudgets()
-            let waiters = round.withLockedValue { r -> [@Sendable () -> Void] in
+            let reached = await leaseBudgets(releasing: isStopping)
+            let waiters = round.withLockedValue { r -> [@Sendable (Bool) -> Void] in
                 let done = r.current
                 r.current = r.next
                 r.next = []
                 if r.current.isEmpty { r.running = false }
                 return done
             }
-            waiters.forEach { $0() }
+            waiters.forEach { $0(reached) }
             if round.withLockedValue({ !$0.running }) { return }
         }
     }
 
-    func leaseBudgets(releasing: Bool = false) async {
-        guard let src = source.withLockedValue({ $0 }) else { return }
+    /// Whether the database answered (true when there was nothing to ask).
+    @discardableResult
+    func leaseBudgets(releasing: Bool = false) async -> Bool {
+        guard let src = source.withLockedValue({ $0 }) else { return true }
         let limits = src.limits()
-        guard !limits.isEmpty else { return }
+        guard !limits.isEmpty else { return true }
         let use = src.budget.fleetUse(limits: limits)
-        let claims = budgetLeases.withLockedValue { $0.claims(use: use, limit: { Self.limit(of: $0, in: limits) }, releasing: releasing) }
-        guard !claims.isEmpty else { return }
+        let now = NIODeadline.now()
+        let claims = budgetLeases.withLockedValue { $0.claims(use: use, limit: { Self.limit(of: $0, in: limits) }, now: now, releasing: releasing) }
+        guard !claims.isEmpty else { return true }
         let sent = NIODeadline.now()
         do {
             metrics.statements.increment()
@@ -198,9 +217,11 @@ final class FleetAgent: Sendable {
                 metrics.fleetGranted(g.scope.scope).set(g.fleetGranted)
             }
             connected()
+            return true
         } catch {
             budgetLeases.withLockedValue { $0.roundFailed(needs: claims) }
             lost(error)
+            return false
         }
     }
 

@@ -115,11 +115,11 @@ public enum FleetReport {
         }
         var out = "llm-sidecar stats --fleet (since \(from), UTC)\n"
         for (title, g) in [("NODE", byNode), ("MODEL", byModel)] {
-            out += "\n" + title.padding(toLength: 36, withPad: " ", startingAt: 0) + "HITS".leftPad(10) + "MISSES".leftPad(10) + "COALESCED".leftPad(11) + "HIT RATE".leftPad(10) + "\n"
-            for (k, t) in g.sorted(by: { $0.key < $1.key }) where t.hits + t.misses + t.coalesced > 0 {
+            out += "\n" + title.padding(toLength: 36, withPad: " ", startingAt: 0) + "HITS".leftPad(10) + "MISSES".leftPad(10) + "COALESCED".leftPad(11) + "BYPASS".leftPad(10) + "HIT RATE".leftPad(10) + "\n"
+            for (k, t) in g.sorted(by: { $0.key < $1.key }) where t.hits + t.misses + t.coalesced + t.bypasses > 0 {
                 let rate = Double(t.hits + t.coalesced) / Double(max(1, t.hits + t.misses + t.coalesced)) * 100
                 out += String(k.prefix(35)).padding(toLength: 36, withPad: " ", startingAt: 0) + "\(t.hits)".leftPad(10) + "\(t.misses)".leftPad(10)
-                    + "\(t.coalesced)".leftPad(11) + String(format: "%.1f%%", rate).leftPad(10) + "\n"
+                    + "\(t.coalesced)".leftPad(11) + "\(t.bypasses)".leftPad(10) + String(format: "%.1f%%", rate).leftPad(10) + "\n"
             }
         }
         return out

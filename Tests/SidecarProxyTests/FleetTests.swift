@@ -1,0 +1,293 @@
+import Foundation
+import NIOPosix
+import SidecarTestSupport
+import XCTest
+
+/// Fleet mode end to end: real `llm-sidecar` processes sharing one private PostgreSQL server
+/// (docs/fleet.md). Each test starts its own database in the shared server.
+final class FleetTests: XCTestCase {
+    nonisolated(unsafe) static var postgres: PostgresServer?
+    static let unitCost = 19 * 0.15e-6 + 28 * 0.60e-6  // FakeUpstream's usage at gpt-4o-mini's price
+
+    override class func setUp() {
+        super.setUp()
+        postgres = try? PostgresServer.start()
+    }
+
+    override class func tearDown() {
+        postgres?.shutdown()
+        postgres = nil
+        super.tearDown()
+    }
+
+    /// A fresh database in the shared server, and its URL.
+    func database() throws -> (PostgresServer, String, String) {
+        let server = try XCTUnwrap(Self.postgres, "PostgreSQL could not be started (make test installs it)")
+        let name = "fleet_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").prefix(12).lowercased()
+        return (server, try server.createDatabase(name), name)
+    }
+
+    /// `n` sidecar processes of one fleet in front of `upstream`.
+    func launchFleet(_ n: Int, url: String, upstream: FakeUpstream, extra: String = "", fleetExtra: String = "",
+                     lease: String = "3s") throws -> [LaunchedSidecar] {
+        let dir = ProxyHarness.temporaryDirectory()
+        return try (0..<n).map { i in
+            let config = """
+                [server]
+                listen = "127.0.0.1:0"
+                default_upstream = "fake"
+                threads = 1
+                [upstreams.fake]
+                url = "\(upstream.url)"
+                [cache]
+                path = "\(dir)/node\(i).sqlite3"
+                \(extra)
+                [fleet]
+                postgres_url_env = "FLEET_URL"
+                node = "node-\(i)"
+                sync_interval = "300ms"
+                lease_period = "\(lease)"
+                \(fleetExtra)
+                """
+            let path = "\(dir)/node\(i).toml"
+            try config.write(toFile: path, atomically: true, encoding: .utf8)
+            return try LaunchedSidecar.launch(["serve", "--config", path], environment: ["FLEET_URL": url])
+        }
+    }
+
+    func stop(_ nodes: [LaunchedSidecar]) {
+        for n in nodes where n.process.isRunning {
+            kill(n.process.processIdentifier, SIGTERM)
+            n.process.waitUntilExit()
+        }
+    }
+
+    static func body(_ i: Int) -> String {
+        #"{"model":"gpt-4o-mini","max_tokens":50,"messages":[{"role":"user","content":"request \#(i)"}]}"#
+    }
+
+    /// Sends `total` different requests over `workers` connections spread over the nodes; returns
+    /// the statuses in order of completion.
+    func load(_ nodes: [LaunchedSidecar], total: Int, workers: Int, headers: [(String, String)] = []) async throws -> [Int] {
+        try await Self.load(ports: nodes.map(\.port), total: total, workers: workers, headers: headers)
+    }
+
+    static func load(ports: [Int], total: Int, workers: Int, headers: [(String, String)] = []) async throws -> [Int] {
+        let group = MultiThreadedEventLoopGroup.singleton
+        let counter = Counter()
+        return try await withThrowingTaskGroup(of: [Int].self) { tasks in
+            for w in 0..<workers {
+                tasks.addTask {
+                    let c = try await TestHTTPConnection.connect(port: ports[w % ports.count], group: group)
+                    var statuses: [Int] = []
+                    while let i = counter.next(below: total) {
+                        let r = try await c.request("POST", "/v1/chat/completions", headers: headers + [("content-type", "application/json")], body: Self.body(i))
+                        statuses.append(r.status)
+                        if r.status != 200 { counter.note("\(r.status) \(r.body)") }
+                    }
+                    await c.close()
+                    return statuses
+                }
+            }
+            var all: [Int] = []
+            for try await s in tasks { all += s }
+            return all
+        }
+    }
+
+    final class Counter: @unchecked Sendable {
+        private let lock = NSLock()
+        private var n = 0
+        nonisolated(unsafe) static var failures: [String] = []
+        func note(_ s: String) {
+            lock.lock()
+            defer { lock.unlock() }
+            if Self.failures.count < 3 { Self.failures.append(s) }
+        }
+        func next(below total: Int) -> Int? {
+            lock.lock()
+            defer { lock.unlock() }
+            guard n < total else { return nil }
+            n += 1
+            return n - 1
+        }
+    }
+
+    func testThreeNodesShareOneDailyBudgetAndNeverPassIt() async throws {
+        let (pg, url, db) = try database()
+        let upstream = try await FakeUpstream.start()
+        defer { Task { await upstream.stop() } }
+        let budget = 0.004
+        let nodes = try launchFleet(3, url: url, upstream: upstream, extra: "[budgets]\ndaily_usd = \(budget)", fleetExtra: "budget_slice = 0.05")
+        defer { stop(nodes) }
+        // About 200 requests fit; 600 are sent over 12 connections to three nodes.
+        let statuses = try await load(nodes, total: 600, workers: 12)
+        let ok = statuses.filter { $0 == 200 }.count
+        XCTAssertEqual(Set(statuses).subtracting([200, 429]), [], "only answers and budget refusals")
+        let spent = Double(upstream.counters.requests) * Self.unitCost
+        XCTAssertEqual(ok, upstream.counters.requests)
+        XCTAssertLessThanOrEqual(spent, budget, "the fleet spent past its budget")
+        // Refusals start only near the budget: idle slices elsewhere (2 × 5 %) and the
+        // reservations in flight (12 × about 3.3e-5) are the most that can be left unused.
+        XCTAssertGreaterThan(spent, budget * 0.9 - 12 * 3.4e-5, "refused too early: \(ok) answers, $\(spent)")
+        // Every node's spend reaches the fleet database, once.
+        let recorded = await eventually(10) {
+            (try? pg.psql("SELECT coalesce(sum(requests), 0) FROM fleet_spend", database: db)) == "\(ok)"
+        }
+        XCTAssertTrue(recorded, "fleet_spend has \((try? pg.psql("SELECT sum(requests) FROM fleet_spend", database: db)) ?? "?"), the upstream saw \(ok)")
+        let granted = try pg.psql("SELECT granted <= limit_usd + 1e-12 FROM fleet_budgets WHERE scope = 'day'", database: db)
+        XCTAssertEqual(granted, "t")
+    }
+
+    func testAClientLimitHoldsAcrossTheFleet() async throws {
+        let (_, url, _) = try database()
+        let upstream = try await FakeUpstream.start()
+        defer { Task { await upstream.stop() } }
+        let nodes = try launchFleet(3, url: url, upstream: upstream, extra: "[limits]\nclient_rpm = 60")
+        defer { stop(nodes) }
+        let started = Date()
+        let statuses = try await load(nodes, total: 240, workers: 3, headers: [("authorization", "Bearer sk-client-one")])
+        let elapsed = Date().timeIntervalSince(started)
+        let ok = statuses.filter { $0 == 200 }.count
+        XCTAssertEqual(Set(statuses).subtracting([200, 429]), [])
+        // A full bucket (60) and one token a second while the test ran, plus at most two requests
+        // per node ahead of the bucket (one on credit, one charged and not yet paid back by refill).
+        XCTAssertLessThanOrEqual(Double(ok), 60 + elapsed + 6, "\(ok) admitted in \(elapsed) s through three nodes")
+        XCTAssertGreaterThanOrEqual(ok, 50, "the fleet refused a client well under its limit")
+    }
+
+    func testTheDatabaseStoppedUnderLoadLosesNoRequestAndNoSpend() async throws {
+        let (pg, url, db) = try database()
+        let upstream = try await FakeUpstream.start()
+        defer { Task { await upstream.stop() } }
+        let nodes = try launchFleet(3, url: url, upstream: upstream, extra: "[budgets]\ndaily_usd = 100",
+                                    fleetExtra: "statement_timeout = \"500ms\"\nconnect_timeout = \"500ms\"", lease: "30s")
+        defer { stop(nodes) }
+        // Leases are taken before the outage.
+        try await Task.sleep(nanoseconds: 1_000_000_000)
+        async let statuses = Self.load(ports: nodes.map(\.port), total: 900, workers: 6)
+        try await Task.sleep(nanoseconds: 300_000_000)
+        try pg.stop()
+        try await Task.sleep(nanoseconds: 1_500_000_000)
+        let degraded = try await readyz(nodes[0])
+        try pg.startAgain()
+        let all = try await statuses
+        XCTAssertEqual(all.filter { $0 != 200 }.count, 0, "a request failed while the database was away: \(Set(all)) \(Counter.failures) "
+                       + nodes.map { $0.lines.all.split(separator: "\n").filter { $0.contains("refused") }.joined(separator: "\n") }.joined(separator: "\n"))
+        XCTAssertTrue(degraded.contains("degraded") && degraded.contains("fleet database unavailable"), degraded)
+        // The outboxes drain once it is back: every request counted exactly once.
+        let counted = await eventually(15) {
+            (try? pg.psql("SELECT coalesce(sum(requests), 0) FROM fleet_spend", database: db)) == "\(upstream.counters.requests)"
+        }
+        XCTAssertTrue(counted, "fleet_spend: \((try? pg.psql("SELECT sum(requests) FROM fleet_spend", database: db)) ?? "?"), upstream: \(upstream.counters.requests)")
+        let usd = Double(try pg.psql("SELECT sum(usd) FROM fleet_spend", database: db)) ?? 0
+        XCTAssertEqual(usd, Double(upstream.counters.requests) * Self.unitCost, accuracy: 1e-9)
+    }
+
+    func testAKilledNodesSliceReturnsWithinOneLeasePeriod() async throws {
+        let (pg, url, db) = try database()
+        let upstream = try await FakeUpstream.start()
+        defer { Task { await upstream.stop() } }
+        let nodes = try launchFleet(2, url: url, upstream: upstream, extra: "[budgets]\ndaily_usd = 1")
+        defer { stop(nodes) }
+        _ = try await load([nodes[0]], total: 20, workers: 2)
+        let held = await eventually(5) {
+            (try? pg.psql("SELECT allotment > used AND used > 0 FROM fleet_leases WHERE node = 'node-0' AND scope = 'day'", database: db)) == "t"
+        }
+        XCTAssertTrue(held, "node-0 holds no unused slice, or has not reported its use")
+        kill(nodes[0].process.processIdentifier, SIGKILL)
+        nodes[0].process.waitUntilExit()
+        let killedAt = Date()
+        // node-1 renews every 300 ms; the lapsed slice comes back to the fleet at its first round
+        // after the lease period (3 s).
+        let returned = await eventually(6) {
+            (try? pg.psql("SELECT allotment = used FROM fleet_leases WHERE node = 'node-0' AND scope = 'day'", database: db)) == "t"
+        }
+        XCTAssertTrue(returned, "the killed node's slice was not returned")
+        XCTAssertLessThan(Date().timeIntervalSince(killedAt), 3 + 1.5)
+        // What it had spent stays counted.
+        let used = Double(try pg.psql("SELECT used FROM fleet_leases WHERE node = 'node-0' AND scope = 'day'", database: db)) ?? 0
+        XCTAssertGreaterThan(used, 0)
+    }
+
+    func testFleetStatusSpendAndStatsCommands() async throws {
+        let (_, url, _) = try database()
+        let upstream = try await FakeUpstream.start()
+        defer { Task { await upstream.stop() } }
+        let nodes = try launchFleet(2, url: url, upstream: upstream, extra: "[budgets]\ndaily_usd = 5")
+        _ = try await load(nodes, total: 10, workers: 2)
+        let metrics = try await get(nodes[1], "/metrics")
+        XCTAssertTrue(metrics.contains("llm_sidecar_fleet_connected 1"), "connected not reported")
+        stop(nodes)  // a clean stop writes the outbox and gives the slices back
+        let config = ProxyHarness.temporaryDirectory() + "/cli.toml"
+        try "[upstreams.fake]\nurl = \"\(upstream.url)\"\n[fleet]\npostgres_url_env = \"FLEET_URL\"\n".write(toFile: config, atomically: true, encoding: .utf8)
+        let env = ["FLEET_URL": url]
+        let status = try BinaryTests.run(["fleet", "status", "--json", "--config", config], env: env)
+        XCTAssertEqual(status.status, 0, status.stderr)
+        let s = try JSONSerialization.jsonObject(with: Data(status.stdout.utf8)) as? [String: Any]
+        XCTAssertEqual((s?["nodes"] as? [[String: Any]])?.compactMap { $0["node"] as? String }.sorted(), ["node-0", "node-1"])
+        let day = (s?["budgets"] as? [[String: Any]])?.first { $0["scope"] as? String == "day" }
+        // Stopped cleanly: nothing is held beyond what was spent.
+        let leases = day?["leases"] as? [String: [String: Double]]
+        for (node, l) in leases ?? [:] {
+            XCTAssertEqual(l["allotment_usd"] ?? -1, l["used_usd"] ?? -2, accuracy: 1e-12, node + ": " + nodes.map(\.lines.all).joined(separator: "\n"))
+        }
+        let spend = try BinaryTests.run(["spend", "--fleet", "--json", "--config", config], env: env)
+        XCTAssertEqual(spend.status, 0, spend.stderr)
+        let today = (try JSONSerialization.jsonObject(with: Data(spend.stdout.utf8)) as? [String: Any])?["today"] as? [String: Any]
+        XCTAssertEqual((today?["total"] as? [String: Any])?["requests"] as? Int, 10)
+        XCTAssertEqual(((today?["by_node"] as? [String: Any])?.keys.sorted()), ["node-0", "node-1"])
+        let stats = try BinaryTests.run(["stats", "--fleet", "--config", config], env: env)
+        XCTAssertEqual(stats.status, 0, stats.stderr)
+        XCTAssertTrue(stats.stdout.contains("node-0"), stats.stdout)
+        // The URL (and its password) never appears in what the commands print.
+        let bad = try BinaryTests.run(["fleet", "status", "--config", config], env: ["FLEET_URL": "postgres://u:hunter2@127.0.0.1:1/x"])
+        XCTAssertNotEqual(bad.status, 0)
+        XCTAssertFalse(bad.stderr.contains("hunter2") || bad.stdout.contains("hunter2"), bad.stderr)
+    }
+
+    func testRejectModeRefusesSpendingRequestsWhileTheDatabaseIsAway() async throws {
+        let upstream = try await FakeUpstream.start()
+        defer { Task { await upstream.stop() } }
+        // Nothing listens there: the database is away from the start.
+        let nodes = try launchFleet(1, url: "postgres://postgres@127.0.0.1:1/none", upstream: upstream, extra: "[budgets]\ndaily_usd = 5",
+                                    fleetExtra: "on_unavailable = \"reject\"\nconnect_timeout = \"200ms\"")
+        defer { stop(nodes) }
+        var refused = false
+        for _ in 0..<50 where !refused {
+            let r = try await post(nodes[0], Self.body(1))
+            if r.status == 503 {
+                XCTAssertTrue(r.body.contains("fleet_unavailable"), r.body)
+                XCTAssertFalse(r.body.contains("postgres://"), r.body)
+                refused = true
+            }
+            try await Task.sleep(nanoseconds: 100_000_000)
+        }
+        XCTAssertTrue(refused, "spending requests were not refused with the database away")
+        XCTAssertEqual(upstream.counters.requests, 0)
+        let ready = try await readyz(nodes[0])
+        XCTAssertTrue(ready.contains("not ready") && ready.contains("fleet database unavailable"), ready)
+        XCTAssertNotNil(nodes[0].lines.waitFor("fleet database unavailable", seconds: 2))
+        XCTAssertEqual(nodes[0].lines.all.components(separatedBy: "fleet database unavailable").count - 1, 1, "the condition is logged once")
+    }
+
+    // MARK: helpers
+
+    func get(_ node: LaunchedSidecar, _ path: String) async throws -> String {
+        let group = MultiThreadedEventLoopGroup.singleton
+        let c = try await TestHTTPConnection.connect(port: node.port, group: group)
+        let r = try await c.request("GET", path, headers: [], body: nil)
+        await c.close()
+        return r.body
+    }
+
+    func readyz(_ node: LaunchedSidecar) async throws -> String { try await get(node, "/readyz") }
+
+    func post(_ node: LaunchedSidecar, _ body: String) async throws -> TestResponse {
+        let group = MultiThreadedEventLoopGroup.singleton
+        let c = try await TestHTTPConnection.connect(port: node.port, group: group)
+        let r = try await c.request("POST", "/v1/chat/completions", headers: [("content-type", "application/json")], body: body)
+        await c.close()
+        return r
+    }
+}
