@@ -267,7 +267,7 @@ final class FleetTests: XCTestCase {
         XCTAssertEqual(upstream.counters.requests, 0)
         let ready = try await readyz(nodes[0])
         XCTAssertTrue(ready.contains("not ready") && ready.contains("fleet database unavailable"), ready)
-        XCTAssertNotNil(nodes[0].lines.waitFor("fleet database unavailable", seconds: 2))
+        XCTAssertNotNil(nodes[0].lines.waitFor("fleet database unavailable", seconds: 5))
         XCTAssertEqual(nodes[0].lines.all.components(separatedBy: "fleet database unavailable").count - 1, 1, "the condition is logged once")
     }
 

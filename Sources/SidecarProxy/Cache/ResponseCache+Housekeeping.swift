@@ -107,6 +107,7 @@ extension ResponseCache {
     func close() async {
         housekeeping.withLockedValue { $0.task?.cancel(); $0.loop = nil }
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in flush { c.resume() } }
+        sharedTier.withLockedValue { $0 }?.stop()
         await database.close()
     }
 

@@ -75,6 +75,8 @@ final class ResponseCache: Sendable {
     let pending = NIOLockedValueBox(Pending())
     /// `[fleet]`: every flush also goes to the outbox, for the fleet database.
     let writesOutbox = NIOLockedValueBox(false)
+    /// `[fleet]` with `shared_cache`: the second tier, asked on a local miss and written behind.
+    let sharedTier = NIOLockedValueBox<SharedCacheTier?>(nil)
     let housekeeping = NIOLockedValueBox<(task: RepeatedTask?, ticks: Int, generation: Int64?, loop: EventLoop?, reopens: Int)>((nil, 0, nil, nil, 0))
 
     struct Pending {
@@ -178,9 +180,13 @@ final class ResponseCache: Sendable {
 
     /// The flight is over (or gave up): later identical requests start their own.
     func endFlight(_ flight: Flight) {
-        flights.withLockedValue { table in
-            if table[flight.key] === flight { table.removeValue(forKey: flight.key) }
+        let removed = flights.withLockedValue { table -> Bool in
+            guard table[flight.key] === flight else { return false }
+            table.removeValue(forKey: flight.key)
+            return true
         }
+        // A fleet claim still held for it (nothing written behind) is released for other nodes.
+        if removed, let tier = sharedTier.withLockedValue({ $0 }) { tier.flightEnded(flight.key) }
     }
 
     var flightsInProgress: Int { flights.withLockedValue { $0.count } }
@@ -312,6 +318,7 @@ final class ResponseCache: Sendable {
             // Written with whatever else is queued right now, in one transaction.
             queued = true
             self.writes.entries.append(entry)
+            self.writes.fromUpstream.append(entry)
             if let f = c.flight { self.writes.flights.append(f) }
             self.scheduleWrite(maxBytes: maxBytes)
         }
@@ -320,6 +327,8 @@ final class ResponseCache: Sendable {
     /// Answers waiting to be written; touched only on the database (writer) thread.
     private final class PendingWrites: @unchecked Sendable {
         var entries: [CacheEntry] = []
+        /// The entries that came from upstream (not adopted from the shared tier): written behind.
+        var fromUpstream: [CacheEntry] = []
         var flights: [Flight] = []
         var scheduled = false
     }
@@ -347,7 +356,9 @@ final class ResponseCache: Sendable {
     func drainWrites(_ access: CacheDatabase.StoreAccess, maxBytes: Int64) {
         let batch = writes.entries
         let flights = writes.flights
+        let fromUpstream = writes.fromUpstream
         writes.entries = []
+        writes.fromUpstream = []
         writes.flights = []
         writes.scheduled = false
         defer { flights.forEach(endFlight) }
@@ -365,5 +376,30 @@ final class ResponseCache: Sendable {
                 try store.evict(toFit: maxBytes)
             }
         }
+        // Before the flights end: a written-behind key's claim is the store's to drop.
+        if !fromUpstream.isEmpty, let tier = sharedTier.withLockedValue({ $0 }) { tier.writeBehind(fromUpstream) }
+    }
+
+    // MARK: the shared tier
+
+    /// Attaches (or, with nil, detaches) fleet mode's shared tier.
+    func attachSharedTier(_ tier: SharedCacheTier?) {
+        sharedTier.withLockedValue { $0 = tier }
+    }
+
+    /// An answer found in the shared tier: into the hot tier now and SQLite with the next write
+    /// (its own scope and expiry; never written behind again). Returns what a hit replays.
+    func adopt(_ entry: CacheEntry) -> CachedAnswer {
+        let answer = CachedAnswer(entry)
+        hot.withLockedValue { _ = $0.set(CacheKey(digest: entry.key), answer, cost: answer.memoryCost) }
+        let charge = entry.body.count + Self.queuedAnswerOverhead
+        guard admitToWriter(bytes: charge) else { return answer }
+        let maxBytes = settings.maxBytes
+        database.perform { [self] _ in
+            defer { self.writerQueue.withLockedValue { $0.bytes -= charge } }
+            self.writes.entries.append(entry)
+            self.scheduleWrite(maxBytes: maxBytes)
+        }
+        return answer
     }
 }

@@ -145,6 +145,7 @@ extension ProxyExchange {
         let key = CacheKey(digest: SHA256.hash(material))
         c.key = key
         c.ttl = ttl
+        c.stream = parsed["stream"] == .bool(true) || Self.barePath(c.path).hasSuffix(":streamGenerateContent")
         downstream.access.cacheKey = key
         let now = c.cache.clock()
         if lookup { traceCacheLookupStarted() }

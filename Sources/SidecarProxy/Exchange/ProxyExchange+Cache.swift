@@ -21,6 +21,19 @@ extension ProxyExchange {
     /// The SQLite lookup of a flight leader came back.
     func lookedUp(_ answer: CachedAnswer?, now: Int64) {
         guard machine.phase == .cacheLookup, let c = cacheState, let flight = c.flight else { return }
+        if answer == nil, !c.sharedAsked, let tier = c.cache.sharedTier.withLockedValue({ $0 }) {
+            // A local miss: the fleet's shared tier next (at most `shared_cache_timeout`, or
+            // `coalesce_wait` following another node's identical request). Still a cache lookup
+            // meanwhile: a client leaving is handled as during the SQLite lookup.
+            cacheState?.sharedAsked = true
+            let claim = !c.stream && tier.settings.coalesceWait > .zero
+            let key = flight.key
+            tier.find(key: key, scope: c.scope, claim: claim, on: downstream.eventLoop).assumeIsolated().whenSuccess { [self] entry in
+                guard self.machine.phase == .cacheLookup, self.cacheState != nil else { return }
+                self.lookedUp(entry.map { c.cache.adopt($0) }, now: entry == nil ? now : c.cache.clock())
+            }
+            return
+        }
         traceCacheLookupEnded(answer == nil ? "miss" : "hit")
         if let answer {
             // Followers that joined meanwhile get the stored answer too.

@@ -59,6 +59,10 @@ final class ProxyExchange: UpstreamResponseDelegate {
         var contentType: String?
         var framed = false
         var encoded = false
+        /// The body asks for a stream (`"stream": true`): never claimed in the shared tier.
+        var stream = false
+        /// The shared tier was asked already (after the local miss).
+        var sharedAsked = false
     }
 
     let downstream: DownstreamHandler

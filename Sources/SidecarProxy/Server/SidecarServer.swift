@@ -160,6 +160,7 @@ public final class SidecarServer: Sendable {
         }
         let server = SidecarServer(state: state, loops: loops, serverChannel: channel, logger: logger)
         if let fleet { server.startFleet(fleet, cache: cache) }
+        if let fleet, let cache { server.startSharedCache(fleet, cache: cache) }
         box.server = server
         return server
     }
