@@ -143,10 +143,13 @@ extension FleetDatabase {
         let timeout = statementTimeout
         let task = Task {
             var connectionID = 0
+            // Logged once per outage (the agent logs the outage itself), not at every retry.
+            var failing = false
             while !Task.isCancelled {
                 connectionID += 1
                 do {
                     let connection = try await PostgresConnection.connect(configuration: configuration, id: connectionID, logger: logger)
+                    failing = false
                     do {
                         try await connection.listen(on: FleetSchema.cacheChannel) { notifications in
                             onSubscribe()
@@ -163,7 +166,10 @@ extension FleetDatabase {
                     }
                     try? await connection.close()
                 } catch {
-                    logger.warning("fleet cache notifications: cannot listen", metadata: ["error": "\(FleetError.from(error, statementTimeout: timeout))"])
+                    if !failing {
+                        logger.warning("fleet cache notifications: cannot listen (retried every second)", metadata: ["error": "\(FleetError.from(error, statementTimeout: timeout))"])
+                    }
+                    failing = true
                 }
                 try? await Task.sleep(nanoseconds: 1_000_000_000)
             }
