@@ -246,6 +246,76 @@ final class FleetTests: XCTestCase {
         XCTAssertFalse(bad.stderr.contains("hunter2") || bad.stdout.contains("hunter2"), bad.stderr)
     }
 
+    func testAnAnswerCachedThroughOneNodeIsAHitOnAnotherForTheSameCredentialOnly() async throws {
+        let (pg, url, db) = try database()
+        let upstream = try await FakeUpstream.start()
+        defer { Task { await upstream.stop() } }
+        let nodes = try launchFleet(2, url: url, upstream: upstream)
+        defer { stop(nodes) }
+        let body = #"{"model":"gpt-4o-mini","temperature":0,"messages":[{"role":"user","content":"shared"}]}"#
+        func ask(_ node: LaunchedSidecar, key: String) async throws -> TestResponse {
+            let c = try await TestHTTPConnection.connect(port: node.port, group: MultiThreadedEventLoopGroup.singleton)
+            defer { Task { await c.close() } }
+            return try await c.request("POST", "/v1/chat/completions", headers: [("content-type", "application/json"), ("authorization", "Bearer \(key)")], body: body)
+        }
+        // Both nodes are connected (their schema and listener are up) before the first request.
+        let up = await eventually(10) { nodes.allSatisfy { n in (try? self.getSync(n, "/metrics"))?.contains("llm_sidecar_fleet_connected 1") == true } }
+        XCTAssertTrue(up, "the nodes never connected")
+        let first = try await ask(nodes[0], key: "sk-client-a")
+        XCTAssertEqual(first.header("x-sidecar-cache"), "miss")
+        // Written behind to the shared tier (stored locally first, then in a batch): node 1 then
+        // answers it without the upstream.
+        let written = await eventually(5) { (try? pg.psql("SELECT count(*) FROM fleet_cache", database: db)) == "1" }
+        XCTAssertTrue(written, "node 0's answer never reached the shared tier")
+        let second = try await ask(nodes[1], key: "sk-client-a")
+        XCTAssertEqual(second.header("x-sidecar-cache"), "hit")
+        XCTAssertEqual(second.body, first.body)
+        XCTAssertEqual(upstream.counters.requests, 1)
+        // Another credential never reads it, on any node.
+        let other = try await ask(nodes[1], key: "sk-client-b")
+        XCTAssertEqual(other.header("x-sidecar-cache"), "miss")
+        XCTAssertEqual(upstream.counters.requests, 2)
+    }
+
+    func testANodeStartsWithoutItsDatabaseServesWhatItCanAndJoinsWhenItComes() async throws {
+        let server = try XCTUnwrap(Self.postgres, "PostgreSQL could not be started (make test installs it)")
+        // A database that does not exist yet: every connection is refused until it is created.
+        let name = "late_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").prefix(12).lowercased()
+        let upstream = try await FakeUpstream.start()
+        defer { Task { await upstream.stop() } }
+        let nodes = try launchFleet(1, url: server.url(database: String(name)), upstream: upstream,
+                                    extra: "[budgets]\nclient_daily_usd = 5", fleetExtra: "connect_timeout = \"300ms\"")
+        defer { stop(nodes) }
+        // Not priced: no budget applies, served at once.
+        let free = try await post(nodes[0], #"{"model":"unpriced-model","messages":[]}"#)
+        XCTAssertEqual(free.status, 400, "budgets.unpriced = reject still applies")
+        var refused: TestResponse?
+        let unavailable = await eventually(5) {
+            refused = try? self.blocking { [port = nodes[0].port] in
+                let c = try await TestHTTPConnection.connect(port: port, group: MultiThreadedEventLoopGroup.singleton)
+                defer { Task { await c.close() } }
+                return try await c.request("POST", "/v1/chat/completions", headers: [("content-type", "application/json")], body: Self.body(1))
+            }
+            return refused?.status == 503
+        }
+        XCTAssertTrue(unavailable, "a budgeted request was not refused with the database away: \(refused?.status ?? 0)")
+        XCTAssertTrue(refused?.body.contains("fleet_unavailable") == true, refused?.body ?? "")
+        let degraded = try await readyz(nodes[0])
+        XCTAssertTrue(degraded.contains(#""status":"ready""#) && degraded.contains("degraded"), degraded)
+        _ = try server.createDatabase(String(name))
+        let joined = await eventually(10) {
+            (try? self.blocking { [port = nodes[0].port] in
+                let c = try await TestHTTPConnection.connect(port: port, group: MultiThreadedEventLoopGroup.singleton)
+                defer { Task { await c.close() } }
+                return try await c.request("POST", "/v1/chat/completions", headers: [("content-type", "application/json")], body: Self.body(2))
+            })?.status == 200
+        }
+        XCTAssertTrue(joined, "the node did not use its database once it came")
+        let ready = try await readyz(nodes[0])
+        XCTAssertEqual(ready, #"{"status":"ready"}"#)
+        XCTAssertNotNil(nodes[0].lines.waitFor("fleet database connected", seconds: 2))
+    }
+
     func testRejectModeRefusesSpendingRequestsWhileTheDatabaseIsAway() async throws {
         let upstream = try await FakeUpstream.start()
         defer { Task { await upstream.stop() } }
@@ -273,9 +343,28 @@ final class FleetTests: XCTestCase {
 
     // MARK: helpers
 
-    func get(_ node: LaunchedSidecar, _ path: String) async throws -> String {
+    /// Blocking forms for `eventually`'s condition (a synchronous closure), on a thread of their own.
+    func getSync(_ node: LaunchedSidecar, _ path: String) throws -> String {
+        let port = node.port
+        return try blocking { try await Self.get(port: port, path) }
+    }
+
+    func blocking<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) throws -> T {
+        let done = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) var result: Result<T, any Error>?
+        Task.detached {
+            do { result = .success(try await body()) } catch { result = .failure(error) }
+            done.signal()
+        }
+        done.wait()
+        return try result!.get()
+    }
+
+    func get(_ node: LaunchedSidecar, _ path: String) async throws -> String { try await Self.get(port: node.port, path) }
+
+    static func get(port: Int, _ path: String) async throws -> String {
         let group = MultiThreadedEventLoopGroup.singleton
-        let c = try await TestHTTPConnection.connect(port: node.port, group: group)
+        let c = try await TestHTTPConnection.connect(port: port, group: group)
         let r = try await c.request("GET", path, headers: [], body: nil)
         await c.close()
         return r.body
