@@ -266,6 +266,26 @@ struct Validator {
         ConfigurationError(file: file, line: TOMLLocator.line(of: path, in: source), key: path.joined(separator: "."), problem: problem)
     }
 
+    /// Where a secret is: `NAME_env` (a variable that must be set) or `NAME_file` (a readable
+    /// file), never both; `.none` when neither is given. Secrets are never read here.
+    func keySource(env: String?, file: String?, _ base: [String], _ name: String,
+                   unsetHint: String = "") throws(ConfigurationError) -> SidecarConfiguration.KeySource {
+        switch (env, file) {
+        case (.some, .some):
+            throw fail(base + [name + "_file"], "set \(name)_env or \(name)_file, not both")
+        case (.some(let variable), nil):
+            guard !checkSecrets || !(environment[variable] ?? "").isEmpty else {
+                throw fail(base + [name + "_env"], "environment variable \(variable) is not set\(unsetHint)")
+            }
+            return .environment(variable)
+        case (nil, .some(let path)):
+            guard !checkSecrets || fileExists(path) else { throw fail(base + [name + "_file"], "cannot read \(path)") }
+            return .file(path)
+        case (nil, nil):
+            return .none
+        }
+    }
+
     func duration(_ text: String?, _ path: [String], default def: TimeAmount, allowZero: Bool = false) throws(ConfigurationError) -> TimeAmount {
         guard let text else { return def }
         guard let d = DurationText.parse(text) else {
@@ -304,20 +324,7 @@ struct Validator {
         server.drainTimeout = try duration(rs?.drain_timeout, ["server", "drain_timeout"], default: server.drainTimeout, allowZero: true)
         server.websocketIdleTimeout = try duration(rs?.websocket_idle_timeout, ["server", "websocket_idle_timeout"], default: server.websocketIdleTimeout)
         server.websocketMaxDuration = try duration(rs?.websocket_max_duration, ["server", "websocket_max_duration"], default: server.websocketMaxDuration)
-        switch (rs?.admin_token_env, rs?.admin_token_file) {
-        case (.some, .some):
-            throw fail(["server", "admin_token_file"], "set admin_token_env or admin_token_file, not both")
-        case (.some(let variable), nil):
-            guard !checkSecrets || !(environment[variable] ?? "").isEmpty else {
-                throw fail(["server", "admin_token_env"], "environment variable \(variable) is not set")
-            }
-            server.adminToken = .environment(variable)
-        case (nil, .some(let path)):
-            guard !checkSecrets || fileExists(path) else { throw fail(["server", "admin_token_file"], "cannot read \(path)") }
-            server.adminToken = .file(path)
-        case (nil, nil):
-            break
-        }
+        server.adminToken = try keySource(env: rs?.admin_token_env, file: rs?.admin_token_file, ["server"], "admin_token")
 
         if let text = rs?.dns_resolver {
             guard let (host, port) = DNSResolverAddress.parse(text) else {
@@ -479,20 +486,8 @@ struct Validator {
             }
             up.api = dialect
         }
-        switch (ru.api_key_env, ru.api_key_file) {
-        case (.some, .some):
-            throw fail(base + ["api_key_file"], "set api_key_env or api_key_file, not both")
-        case (.some(let variable), nil):
-            guard !checkSecrets || !(environment[variable] ?? "").isEmpty else {
-                throw fail(base + ["api_key_env"], "environment variable \(variable) is not set (export it, or remove api_key_env to pass clients' own Authorization through)")
-            }
-            up.apiKey = .environment(variable)
-        case (nil, .some(let path)):
-            guard !checkSecrets || fileExists(path) else { throw fail(base + ["api_key_file"], "cannot read \(path)") }
-            up.apiKey = .file(path)
-        case (nil, nil):
-            up.apiKey = .none
-        }
+        up.apiKey = try keySource(env: ru.api_key_env, file: ru.api_key_file, base, "api_key",
+                                  unsetHint: " (export it, or remove api_key_env to pass clients' own Authorization through)")
         for (key, value) in [("ca_file", ru.ca_file), ("client_cert_file", ru.client_cert_file), ("client_key_file", ru.client_key_file)] {
             if let value, !fileExists(value) { throw fail(base + [key], "cannot read \(value)") }
         }

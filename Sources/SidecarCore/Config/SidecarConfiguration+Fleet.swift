@@ -46,19 +46,8 @@ extension SidecarConfiguration {
 extension Validator {
     func fleet(_ rf: RawConfiguration.RawFleet, cache: SidecarConfiguration.Cache) throws(ConfigurationError) -> SidecarConfiguration.Fleet {
         let base = ["fleet"]
-        let source: SidecarConfiguration.KeySource
-        switch (rf.postgres_url_env, rf.postgres_url_file) {
-        case (.some, .some):
-            throw fail(base + ["postgres_url_file"], "set postgres_url_env or postgres_url_file, not both")
-        case (.some(let variable), nil):
-            guard !checkSecrets || !(environment[variable] ?? "").isEmpty else {
-                throw fail(base + ["postgres_url_env"], "environment variable \(variable) is not set")
-            }
-            source = .environment(variable)
-        case (nil, .some(let path)):
-            guard !checkSecrets || fileExists(path) else { throw fail(base + ["postgres_url_file"], "cannot read \(path)") }
-            source = .file(path)
-        case (nil, nil):
+        let source = try keySource(env: rf.postgres_url_env, file: rf.postgres_url_file, base, "postgres_url")
+        guard source != .none else {
             throw fail(base, "postgres_url_env (or postgres_url_file) is required: the URL holds a password, so it is never written in this file")
         }
         var f = SidecarConfiguration.Fleet(postgresURL: source, sharedCacheMaxBytes: cache.maxBytes)
