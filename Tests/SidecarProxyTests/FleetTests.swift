@@ -218,6 +218,11 @@ final class FleetTests: XCTestCase {
         _ = try await load(nodes, total: 10, workers: 2)
         let metrics = try await get(nodes[1], "/metrics")
         XCTAssertTrue(metrics.contains("llm_sidecar_fleet_connected 1"), "connected not reported")
+        let stats = try JSONSerialization.jsonObject(with: Data(try await get(nodes[1], "/stats").utf8)) as? [String: Any]
+        let fleet = stats?["fleet"] as? [String: Any]
+        XCTAssertEqual(fleet?["node"] as? String, "node-1")
+        XCTAssertEqual(fleet?["connected"] as? Bool, true)
+        XCTAssertGreaterThan((fleet?["budget_slices"] as? [String: Double])?["day_usd"] ?? 0, 0)
         stop(nodes)  // a clean stop writes the outbox and gives the slices back
         let config = ProxyHarness.temporaryDirectory() + "/cli.toml"
         try "[upstreams.fake]\nurl = \"\(upstream.url)\"\n[fleet]\npostgres_url_env = \"FLEET_URL\"\n".write(toFile: config, atomically: true, encoding: .utf8)
@@ -237,9 +242,9 @@ final class FleetTests: XCTestCase {
         let today = (try JSONSerialization.jsonObject(with: Data(spend.stdout.utf8)) as? [String: Any])?["today"] as? [String: Any]
         XCTAssertEqual((today?["total"] as? [String: Any])?["requests"] as? Int, 10)
         XCTAssertEqual(((today?["by_node"] as? [String: Any])?.keys.sorted()), ["node-0", "node-1"])
-        let stats = try BinaryTests.run(["stats", "--fleet", "--config", config], env: env)
-        XCTAssertEqual(stats.status, 0, stats.stderr)
-        XCTAssertTrue(stats.stdout.contains("node-0"), stats.stdout)
+        let fleetStats = try BinaryTests.run(["stats", "--fleet", "--config", config], env: env)
+        XCTAssertEqual(fleetStats.status, 0, fleetStats.stderr)
+        XCTAssertTrue(fleetStats.stdout.contains("node-0"), fleetStats.stdout)
         // The URL (and its password) never appears in what the commands print.
         let bad = try BinaryTests.run(["fleet", "status", "--config", config], env: ["FLEET_URL": "postgres://u:hunter2@127.0.0.1:1/x"])
         XCTAssertNotEqual(bad.status, 0)

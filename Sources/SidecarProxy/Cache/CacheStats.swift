@@ -24,6 +24,8 @@ public struct CacheStatsReport: Sendable {
     public var live: [String: any Sendable]?
     /// The daemon's model groups: per deployment, in-flight requests and health.
     public var routing: [String: any Sendable]?
+    /// `[fleet]`: this node, its link to the fleet database and its budget slices.
+    public var fleet: [String: any Sendable]?
     /// The providers' own prompt caches, per deployment: since the daemon started (`/stats`), or
     /// over the last 7 days of spend (`llm-sidecar stats`).
     public var providerCache: [String: ProviderCacheTally]?
@@ -74,6 +76,7 @@ public struct CacheStatsReport: Sendable {
             },
         ]
         if let routing { object["routing"] = routing }
+        if let fleet { object["fleet"] = fleet }
         if let providerCache {
             let total = providerCache.values.reduce(into: ProviderCacheTally()) { $0 += $1 }
             object["provider_cache"] = ["totals": total.fields, "deployments": providerCache.mapValues(\.fields)] as [String: Any]

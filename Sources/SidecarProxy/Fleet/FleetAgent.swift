@@ -142,6 +142,23 @@ final class FleetAgent: Sendable {
         isUp && budgetLeases.withLockedValue { $0.fleetHasRoom(scope, beyond: need - ($0.allotment(scope) ?? 0)) }
     }
 
+    /// The `fleet` section of `/stats`: this node, whether the database answers, its budget slices.
+    func report(limits: BudgetLedger.Limits) -> [String: any Sendable] {
+        var out: [String: any Sendable] = ["node": node, "connected": isUp, "on_unavailable": settings.onUnavailable.rawValue]
+        if let problem { out["problem"] = problem }
+        if let seq = pushedSequence { out["outbox_applied_seq"] = seq }
+        let now = Int64(Date().timeIntervalSince1970)
+        let day = UTCDay.day(now), month = UTCDay.month(ofDay: day)
+        let slices = budgetLeases.withLockedValue { l -> [String: any Sendable] in
+            var s: [String: any Sendable] = [:]
+            if limits.dailyUSD != nil, let a = l.allotment(.init(scope: "day", period: day)) { s["day_usd"] = a }
+            if limits.monthlyUSD != nil, let a = l.allotment(.init(scope: "month", period: month)) { s["month_usd"] = a }
+            return s
+        }
+        if !slices.isEmpty { out["budget_slices"] = slices }
+        return out
+    }
+
     /// Why a reservation of `scope` was refused, for the log line.
     func describe(_ scope: FleetBudgetScope, need: Double, asked: Bool) -> Logger.Metadata {
         budgetLeases.withLockedValue { l in

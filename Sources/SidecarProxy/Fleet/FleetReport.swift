@@ -16,7 +16,7 @@ public enum FleetReport {
             throw SidecarServer.ReloadRefused(description: "[fleet] needs postgres_url_env or postgres_url_file")
         }
         let database = try FleetDatabase(url: url, node: f.node ?? SidecarServer.hostName(), poolSize: 1, connectTimeout: f.connectTimeout,
-                                         statementTimeout: .seconds(10), logger: logger)
+                                         statementTimeout: f.statementTimeout, logger: logger)
         return try await withThrowingTaskGroup(of: T?.self) { group in
             group.addTask { await database.run(); return nil }
             group.addTask { try await body(database) }

@@ -73,6 +73,7 @@ extension DownstreamHandler {
                 }
             }
             let routing = groups
+            let fleet = state.fleet?.report(limits: configuration.budgets.limits)
             guard let cache = state.cache, let context else {
                 var report = CacheStatsReport(database: "", entries: 0, bytes: 0, models: [:], days: [], prices: configuration.priceTable,
                                               live: ["mode": "off"])
@@ -87,6 +88,7 @@ extension DownstreamHandler {
                                                 scope: configuration.cache.scope.rawValue)
                 report.routing = routing
                 report.providerCache = providerCache
+                report.fleet = fleet
                 return report.json()
             }.assumeIsolated().whenSuccess { [self] json in
                 self.respondLocally(status: .ok, contentType: "application/json", body: ByteBuffer(string: json), headOnly: headOnly)
