@@ -120,8 +120,9 @@ final class FleetTests: XCTestCase {
         let budget = 0.004
         let nodes = try launchFleet(3, url: url, upstream: upstream, extra: "[budgets]\ndaily_usd = \(budget)", fleetExtra: "budget_slice = 0.05")
         defer { stop(nodes) }
-        // About 200 requests fit; 600 are sent over 12 connections to three nodes.
-        let statuses = try await load(nodes, total: 600, workers: 12)
+        // About 200 requests fit; 1,500 are sent over 12 connections to three nodes (refusals are
+        // quick: enough must be left for every node to use up its slice).
+        let statuses = try await load(nodes, total: 1_500, workers: 12)
         let ok = statuses.filter { $0 == 200 }.count
         XCTAssertEqual(Set(statuses).subtracting([200, 429]), [], "only answers and budget refusals")
         let spent = Double(upstream.counters.requests) * Self.unitCost
@@ -190,22 +191,32 @@ final class FleetTests: XCTestCase {
         defer { Task { await upstream.stop() } }
         let nodes = try launchFleet(2, url: url, upstream: upstream, extra: "[budgets]\ndaily_usd = 1")
         defer { stop(nodes) }
-        _ = try await load([nodes[0]], total: 20, workers: 2)
+        // node-1 spends too (so its rounds, every 300 ms, name the daily budget); node-0 is busy
+        // when it is killed, holding a slice it has not used up.
+        _ = try await load([nodes[1]], total: 5, workers: 1)
+        let port0 = nodes[0].port
+        let busy = Task.detached { await FleetTests.keepBusy(port: port0) }
         let held = await eventually(5) {
             (try? pg.psql("SELECT allotment > used AND used > 0 FROM fleet_leases WHERE node = 'node-0' AND scope = 'day'", database: db)) == "t"
         }
         XCTAssertTrue(held, "node-0 holds no unused slice, or has not reported its use")
         kill(nodes[0].process.processIdentifier, SIGKILL)
         nodes[0].process.waitUntilExit()
+        busy.cancel()
         let killedAt = Date()
-        // node-1 renews every 300 ms; the lapsed slice comes back to the fleet at its first round
-        // after the lease period (3 s).
-        let returned = await eventually(6) {
-            (try? pg.psql("SELECT allotment = used FROM fleet_leases WHERE node = 'node-0' AND scope = 'day'", database: db)) == "t"
+        let before = try pg.psql("SELECT allotment > used FROM fleet_leases WHERE node = 'node-0' AND scope = 'day'", database: db)
+        XCTAssertEqual(before, "t", "node-0's slice was already given back: nothing to test")
+        // Keep node-1 spending a little: its rounds reclaim the lapsed slice at the first one after
+        // the lease period (3 s).
+        var returned = false
+        while !returned, Date().timeIntervalSince(killedAt) < 6 {
+            _ = try await load([nodes[1]], total: 1, workers: 1)
+            returned = (try? pg.psql("SELECT allotment = used FROM fleet_leases WHERE node = 'node-0' AND scope = 'day'", database: db)) == "t"
+            if !returned { try await Task.sleep(nanoseconds: 100_000_000) }
         }
         XCTAssertTrue(returned, "the killed node's slice was not returned")
         XCTAssertLessThan(Date().timeIntervalSince(killedAt), 3 + 1.5)
-        // What it had spent stays counted.
+        // What it had reported as spent stays counted.
         let used = Double(try pg.psql("SELECT used FROM fleet_leases WHERE node = 'node-0' AND scope = 'day'", database: db)) ?? 0
         XCTAssertGreaterThan(used, 0)
     }
@@ -347,6 +358,13 @@ final class FleetTests: XCTestCase {
     }
 
     // MARK: helpers
+
+    /// Sends requests to `port` one after another, ignoring failures, until cancelled.
+    static func keepBusy(port: Int) async {
+        while !Task.isCancelled {
+            _ = try? await load(ports: [port], total: 1, workers: 1)
+        }
+    }
 
     /// Blocking forms for `eventually`'s condition (a synchronous closure), on a thread of their own.
     func getSync(_ node: LaunchedSidecar, _ path: String) throws -> String {
