@@ -221,6 +221,24 @@ final class FleetTests: XCTestCase {
         XCTAssertGreaterThan(used, 0)
     }
 
+    func testAnIdleNodeGivesItsUnusedSliceBackWithinThreeSyncs() async throws {
+        let (pg, url, db) = try database()
+        let upstream = try await FakeUpstream.start()
+        defer { Task { await upstream.stop() } }
+        let nodes = try launchFleet(1, url: url, upstream: upstream, extra: "[budgets]\ndaily_usd = 1")
+        defer { stop(nodes) }
+        _ = try await load(nodes, total: 5, workers: 1)
+        let idleFrom = Date()
+        let slice = try pg.psql("SELECT allotment - used > 0.01 FROM fleet_leases WHERE node = 'node-0' AND scope = 'day'", database: db)
+        XCTAssertEqual(slice, "t", "a node in use holds a whole slice (2 % of $1)")
+        // Idle for two syncs (600 ms), then given back at the next round (300 ms later).
+        let back = await eventually(3) {
+            (try? pg.psql("SELECT allotment = used FROM fleet_leases WHERE node = 'node-0' AND scope = 'day'", database: db)) == "t"
+        }
+        XCTAssertTrue(back, "the idle node kept its slice")
+        XCTAssertLessThan(Date().timeIntervalSince(idleFrom), 3 * 0.3 + 1.5, "two idle syncs and a round, with slack for a slow machine")
+    }
+
     func testFleetStatusSpendAndStatsCommands() async throws {
         let (_, url, _) = try database()
         let upstream = try await FakeUpstream.start()
