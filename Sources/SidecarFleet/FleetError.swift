@@ -60,8 +60,9 @@ public struct FleetError: Error, CustomStringConvertible, Sendable, Equatable {
 
     static let unreachablePrefix = "fleet database unreachable: "
 
-    /// The message without its `fleet database unreachable: ` / `fleet database ` prefix.
-    var reason: String {
+    /// The message without its `fleet database unreachable: ` / `fleet database ` prefix (for a
+    /// sentence that names the fleet database already).
+    public var reason: String {
         if message.hasPrefix(Self.unreachablePrefix) { return String(message.dropFirst(Self.unreachablePrefix.count)) }
         if message.hasPrefix("fleet database ") { return String(message.dropFirst("fleet database ".count)) }
         return message

@@ -9,14 +9,10 @@ import SidecarFleet
 public enum FleetReport {
     /// Connects with the configuration's `[fleet]`, runs `body`, disconnects.
     static func with<T: Sendable>(_ configuration: SidecarConfiguration, _ body: @escaping @Sendable (FleetDatabase) async throws -> T) async throws -> T {
-        guard let f = configuration.fleet else { throw SidecarServer.ReloadRefused(description: "the configuration has no [fleet] table") }
+        guard let f = configuration.fleet else { throw FleetError(.other, "the configuration has no [fleet] table (docs/fleet.md)") }
         var logger = Logger(label: "llm-sidecar.fleet")
         logger.logLevel = .critical
-        guard let url = try APIKeys.read(f.postgresURL, key: "fleet.postgres_url", environment: ProcessInfo.processInfo.environment) else {
-            throw SidecarServer.ReloadRefused(description: "[fleet] needs postgres_url_env or postgres_url_file")
-        }
-        let database = try FleetDatabase(url: url, node: f.node ?? SidecarServer.hostName(), poolSize: 1, connectTimeout: f.connectTimeout,
-                                         statementTimeout: f.statementTimeout, logger: logger)
+        let database = try SidecarServer.openFleetDatabase(f, poolSize: 1, logger: logger)
         return try await withThrowingTaskGroup(of: T?.self) { group in
             group.addTask { await database.run(); return nil }
             group.addTask { try await body(database) }
@@ -24,7 +20,7 @@ public enum FleetReport {
             while let next = try await group.next() {
                 if let value = next { return value }
             }
-            throw SidecarServer.ReloadRefused(description: "the fleet database connection ended")
+            throw FleetError(.unreachable, "fleet database unreachable: the connection ended")
         }
     }
 

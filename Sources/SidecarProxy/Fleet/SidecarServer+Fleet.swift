@@ -10,13 +10,18 @@ extension SidecarServer {
     /// node named by the configuration or the host name. Nothing is connected yet: a database
     /// that is down at start is retried by the sync rounds while the node serves.
     static func makeFleet(_ f: SidecarConfiguration.Fleet, metrics: SidecarMetrics, logger: Logger) throws -> FleetAgent {
+        let database = try openFleetDatabase(f, poolSize: f.poolSize, logger: logger)
+        return FleetAgent(database: database, settings: f, node: database.node, logger: logger, metrics: FleetMetrics(factory: metrics.factory))
+    }
+
+    /// The fleet database of `[fleet]` (not connected yet): its URL read from the variable or
+    /// file the configuration names, this node's name from `node` or the host name.
+    static func openFleetDatabase(_ f: SidecarConfiguration.Fleet, poolSize: Int, logger: Logger) throws -> FleetDatabase {
         guard let url = try APIKeys.read(f.postgresURL, key: "fleet.postgres_url", environment: ProcessInfo.processInfo.environment) else {
-            throw ReloadRefused(description: "[fleet] needs postgres_url_env or postgres_url_file")
+            throw FleetError(.badURL, "[fleet] needs postgres_url_env or postgres_url_file")
         }
-        let node = f.node ?? hostName()
-        let database = try FleetDatabase(url: url, node: node, poolSize: f.poolSize, connectTimeout: f.connectTimeout,
-                                         statementTimeout: f.statementTimeout, logger: logger)
-        return FleetAgent(database: database, settings: f, node: node, logger: logger, metrics: FleetMetrics(factory: metrics.factory))
+        return try FleetDatabase(url: url, node: f.node ?? hostName(), poolSize: poolSize, connectTimeout: f.connectTimeout,
+                                 statementTimeout: f.statementTimeout, logger: logger)
     }
 
     static func hostName() -> String {
