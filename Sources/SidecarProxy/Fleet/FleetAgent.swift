@@ -96,7 +96,8 @@ final class FleetAgent: Sendable {
     }
 
     func lost(_ error: any Error) {
-        let why = "\(error)"
+        // Every caller's sentence names the fleet database already ("fleet database unavailable: ...").
+        let why = (error as? FleetError)?.reason ?? "\(error)"
         let was = link.withLockedValue { l -> Bool in
             defer {
                 l.up = false
@@ -132,7 +133,7 @@ final class FleetAgent: Sendable {
     // MARK: budgets
 
     /// This node's usable slices now (expired ones are $0).
-    func allotments(day: String, month: String, client: String) -> BudgetLedger.Allotments {
+    func allotments(day: String, month: String, client: String?) -> BudgetLedger.Allotments {
         let now = NIODeadline.now()
         return budgetLeases.withLockedValue { $0.allotments(day: day, month: month, client: client, now: now) }
     }
@@ -263,7 +264,9 @@ final class FleetAgent: Sendable {
     /// Admits one request of `client` under `client_rpm` for the whole fleet: from this node's
     /// slice of the client's tokens (no database trip; a new slice is asked for in the background
     /// when it runs low), or, holding none, after the node's ask for some has been answered.
-    func admit(client: String, perMinute: Int, burst: Int, resume: @escaping @Sendable (ClientRateLimiter.Verdict) -> Void) -> Admission {
+    /// `resume` makes the callback of a request that waits: it is called only then, so an
+    /// admission decided at once (nearly all of them) allocates nothing.
+    func admit(client: String, perMinute: Int, burst: Int, resume: () -> @Sendable (ClientRateLimiter.Verdict) -> Void) -> Admission {
         let now = NIODeadline.now()
         if !isUp, link.withLockedValue({ $0.migrated || $0.since != nil }) {
             return .decided(fallbackVerdict(client: client, perMinute: perMinute, burst: burst, now: now))
@@ -271,7 +274,10 @@ final class FleetAgent: Sendable {
         let verdict = rateLeases.withLockedValue { r -> FleetRateLeases.Verdict in
             if r == nil || r!.rpm != perMinute || r!.burst != burst { r = (perMinute, burst, FleetRateLeases(perMinute: perMinute, burst: burst)) }
             let v = r!.state.admit(client: client, now: now)
-            if case .wait = v { rateWaiters.withLockedValue { $0[client, default: []].append(resume) } }
+            if case .wait = v {
+                let callback = resume()
+                rateWaiters.withLockedValue { $0[client, default: []].append(callback) }
+            }
             return v
         }
         switch verdict {

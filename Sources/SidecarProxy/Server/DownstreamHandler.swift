@@ -202,9 +202,10 @@ final class DownstreamHandler: ChannelDuplexHandler {
                 // client's tokens, or after the node has asked the fleet for some.
                 if let why = fleet.rejects { return respondWithError(.fleetUnavailable(why), closeAfter: false) }
                 admissionSerial &+= 1
-                let serial = admissionSerial, me = NIOLoopBound(self, eventLoop: loop)
-                switch fleet.admit(client: client, perMinute: limits.perMinute, burst: limits.burst, resume: { v in
-                    loop.execute { me.value.admissionDecided(v, limits: limits, serial: serial) }
+                let serial = admissionSerial
+                switch fleet.admit(client: client, perMinute: limits.perMinute, burst: limits.burst, resume: {
+                    let me = NIOLoopBound(self, eventLoop: loop)
+                    return { v in loop.execute { me.value.admissionDecided(v, limits: limits, serial: serial) } }
                 }) {
                 case .decided(let v): verdict = v
                 case .waiting: admissionPending = !RealtimeSession.isUpgrade(head)

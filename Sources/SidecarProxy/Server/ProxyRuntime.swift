@@ -178,7 +178,8 @@ final class BudgetBox: Sendable {
                  fleet: FleetAgent? = nil) -> Result<BudgetLedger.Reservation, BudgetLedger.RefusalError> {
         let day = ResponseCache.day(now)
         let month = UTCDay.month(ofDay: day)
-        let allotments = fleet?.allotments(day: day, month: month, client: client)
+        // The client's slice only under a per-client budget (its scope name is built per lookup).
+        let allotments = fleet?.allotments(day: day, month: month, client: limits.clientDailyUSD == nil ? nil : client)
         return ledger.withLockedValue { $0.reserve(amount, client: client, limits: limits, day: day, month: month, fleet: allotments) }
     }
 
