@@ -7,27 +7,10 @@ import SidecarFleet
 import SidecarTestSupport
 import XCTest
 
-/// FleetDatabase against a real PostgreSQL (a private cluster per test class, a database per
+/// FleetDatabase against a real PostgreSQL (the run's private cluster, `TestPostgres`, a database per
 /// test): migrations, budget and rate leases under concurrency, the outbox's exactly-once push,
 /// the shared cache tier with claims and notifications, timeouts and safe error messages.
 final class FleetDatabaseTests: XCTestCase {
-    nonisolated(unsafe) static var server: PostgresServer?
-    nonisolated(unsafe) static var startError: (any Error)?
-
-    override class func setUp() {
-        super.setUp()
-        do {
-            server = try PostgresServer.start()
-        } catch {
-            startError = error
-        }
-    }
-
-    override class func tearDown() {
-        server?.shutdown()
-        server = nil
-        super.tearDown()
-    }
 
     /// Warnings only: PostgresNIO logs every failed connection attempt at info.
     static let logger: Logger = {
@@ -45,10 +28,7 @@ final class FleetDatabaseTests: XCTestCase {
         super.tearDown()
     }
 
-    func pg() throws -> PostgresServer {
-        if let error = Self.startError { throw error }
-        return try XCTUnwrap(Self.server)
-    }
+    func pg() throws -> PostgresServer { try TestPostgres.server() }
 
     /// A fresh database for the calling test, migrated by a first node.
     func freshDatabase(_ function: String = #function) throws -> String {

@@ -6,23 +6,11 @@ import XCTest
 /// Fleet mode end to end: real `llm-sidecar` processes sharing one private PostgreSQL server
 /// (docs/fleet.md). Each test starts its own database in the shared server.
 final class FleetTests: XCTestCase {
-    nonisolated(unsafe) static var postgres: PostgresServer?
     static let unitCost = 19 * 0.15e-6 + 28 * 0.60e-6  // FakeUpstream's usage at gpt-4o-mini's price
-
-    override class func setUp() {
-        super.setUp()
-        postgres = try? PostgresServer.start()
-    }
-
-    override class func tearDown() {
-        postgres?.shutdown()
-        postgres = nil
-        super.tearDown()
-    }
 
     /// A fresh database in the shared server, and its URL.
     func database() throws -> (PostgresServer, String, String) {
-        let server = try XCTUnwrap(Self.postgres, "PostgreSQL could not be started (make test installs it)")
+        let server = try TestPostgres.server()
         let name = "fleet_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").prefix(12).lowercased()
         return (server, try server.createDatabase(name), name)
     }
@@ -169,9 +157,12 @@ final class FleetTests: XCTestCase {
         async let statuses = Self.load(ports: nodes.map(\.port), total: 900, workers: 6)
         try await Task.sleep(nanoseconds: 300_000_000)
         try pg.stop()
+        var restarted = false
+        defer { if !restarted { try? pg.startAgain() } }  // the next tests use this server too
         try await Task.sleep(nanoseconds: 1_500_000_000)
         let degraded = try await readyz(nodes[0])
         try pg.startAgain()
+        restarted = true
         let all = try await statuses
         XCTAssertEqual(all.filter { $0 != 200 }.count, 0, "a request failed while the database was away: \(Set(all)) \(Counter.failures) "
                        + nodes.map { $0.lines.all.split(separator: "\n").filter { $0.contains("refused") }.joined(separator: "\n") }.joined(separator: "\n"))
@@ -312,7 +303,7 @@ final class FleetTests: XCTestCase {
     }
 
     func testANodeStartsWithoutItsDatabaseServesWhatItCanAndJoinsWhenItComes() async throws {
-        let server = try XCTUnwrap(Self.postgres, "PostgreSQL could not be started (make test installs it)")
+        let server = try TestPostgres.server()
         // A database that does not exist yet: every connection is refused until it is created.
         let name = "late_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").prefix(12).lowercased()
         let upstream = try await FakeUpstream.start()

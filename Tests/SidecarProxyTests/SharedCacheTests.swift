@@ -8,23 +8,6 @@ import XCTest
 /// Fleet mode's shared cache tier end to end: two in-process sidecars (nodes A and B, each with its
 /// own cache file) sharing one private PostgreSQL, in front of one FakeUpstream.
 final class SharedCacheTests: XCTestCase {
-    nonisolated(unsafe) static var server: PostgresServer?
-    nonisolated(unsafe) static var startError: (any Error)?
-
-    override class func setUp() {
-        super.setUp()
-        do {
-            server = try PostgresServer.start()
-        } catch {
-            startError = error
-        }
-    }
-
-    override class func tearDown() {
-        server?.shutdown()
-        server = nil
-        super.tearDown()
-    }
 
     var upstream: FakeUpstream!
     var nodes: [ProxyHarness] = []
@@ -37,10 +20,7 @@ final class SharedCacheTests: XCTestCase {
 
     static let deterministic = #"{"model":"gpt-4o-mini","temperature":0,"messages":[{"role":"user","content":"shared?"}]}"#
 
-    func pg() throws -> PostgresServer {
-        if let error = Self.startError { throw error }
-        return try XCTUnwrap(Self.server)
-    }
+    func pg() throws -> PostgresServer { try TestPostgres.server() }
 
     /// Nodes A and B on a fresh database of the calling test.
     func startNodes(_ function: String = #function, timeout: TimeAmount = .seconds(2), coalesceWait: TimeAmount = .seconds(10),
