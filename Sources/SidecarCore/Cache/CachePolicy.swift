@@ -39,7 +39,7 @@ public struct CachePolicy: Sendable, Equatable {
     /// parse: most traffic samples, and it should not pay for a canonical form it will not use.
     /// False means "parse it and `decide`". Gemini's native API keeps both in `generationConfig`,
     /// so its requests are always parsed.
-    public func certainlySampled(path: String, body: [UInt8]) -> Bool {
+    public func certainlySampled(path: some StringProtocol, body: [UInt8]) -> Bool {
         guard mode == .deterministic, APIDialect.endpoint(path) == .generation, !APIDialect.isGeminiNative(path) else { return false }
         var zeroTemperature = false
         var seeded = false
@@ -55,11 +55,11 @@ public struct CachePolicy: Sendable, Equatable {
     /// - Parameters:
     ///   - cacheControl: the request's `Cache-Control` values.
     ///   - ttlHeader: the request's `x-sidecar-cache-ttl`.
-    public func decide(method: String, path: String, body: CanonicalJSON.Value?,
+    public func decide(method: String, path: some StringProtocol, body: CanonicalJSON.Value?,
                        cacheControl: [String], ttlHeader: String?) -> Decision {
         if mode == .off { return .bypass(reason: "cache.mode is off") }
         guard method == "POST" else { return .bypass(reason: "only POST requests are cached") }
-        let bare = path.split(separator: "?", maxSplits: 1).first.map(String.init) ?? path
+        let bare = path.utf8.firstIndex(of: UInt8(ascii: "?")).map { String(path[..<$0]) } ?? String(path)
         guard let endpoint = APIDialect.endpoint(bare) else { return .bypass(reason: "\(bare) is not a cacheable endpoint") }
         guard let body, case .object = body else { return .bypass(reason: "the body is not a canonical JSON object") }
         let directives = cacheControl.flatMap { $0.split(separator: ",") }.map { $0.trimmingSpaces().lowercased() }

@@ -54,6 +54,33 @@ public struct CacheScope: Equatable, Sendable {
     /// As read since the scope was first computed (comma-separated values split), so credential
     /// scopes do not change.
     private static func credential(of headers: HTTPHeaders) -> [Field] {
+        // One pass over the fields (this runs for every request). A value with a comma, or the
+        // credential headers in another order than `credentialHeaders`, take the general way.
+        var fields: [Field] = []
+        var lastRank = -1
+        for (name, value) in headers {
+            guard let rank = credentialRank(name) else { continue }
+            guard rank >= lastRank, !value.utf8.contains(UInt8(ascii: ",")) else { return credentialInCanonicalForm(of: headers) }
+            lastRank = rank
+            if !value.isEmpty { fields.append(Field(name: credentialHeaders[rank], value: String(value.trimmingSpaces()))) }
+        }
+        return fields
+    }
+
+    /// The index of `name` in `credentialHeaders`, compared ASCII case-insensitively.
+    private static func credentialRank(_ name: String) -> Int? {
+        let rank: Int
+        switch name.utf8.count {
+        case 13: rank = 0
+        case 7: rank = 1
+        case 9: rank = 2
+        case 14: rank = 3
+        default: return nil
+        }
+        return HeaderPolicy.equalsIgnoringASCIICase(name, credentialHeaders[rank]) ? rank : nil
+    }
+
+    private static func credentialInCanonicalForm(of headers: HTTPHeaders) -> [Field] {
         var fields: [Field] = []
         for name in credentialHeaders {
             for value in headers[canonicalForm: name] { fields.append(Field(name: name, value: String(value))) }

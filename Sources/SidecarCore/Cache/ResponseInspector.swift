@@ -54,30 +54,78 @@ public enum ResponseInspector {
     /// `cache_creation_input_tokens`, Gemini's `usageMetadata` (`promptTokenCount`,
     /// `candidatesTokenCount` + `thoughtsTokenCount`, `cachedContentTokenCount`).
     static func counts(_ o: [UInt8]) -> Counts {
-        func int(_ key: StaticString, _ bytes: [UInt8] = o) -> Int64? {
-            JSONTopLevel.value(of: key, in: bytes).flatMap { Int64(String(decoding: bytes[$0], as: UTF8.self)) }
+        // One top-level walk notes every member this reads (the last of a repeated key, as
+        // `JSONTopLevel.value(of:in:)`): this runs for every answer.
+        var at = [Range<Int>?](repeating: nil, count: UsageKey.allCases.count)
+        let ok = JSONTopLevel.walk(o) { key, value in
+            if let k = UsageKey.of(o[key]) { at[k.rawValue] = value }
+            return true
         }
+        guard ok else { return Counts() }
+        func int(_ key: UsageKey) -> Int64? { at[key.rawValue].flatMap { integer(o[$0]) } }
         var c = Counts()
-        c.input = int("prompt_tokens") ?? int("input_tokens") ?? int("promptTokenCount")
-        if let candidates = int("candidatesTokenCount") {
-            c.output = candidates + (int("thoughtsTokenCount") ?? 0)
+        c.input = int(.prompt_tokens) ?? int(.input_tokens) ?? int(.promptTokenCount)
+        if let candidates = int(.candidatesTokenCount) {
+            c.output = candidates + (int(.thoughtsTokenCount) ?? 0)
         } else {
-            c.output = int("completion_tokens") ?? int("output_tokens")
+            c.output = int(.completion_tokens) ?? int(.output_tokens)
         }
         // The Realtime API says `input_token_details`.
-        for details: StaticString in ["prompt_tokens_details", "input_tokens_details", "input_token_details"] {
-            guard let d = JSONTopLevel.value(of: details, in: o) else { continue }
-            if let cached = int("cached_tokens", Array(o[d])) { c.cacheRead = cached }
+        for details: UsageKey in [.prompt_tokens_details, .input_tokens_details, .input_token_details] {
+            guard let d = at[details.rawValue] else { continue }
+            if let cached = nestedInt("cached_tokens", in: Array(o[d])) { c.cacheRead = cached }
         }
-        if let cached = int("cachedContentTokenCount") { c.cacheRead = cached }
-        let read = int("cache_read_input_tokens"), write = int("cache_creation_input_tokens")
+        if let cached = int(.cachedContentTokenCount) { c.cacheRead = cached }
+        let read = int(.cache_read_input_tokens), write = int(.cache_creation_input_tokens)
         if read != nil || write != nil {
             c.inputExcludesCache = true
             c.cacheRead = read
             c.cacheWrite = write
-            if let d = JSONTopLevel.value(of: "cache_creation", in: o) { c.cacheWrite1h = int("ephemeral_1h_input_tokens", Array(o[d])) }
+            if let d = at[UsageKey.cache_creation.rawValue] { c.cacheWrite1h = nestedInt("ephemeral_1h_input_tokens", in: Array(o[d])) }
         }
         return c
+    }
+
+    /// The members of a usage object that `counts` reads.
+    enum UsageKey: Int, CaseIterable {
+        case prompt_tokens, input_tokens, promptTokenCount, candidatesTokenCount, thoughtsTokenCount
+        case completion_tokens, output_tokens, prompt_tokens_details, input_tokens_details, input_token_details
+        case cachedContentTokenCount, cache_read_input_tokens, cache_creation_input_tokens, cache_creation
+
+        static let names: [[UInt8]] = allCases.map { Array("\($0)".utf8) }
+
+        static func of(_ key: ArraySlice<UInt8>) -> UsageKey? {
+            for k in allCases where names[k.rawValue].count == key.count && names[k.rawValue].elementsEqual(key) { return k }
+            return nil
+        }
+    }
+
+    /// A member of a nested object as an integer.
+    private static func nestedInt(_ key: StaticString, in bytes: [UInt8]) -> Int64? {
+        JSONTopLevel.value(of: key, in: bytes).flatMap { integer(bytes[$0]) }
+    }
+
+    /// A raw JSON value as `Int64(String)` reads it (optional sign, decimal digits, no overflow),
+    /// without building the string.
+    static func integer(_ raw: ArraySlice<UInt8>) -> Int64? {
+        var i = raw.startIndex
+        var negative = false
+        if i < raw.endIndex, raw[i] == UInt8(ascii: "-") || raw[i] == UInt8(ascii: "+") {
+            negative = raw[i] == UInt8(ascii: "-")
+            i += 1
+        }
+        guard i < raw.endIndex else { return nil }
+        var value: Int64 = 0
+        while i < raw.endIndex {
+            let d = raw[i] &- UInt8(ascii: "0")
+            guard d <= 9 else { return nil }
+            let (m, o1) = value.multipliedReportingOverflow(by: 10)
+            let (a, o2) = negative ? m.subtractingReportingOverflow(Int64(d)) : m.addingReportingOverflow(Int64(d))
+            guard !o1, !o2 else { return nil }
+            value = a
+            i += 1
+        }
+        return value
     }
 
     /// The token counts of a usage object's bytes (one object: no merging).

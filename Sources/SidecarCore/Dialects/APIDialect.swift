@@ -66,24 +66,50 @@ public enum APIDialect: String, Sendable, CaseIterable, Equatable {
     /// `/v1` the Messages API (`/v1/messages...`) or any request carrying `anthropic-version` (the
     /// Anthropic SDKs send it on every call, `/v1/models` and `/v1/files` included) is Anthropic;
     /// the rest is OpenAI. nil for a path outside every dialect.
+    /// (Runs for every request: byte compares on the path's UTF-8, no strings built.)
     public static func of(path: some StringProtocol, hasAnthropicVersion: @autoclosure () -> Bool) -> APIDialect? {
-        if isGeminiNative(path) { return .gemini }
-        if isUnder(path, ["/v1"]) {
-            return isUnder(path, ["/v1/messages"]) || hasAnthropicVersion() ? .anthropic : .openai
+        var path = Substring(path)
+        let dialect = path.withUTF8 { p -> APIDialect?? in
+            if isGeminiNative(p) { return .gemini }
+            if isUnder(p, "/v1") { return isUnder(p, "/v1/messages") ? .anthropic : .some(nil) }
+            if isUnder(p, "/openai") { return .azure }
+            if isUnder(p, "/v1beta") { return .gemini }
+            return .none
         }
-        if isUnder(path, ["/openai"]) { return .azure }
-        if isUnder(path, ["/v1beta"]) { return .gemini }
-        return nil
+        switch dialect {
+        case .none: return nil
+        case .some(.none): return hasAnthropicVersion() ? .anthropic : .openai  // under /v1
+        case .some(.some(let d)): return d
+        }
     }
 
     /// Gemini's native method paths, `/v1beta/models/{model}:{method}` and the GA API's
     /// `/v1/models/{model}:{method}` (the `google-genai` SDK's default): a model with a method
     /// after a colon, which OpenAI's `/v1/models/{id}` never has.
     public static func isGeminiNative(_ path: some StringProtocol) -> Bool {
-        for prefix in ["/v1beta/models/", "/v1/models/"] where path.hasPrefix(prefix) {
-            return prefix == "/v1beta/models/" || path.dropFirst(prefix.count).contains(":")
+        var path = Substring(path)
+        return path.withUTF8 { isGeminiNative($0) }
+    }
+
+    static func isGeminiNative(_ p: UnsafeBufferPointer<UInt8>) -> Bool {
+        if hasPrefix(p, "/v1beta/models/") { return true }
+        let prefix: StaticString = "/v1/models/"
+        return hasPrefix(p, prefix) && p[prefix.utf8CodeUnitCount...].contains(UInt8(ascii: ":"))
+    }
+
+    /// Whether `p` is `prefix` or below it (`/v1x` is neither).
+    static func isUnder(_ p: UnsafeBufferPointer<UInt8>, _ prefix: StaticString) -> Bool {
+        let n = prefix.utf8CodeUnitCount
+        return hasPrefix(p, prefix) && (p.count == n || p[n] == UInt8(ascii: "/"))
+    }
+
+    static func hasPrefix(_ p: UnsafeBufferPointer<UInt8>, _ prefix: StaticString) -> Bool {
+        let n = prefix.utf8CodeUnitCount
+        guard p.count >= n else { return false }
+        return prefix.withUTF8Buffer { q in
+            for i in 0..<n where p[i] != q[i] { return false }
+            return true
         }
-        return false
     }
 
     /// The model a request names in its path, where the dialect puts it there: Gemini's

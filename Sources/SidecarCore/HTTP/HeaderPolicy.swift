@@ -27,7 +27,22 @@ public enum HeaderPolicy {
     /// ASCII case-insensitive equality of header names (RFC 9110 §5.1: field names are case-insensitive).
     public static func equalsIgnoringASCIICase<A: StringProtocol, B: StringProtocol>(_ a: A, _ b: B) -> Bool {
         guard a.utf8.count == b.utf8.count else { return false }
-        return zip(a.utf8, b.utf8).allSatisfy { x, y in x == y || (x | 0x20 == y | 0x20 && (x | 0x20) >= 0x61 && (x | 0x20) <= 0x7A) }
+        // Native strings are contiguous UTF-8: compare the buffers (no iterator pair per byte).
+        if let r = a.utf8.withContiguousStorageIfAvailable({ x in b.utf8.withContiguousStorageIfAvailable { y in equalsIgnoringASCIICase(x, y) } }), let r {
+            return r
+        }
+        return zip(a.utf8, b.utf8).allSatisfy { x, y in sameIgnoringASCIICase(x, y) }
+    }
+
+    @inline(__always)
+    static func sameIgnoringASCIICase(_ x: UInt8, _ y: UInt8) -> Bool {
+        x == y || (x | 0x20 == y | 0x20 && (x | 0x20) >= 0x61 && (x | 0x20) <= 0x7A)
+    }
+
+    static func equalsIgnoringASCIICase(_ x: UnsafeBufferPointer<UInt8>, _ y: UnsafeBufferPointer<UInt8>) -> Bool {
+        guard x.count == y.count else { return false }
+        for i in 0..<x.count where !sameIgnoringASCIICase(x[i], y[i]) { return false }
+        return true
     }
 
     static func hasPrefixIgnoringASCIICase(_ s: String, _ prefix: String) -> Bool {
@@ -39,11 +54,15 @@ public enum HeaderPolicy {
     }
 
     /// The comma-separated tokens of every `Connection` header (empty when there is none).
+    /// As `headers[canonicalForm: "connection"]`, trimmed, without the empty ones: one pass, and
+    /// no allocation when there is no `Connection` header (most messages).
     public static func connectionTokens(_ headers: HTTPHeaders) -> [Substring] {
         var tokens: [Substring] = []
-        for value in headers[canonicalForm: "connection"] {
-            let t = value.trimmingSpaces()
-            if !t.isEmpty { tokens.append(t) }
+        for (name, value) in headers where name.utf8.count == 10 && equalsIgnoringASCIICase(name, "connection") {
+            for part in value.split(separator: ",") {
+                let t = part.trimmingSpaces()
+                if !t.isEmpty { tokens.append(t) }
+            }
         }
         return tokens
     }
@@ -119,10 +138,14 @@ public enum HeaderPolicy {
 }
 
 extension StringProtocol {
+    /// Without the spaces and tabs at either end (as NIO's canonical form trims; by bytes, so a
+    /// combining mark after a space is kept).
     func trimmingSpaces() -> Substring {
-        var s = Substring(self)
-        while let f = s.first, f == " " || f == "\t" { s.removeFirst() }
-        while let l = s.last, l == " " || l == "\t" { s.removeLast() }
-        return s
+        let u = Substring(self).utf8
+        func ws(_ b: UInt8) -> Bool { b == 0x20 || b == 0x09 }
+        var start = u.startIndex, end = u.endIndex
+        while start < end, ws(u[start]) { u.formIndex(after: &start) }
+        while end > start, ws(u[u.index(before: end)]) { u.formIndex(before: &end) }
+        return Substring(u[start..<end])
     }
 }

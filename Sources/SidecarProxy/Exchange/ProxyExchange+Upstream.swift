@@ -266,7 +266,7 @@ extension ProxyExchange {
         if let c = cacheState, let flight = c.flight, let key = c.key {
             flight.publish(.end)
             c.cache.finish(.init(
-                key: key, scope: c.scope, model: c.model, endpoint: Self.barePath(c.path), status: c.status, contentType: c.contentType,
+                key: key, scope: c.scope, model: c.model, endpoint: String(Self.barePath(c.path)), status: c.status, contentType: c.contentType,
                 isStream: isStream, framed: c.framed, encoded: c.encoded, ttl: c.ttl, body: flight.recordedBody, coalesced: flight.joinedCount,
                 usage: answerUsage, flight: c.registered ? flight : nil))
             cacheState = nil

@@ -185,7 +185,8 @@ final class ProxyExchange: UpstreamResponseDelegate {
         self.tracer = tracer
         self.dialect = dialect
         // Token counting is free: no reservation, no spend.
-        self.billed = APIDialect.isBilled(path: Self.barePath(head.uri))
+        let bare = Self.barePath(head.uri)
+        self.billed = APIDialect.isBilled(path: bare)
         self.budget = budgets.limits.isEmpty || !billed ? nil : budget
         self.budgets = budgets
         self.logger = logger
@@ -203,14 +204,14 @@ final class ProxyExchange: UpstreamResponseDelegate {
         // is never cached, names no JSON model (it goes to the default upstream), and is not
         // priced by tokens (docs/dialects.md, "Uploads").
         let upload = head.headers.first(name: "content-type").map { $0.utf8.count >= 10 && HeaderPolicy.equalsIgnoringASCIICase($0.prefix(10), "multipart/") } ?? false
-        let cacheCandidate = !upload && cache != nil && cacheSettings.mode != .off && CachePolicy.isCacheable(path: Self.barePath(head.uri))
+        let cacheCandidate = !upload && cache != nil && cacheSettings.mode != .off && CachePolicy.isCacheable(path: bare)
         self.machine = ExchangeStateMachine(collectsBody: head.method == .POST && !upload && (cacheCandidate || !routes.isEmpty || self.budget != nil))
         // A routed request is aimed once its body names the model (`decide`); others now.
         if let group, routes.isEmpty || head.method != .POST || upload { target(group) }
         if let cache, cacheCandidate, head.method == .POST {
             cacheState = CacheState(
                 cache: cache, settings: cacheSettings, method: head.method.rawValue, path: head.uri,
-                cacheControl: head.headers[canonicalForm: "cache-control"].map(String.init),
+                cacheControl: head.headers.contains(name: "cache-control") ? head.headers[canonicalForm: "cache-control"].map(String.init) : [],
                 ttlHeader: head.headers.first(name: "x-sidecar-cache-ttl"), headers: head.headers)
         } else {
             metrics.cacheResult("bypass")
@@ -231,9 +232,9 @@ final class ProxyExchange: UpstreamResponseDelegate {
                                                          dialect: group.configuration.api))
     }
 
-    static func barePath(_ uri: String) -> String {
-        guard let q = uri.utf8.firstIndex(of: UInt8(ascii: "?")) else { return uri }
-        return String(uri[..<q])
+    static func barePath(_ uri: String) -> Substring {
+        guard let q = uri.utf8.firstIndex(of: UInt8(ascii: "?")) else { return uri[...] }
+        return uri[..<q]
     }
 
     /// A scope's name in keys, the store, limits and spend: its material hashed (SHA-256).

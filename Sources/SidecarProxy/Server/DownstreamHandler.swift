@@ -179,7 +179,7 @@ final class DownstreamHandler: ChannelDuplexHandler {
 
     func route(_ head: HTTPRequestHead) {
         let path = head.uri
-        let bare = path.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
+        let bare = path.utf8.firstIndex(of: UInt8(ascii: "?")).map { path[..<$0] } ?? path[...]
         if Self.adminPaths.contains(bare) {
             return admin(head, path: bare)
         }
@@ -222,7 +222,7 @@ final class DownstreamHandler: ChannelDuplexHandler {
             access.upstream = group.configuration.name
             return session.start()
         }
-        if head.headers[canonicalForm: "expect"].contains(where: { HeaderPolicy.equalsIgnoringASCIICase($0, "100-continue") }) {
+        if head.headers.contains(name: "expect"), head.headers[canonicalForm: "expect"].contains(where: { HeaderPolicy.equalsIgnoringASCIICase($0, "100-continue") }) {
             // The client waits for this before sending its body (curl does, for bodies over 1 KiB).
             writeInterim(HTTPResponseHead(version: head.version, status: .continue))
         }
