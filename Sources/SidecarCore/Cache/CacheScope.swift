@@ -45,9 +45,16 @@ public struct CacheScope: Equatable, Sendable {
     /// that is not part of it (RFC 9110 §5.5), and a value with commas is one value.
     public static func cache(of headers: HTTPHeaders, shared: Bool) -> CacheScope {
         var fields = shared ? [] : credential(of: headers)
-        for name in tenantHeaders {
-            for value in headers[name] { fields.append(Field(name: name, value: trimmingOWS(value))) }
+        // Organization values, then project values, each in order: one pass over the fields.
+        var projects: [Field] = []
+        for (name, value) in headers where name.utf8.count == 19 || name.utf8.count == 14 {
+            if HeaderPolicy.equalsIgnoringASCIICase(name, tenantHeaders[0]) {
+                fields.append(Field(name: tenantHeaders[0], value: trimmingOWS(value)))
+            } else if HeaderPolicy.equalsIgnoringASCIICase(name, tenantHeaders[1]) {
+                projects.append(Field(name: tenantHeaders[1], value: trimmingOWS(value)))
+            }
         }
+        fields += projects
         return CacheScope(fields: fields, shared: shared)
     }
 

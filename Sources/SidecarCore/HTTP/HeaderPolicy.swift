@@ -67,6 +67,21 @@ public enum HeaderPolicy {
         return tokens
     }
 
+    /// Whether a message keeps its connection open, as NIO's `HTTPHeaders.isKeepAlive(version:)`
+    /// decides it (`close` wins, two `keep-alive`s are `close`, else HTTP/1.1 keeps it), without
+    /// its canonical-form allocations when there is no `Connection` header.
+    public static func isKeepAlive(_ headers: HTTPHeaders, version: HTTPVersion) -> Bool {
+        var state: Bool?  // nil: not said; false: close; true: keep-alive
+        for word in connectionTokens(headers) {
+            if equalsIgnoringASCIICase(word, "close") {
+                state = false
+            } else if equalsIgnoringASCIICase(word, "keep-alive") {
+                state = state == nil
+            }
+        }
+        return state ?? (version.major == 1 && version.minor >= 1)
+    }
+
     /// The headers sent upstream for a client request: hop-by-hop removed, `Host` set to the
     /// upstream's authority, and, when the upstream has its own key (`credential`, in its
     /// dialect's header: `APIDialect.authorization(key:)`), every credential header a client SDK

@@ -89,7 +89,18 @@ final class ProxyExchange: UpstreamResponseDelegate {
     var retryAfter: TimeAmount?
     let maxBodyBytes: Int
     let metrics: SidecarMetrics
-    var upstreamHead: HTTPRequestHead
+    /// The head sent upstream: the client's, until `target` aims the request at a group; then
+    /// the group's (host, key, path prefix), built when first used (a cache hit never builds it).
+    var upstreamHead: HTTPRequestHead {
+        get {
+            if let head = builtUpstreamHead { return head }
+            let head = group.map(upstreamHead(for:)) ?? clientHead
+            builtUpstreamHead = head
+            return head
+        }
+        set { builtUpstreamHead = newValue }
+    }
+    private var builtUpstreamHead: HTTPRequestHead?
     // Timings, for the metrics: start, request sent upstream, response head, first body byte.
     let started = NIODeadline.now()
     var sentAt: NIODeadline?
@@ -196,7 +207,6 @@ final class ProxyExchange: UpstreamResponseDelegate {
         self.clientHead = head
         self.routes = routes
         self.maxBodyBytes = maxBodyBytes
-        self.upstreamHead = head
         self.defaultGroup = group
         // The whole body first: a cache candidate's key is its hash, routing needs its model, and
         // a budget needs it (and max_tokens) to reserve the most the request can cost. Except an
@@ -225,8 +235,12 @@ final class ProxyExchange: UpstreamResponseDelegate {
     func target(_ group: UpstreamGroup) {
         self.group = group
         self.pool = group.pool(on: downstream.eventLoop)
+        builtUpstreamHead = nil  // built for this group when used
+    }
+
+    private func upstreamHead(for group: UpstreamGroup) -> HTTPRequestHead {
         let prefix = group.configuration.url.pathPrefix
-        upstreamHead = HTTPRequestHead(
+        return HTTPRequestHead(
             version: .http1_1, method: clientHead.method, uri: prefix.isEmpty ? clientHead.uri : prefix + clientHead.uri,
             headers: HeaderPolicy.upstreamRequestHeaders(from: clientHead.headers, host: group.hostHeader, credential: group.credential,
                                                          dialect: group.configuration.api))

@@ -154,7 +154,7 @@ final class DownstreamHandler: ChannelDuplexHandler {
                 reader.maxFieldCount = newer.maxHeaderFields
             }
             access = AccessRecord(method: head.method.rawValue, path: head.uri)
-            connection.headDelivered(keepAlive: head.isKeepAlive && !state.isDraining)
+            connection.headDelivered(keepAlive: HeaderPolicy.isKeepAlive(head.headers, version: head.version) && !state.isDraining)
             switch RequestHeadPolicy.check(head, maxHeaderFields: runtime.maxHeaderFields) {
             case .route(let checked): route(checked)
             case .refuse(let error): refuse(error)

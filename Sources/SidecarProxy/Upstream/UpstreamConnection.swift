@@ -311,7 +311,7 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
             if head.status == .continue || (head.status.code >= 100 && head.status.code < 200 && head.status != .switchingProtocols) {
                 return  // interim responses are not forwarded (HTTPResponseDecoder passes them through)
             }
-            reusable = head.isKeepAlive
+            reusable = HeaderPolicy.isKeepAlive(head.headers, version: head.version)
             if let t = HeaderPolicy.keepAliveTimeoutSeconds(head.headers) { keepAliveTimeout = .seconds(Int64(t)) }
             arm(readIdleTimeout, .readIdle, context: context)
             delegate?.upstreamResponseHead(head)
