@@ -74,6 +74,9 @@ public struct CacheScope: Equatable, Sendable {
         return fields
     }
 
+    /// Whether `name` is one of `credentialHeaders` (ASCII case-insensitively).
+    public static func isCredentialHeader(_ name: String) -> Bool { credentialRank(name) != nil }
+
     /// The index of `name` in `credentialHeaders`, compared ASCII case-insensitively.
     private static func credentialRank(_ name: String) -> Int? {
         let rank: Int

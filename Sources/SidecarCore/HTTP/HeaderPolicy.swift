@@ -99,9 +99,10 @@ public enum HeaderPolicy {
         from client: HTTPHeaders, host: String, credential: (name: String, value: String)?, dialect: APIDialect = .openai
     ) -> HTTPHeaders {
         let tokens = connectionTokens(client)
-        var out = HTTPHeaders()
-        out.reserveCapacity(client.count + 2)
-        out.add(name: "host", value: host)
+        // Built in one go (names from an `HTTPHeaders` or ours: already checked by NIO).
+        var out: [(String, String)] = []
+        out.reserveCapacity(client.count + 3)
+        out.append(("host", host))
         var versioned = false
         for (name, value) in client {
             if equalsIgnoringASCIICase(name, "host") { continue }
@@ -109,15 +110,15 @@ public enum HeaderPolicy {
             // by the time the upstream could answer), so it is not forwarded.
             if equalsIgnoringASCIICase(name, "expect") { continue }
             if equalsIgnoringASCIICase(name, "accept-encoding") { continue }
-            if credential != nil, APIDialect.credentialHeaders.contains(where: { equalsIgnoringASCIICase(name, $0) }) { continue }
+            if credential != nil, CacheScope.isCredentialHeader(name) { continue }
             if isHopByHop(name, connectionTokens: tokens) { continue }
             if equalsIgnoringASCIICase(name, "anthropic-version") { versioned = true }
-            out.add(name: name, value: value)
+            out.append((name, value))
         }
-        if let credential { out.add(name: credential.name, value: credential.value) }
-        if dialect == .anthropic, !versioned { out.add(name: "anthropic-version", value: APIDialect.defaultAnthropicVersion) }
-        out.add(name: "accept-encoding", value: "identity")
-        return out
+        if let credential { out.append((credential.name, credential.value)) }
+        if dialect == .anthropic, !versioned { out.append(("anthropic-version", APIDialect.defaultAnthropicVersion)) }
+        out.append(("accept-encoding", "identity"))
+        return HTTPHeaders(out)
     }
 
     /// Whether an answer's body is in a content coding the sidecar cannot read (anything but none

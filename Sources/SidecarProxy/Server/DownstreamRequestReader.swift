@@ -138,11 +138,14 @@ struct DownstreamRequestReader {
 
     /// NIO's head for the handler and the exchange: method, target, version, fields in order.
     static func requestHead(_ scanned: ScannedRequestHead, in bytes: UnsafeRawBufferPointer) -> HTTPRequestHead {
-        var headers = HTTPHeaders()
-        headers.reserveCapacity(scanned.fieldCount)
+        // Built in one go: the scanner has checked every name is a token (ASCII), so NIO's check
+        // per `add` is not repeated.
+        var fields: [(String, String)] = []
+        fields.reserveCapacity(scanned.fieldCount)
         scanned.forEachField(in: bytes) { field in
-            headers.add(name: String(decoding: bytes[field.name], as: UTF8.self), value: String(decoding: bytes[field.value], as: UTF8.self))
+            fields.append((String(decoding: bytes[field.name], as: UTF8.self), String(decoding: bytes[field.value], as: UTF8.self)))
         }
+        let headers = HTTPHeaders(fields)
         let method = HTTPMethod(rawValue: String(decoding: bytes[scanned.method], as: UTF8.self))
         let version: HTTPVersion = scanned.version == .http1_0 ? .http1_0 : .http1_1
         return HTTPRequestHead(version: version, method: method, uri: String(decoding: bytes[scanned.target], as: UTF8.self), headers: headers)

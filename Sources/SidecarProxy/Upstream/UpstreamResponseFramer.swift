@@ -129,11 +129,14 @@ final class UpstreamResponseFramer: ChannelInboundHandler {
 
     /// NIO's head for the connection handler and the exchange: status, version, fields in order.
     static func responseHead(_ scanned: ScannedResponseHead, in bytes: UnsafeRawBufferPointer) -> HTTPResponseHead {
-        var headers = HTTPHeaders()
-        headers.reserveCapacity(scanned.fieldCount)
+        // Built in one go: the scanner has checked every name is a token (ASCII), so NIO's check
+        // per `add` is not repeated.
+        var fields: [(String, String)] = []
+        fields.reserveCapacity(scanned.fieldCount)
         scanned.forEachField(in: bytes) { field in
-            headers.add(name: String(decoding: bytes[field.name], as: UTF8.self), value: String(decoding: bytes[field.value], as: UTF8.self))
+            fields.append((String(decoding: bytes[field.name], as: UTF8.self), String(decoding: bytes[field.value], as: UTF8.self)))
         }
+        let headers = HTTPHeaders(fields)
         let reason = String(decoding: bytes[scanned.reason], as: UTF8.self)
         let version: HTTPVersion = scanned.version == .http1_0 ? .http1_0 : .http1_1
         return HTTPResponseHead(version: version, status: HTTPResponseStatus(statusCode: scanned.status, reasonPhrase: reason), headers: headers)
