@@ -8,26 +8,38 @@ import SidecarCore
 import SidecarTestSupport
 import XCTest
 
-/// Upstream responses are read by our own strict framing (`UpstreamResponseFramer`): a response a
-/// client must not accept is a 502 and its connection is never pooled; interim responses are
-/// skipped; bodies arrive as they were sent, however they are split.
+/// Upstream responses are read by our own strict framing (`UpstreamResponseReader`, owned by the
+/// connection's handler): a response a client must not accept is a 502 and its connection is never
+/// pooled; interim responses are skipped; bodies arrive as they were sent, however they are split.
 final class UpstreamFramingTests: XCTestCase {
-    // MARK: the handler, on an embedded channel
+    // MARK: the reader, fed as the handler feeds it
 
-    private func channel() throws -> EmbeddedChannel {
-        let channel = EmbeddedChannel()
-        try channel.pipeline.syncOperations.addHandler(UpstreamResponseFramer())
-        return channel
+    /// The reader and what it handed on so far.
+    private final class Reading {
+        var reader = UpstreamResponseReader()
+        var parts: [HTTPClientResponsePart] = []
+
+        /// A read from the connection: every part it completes, as the handler takes them.
+        func writeInbound(_ bytes: ByteBuffer) throws {
+            reader.append(bytes)
+            while let part = try reader.next() { parts.append(part) }
+        }
+
+        func inputClosed() {
+            if let end = reader.inputClosed() { parts.append(end) }
+        }
     }
 
-    private func request(_ channel: EmbeddedChannel, method: HTTPMethod = .POST) throws {
-        try channel.pipeline.syncOperations.handler(type: UpstreamResponseFramer.self).expectResponse(toHEAD: method == .HEAD)
+    private func channel() throws -> Reading { Reading() }
+
+    private func request(_ c: Reading, method: HTTPMethod = .POST) throws {
+        c.reader.expectResponse(toHEAD: method == .HEAD)
     }
 
     /// Everything read so far, as (head status, body text, ended).
-    private func responses(_ channel: EmbeddedChannel) throws -> [(Int, String, Bool)] {
+    private func responses(_ c: Reading) throws -> [(Int, String, Bool)] {
         var out: [(Int, String, Bool)] = []
-        while let part = try channel.readInbound(as: HTTPClientResponsePart.self) {
+        for part in c.parts {
             switch part {
             case .head(let h): out.append((Int(h.status.code), "", false))
             case .body(let b): out[out.count - 1].1 += String(buffer: b)
@@ -73,7 +85,7 @@ final class UpstreamFramingTests: XCTestCase {
         try request(c)
         try c.writeInbound(ByteBuffer(string: "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npartial and"))
         try c.writeInbound(ByteBuffer(string: " the rest"))
-        c.pipeline.fireChannelInactive()
+        c.inputClosed()
         let got = try responses(c)
         XCTAssertEqual(got.map(\.1), ["partial and the rest"])
         XCTAssertEqual(got.map(\.2), [true])

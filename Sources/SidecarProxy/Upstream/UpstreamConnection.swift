@@ -24,17 +24,13 @@ final class UpstreamConnection {
     let id: ConnectionPoolStateMachine.ConnectionID
     let channel: Channel
     fileprivate let handler: UpstreamConnectionHandler
-    /// Reads the responses: told which request each one answers (HEAD's has no body).
-    private let framer: UpstreamResponseFramer
     /// Encodes the requests (no encoder handler: bytes go straight to TLS).
     private var writer = HTTPRequestWriter()
 
-    fileprivate init(id: ConnectionPoolStateMachine.ConnectionID, channel: Channel, handler: UpstreamConnectionHandler,
-                     framer: UpstreamResponseFramer) {
+    fileprivate init(id: ConnectionPoolStateMachine.ConnectionID, channel: Channel, handler: UpstreamConnectionHandler) {
         self.id = id
         self.channel = channel
         self.handler = handler
-        self.framer = framer
     }
 
     var delegate: UpstreamResponseDelegate? {
@@ -46,8 +42,7 @@ final class UpstreamConnection {
     var lastResponseKeepAlive: (reusable: Bool, timeout: TimeAmount?) { (handler.reusable, handler.keepAliveTimeout) }
 
     func send(head: HTTPRequestHead) {
-        handler.beginRequest()
-        framer.expectResponse(toHEAD: head.method == .HEAD)
+        handler.beginRequest(toHEAD: head.method == .HEAD)
         var bytes = channel.allocator.buffer(capacity: 512)
         writer.writeHead(head, into: &bytes)
         channel.write(bytes, promise: nil)
@@ -121,8 +116,7 @@ final class UpstreamConnection {
                         try sync.addHandler(TLSHandler(client: tlsContext, serverName: serverName, handshakeTimeout: handshakeTimeout))
                     }
                     // Requests are written as bytes (`HTTPRequestWriter`, in UpstreamConnection);
-                    // our own strict framing reads the responses.
-                    try sync.addHandler(UpstreamResponseFramer())
+                    // the handler reads the responses with our own strict framing.
                     try sync.addHandler(UpstreamConnectionHandler(
                         ready: ready, tls: tlsContext != nil, firstByteTimeout: firstByte, readIdleTimeout: readIdle, metrics: metrics))
                     return channel.eventLoop.makeSucceededVoidFuture()
@@ -142,13 +136,12 @@ final class UpstreamConnection {
                         channel.close(promise: nil)
                         completion(.failure(Self.describeHandshakeError(error, timeout: handshakeTimeout)))
                     case .success:
-                        guard let handler = try? channel.pipeline.syncOperations.handler(type: UpstreamConnectionHandler.self),
-                              let framer = try? channel.pipeline.syncOperations.handler(type: UpstreamResponseFramer.self) else {
+                        guard let handler = try? channel.pipeline.syncOperations.handler(type: UpstreamConnectionHandler.self) else {
                             channel.close(promise: nil)
                             completion(.failure(.upstreamClosed("upstream closed the connection right after it opened")))
                             return
                         }
-                        let connection = UpstreamConnection(id: id, channel: channel, handler: handler, framer: framer)
+                        let connection = UpstreamConnection(id: id, channel: channel, handler: handler)
                         channel.closeFuture.assumeIsolated().whenComplete { _ in onClose(id) }
                         completion(.success(connection))
                     }
@@ -202,10 +195,11 @@ final class UpstreamConnection {
     }
 }
 
-/// The last handler of an upstream pipeline: hands response parts to the leasing exchange, runs
-/// the first-byte and read-idle timers, and holds reads while the client cannot take more.
+/// The last handler of an upstream pipeline (after TLS): reads the responses
+/// (`UpstreamResponseReader`), hands their parts to the leasing exchange, runs the first-byte and
+/// read-idle timers, and holds reads while the client cannot take more.
 final class UpstreamConnectionHandler: ChannelDuplexHandler {
-    typealias InboundIn = HTTPClientResponsePart
+    typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
@@ -225,6 +219,8 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
     private var inRequest = false
     private(set) var reusable = true
     private(set) var keepAliveTimeout: TimeAmount?
+    /// Told which request each response answers (HEAD's has no body).
+    private var reader = UpstreamResponseReader()
 
     private let metrics: UpstreamMetrics
 
@@ -260,7 +256,8 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
         context.fireUserInboundEventTriggered(event)
     }
 
-    func beginRequest() {
+    func beginRequest(toHEAD: Bool) {
+        reader.expectResponse(toHEAD: toHEAD)
         inRequest = true
         responseStarted = false
         reusable = true
@@ -305,7 +302,16 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
+        reader.append(unwrapInboundIn(data))
+        do {
+            while let part = try reader.next() { deliver(part, context: context) }
+        } catch {
+            errorCaught(context: context, error: error)
+        }
+    }
+
+    private func deliver(_ part: HTTPClientResponsePart, context: ChannelHandlerContext) {
+        switch part {
         case .head(let head):
             responseStarted = true
             if head.status == .continue || (head.status.code >= 100 && head.status.code < 200 && head.status != .switchingProtocols) {
@@ -352,6 +358,8 @@ final class UpstreamConnectionHandler: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        // A body delimited by the connection's end is complete now.
+        if let end = reader.inputClosed() { deliver(end, context: context) }
         if let ready {
             self.ready = nil
             ready.fail(TLSError(.closedDuringHandshake, "the upstream closed the connection during the TLS handshake"))

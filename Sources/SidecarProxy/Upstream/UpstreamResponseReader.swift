@@ -8,15 +8,14 @@ import SidecarCore
 /// `UpstreamFramingError`, which fails the request with 502 `upstream_protocol_error` and closes
 /// the connection (it is never pooled).
 ///
-/// Sits between the TLS handler and `UpstreamConnectionHandler`, inbound only: the connection
-/// tells it when a request goes out (`expectResponse`: HEAD's answer has no body).
+/// Owned by the connection's handler (`UpstreamConnectionHandler`: no pipeline hop and no boxed
+/// parts between TLS and the exchange), as `DownstreamRequestReader` is by the client's. The
+/// connection tells it when a request goes out (`expectResponse`: HEAD's answer has no body).
+/// Feed it with `append`, then take parts with `next()` until it returns nil.
 /// Interim responses (100, 103) are skipped; 101 is refused (the sidecar never asks to upgrade);
 /// bytes from the upstream while no request is outstanding are refused; chunked trailers are read
 /// and dropped.
-final class UpstreamResponseFramer: ChannelInboundHandler {
-    typealias InboundIn = ByteBuffer
-    typealias InboundOut = HTTPClientResponsePart
-
+struct UpstreamResponseReader {
     /// Response heads may be larger than the requests we accept (providers and CDNs add fields);
     /// NIO's decoder allowed 80 KiB.
     static let limits = HTTPHeadLimits(maxHeadBytes: 80 * 1024, maxFieldCount: 512)
@@ -33,45 +32,49 @@ final class UpstreamResponseFramer: ChannelInboundHandler {
     private var pending: ByteBuffer?
     private var requestIsHEAD = false
 
-    // MARK: the request
-
     /// A request is going out: its response is expected (and has no body if it answers HEAD).
-    func expectResponse(toHEAD: Bool) {
+    mutating func expectResponse(toHEAD: Bool) {
         requestIsHEAD = toHEAD
         if case .idle = state { state = .head(HTTPResponseHeadScanner(limits: Self.limits)) }
     }
 
-    // MARK: inbound: frame the response
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var input = unwrapInboundIn(data)
+    mutating func append(_ input: ByteBuffer) {
         if case .failed = state { return }
         if var held = pending, held.readableBytes > 0 {
+            var input = input
             held.writeBuffer(&input)
             pending = held
         } else {
             pending = input
         }
+    }
+
+    /// The next part of the response, nil when more bytes are needed (or the reader failed).
+    /// After an error, nil forever.
+    mutating func next() throws(UpstreamFramingError) -> HTTPClientResponsePart? {
         do {
-            try drain(context: context)
+            return try step()
         } catch {
             state = .failed
             pending = nil
-            context.fireErrorCaught(UpstreamFramingError(reason: error.reason))
+            throw UpstreamFramingError(reason: error.reason)
         }
     }
 
-    private func drain(context: ChannelHandlerContext) throws(HTTPFramingError) {
+    private mutating func step() throws(HTTPFramingError) -> HTTPClientResponsePart? {
+        // A body that is complete ends here: right after its head (Content-Length: 0, HEAD, 204)
+        // or its last Content-Length byte, not at the next read.
+        if case .body(let framer) = state, framer.isComplete { return finishMessage() }
         while var buffer = pending, buffer.readableBytes > 0 {
             switch state {
             case .failed:
-                return
+                return nil
             case .idle:
                 throw .unsolicitedResponse
             case .head(var scanner):
                 guard let scanned = try scanner.scan(buffer) else {
                     state = .head(scanner)
-                    return
+                    return nil
                 }
                 let head = buffer.withUnsafeReadableBytes { Self.responseHead(scanned, in: $0) }
                 buffer.moveReaderIndex(forwardBy: scanned.length)
@@ -83,8 +86,7 @@ final class UpstreamResponseFramer: ChannelInboundHandler {
                     throw .unrequestedUpgrade
                 case .final:
                     state = .body(HTTPBodyFramer(scanned.framing(requestIsHEAD: requestIsHEAD)))
-                    context.fireChannelRead(wrapInboundOut(.head(head)))
-                    if case .body(let framer) = state, framer.isComplete { finishMessage(context: context) }
+                    return .head(head)
                 }
             case .body(var framer):
                 switch try framer.step(buffer, from: 0) {
@@ -92,9 +94,7 @@ final class UpstreamResponseFramer: ChannelInboundHandler {
                     state = .body(framer)
                     let slice = buffer.takeBody(range)
                     pending = buffer
-                    context.fireChannelRead(wrapInboundOut(.body(slice)))
-                    // The last Content-Length byte: the message ends here, not at the next read.
-                    if framer.isComplete { finishMessage(context: context) }
+                    return .body(slice)
                 case .framing(let range):
                     state = .body(framer)
                     buffer.moveReaderIndex(forwardBy: range.upperBound)
@@ -102,29 +102,31 @@ final class UpstreamResponseFramer: ChannelInboundHandler {
                 case .end(let range):
                     buffer.moveReaderIndex(forwardBy: range.upperBound)
                     pending = buffer
-                    finishMessage(context: context)
+                    return finishMessage()
                 case .needMore:
                     state = .body(framer)
                     pending = nil
                 }
             }
         }
+        return nil
     }
 
-    private func finishMessage(context: ChannelHandlerContext) {
+    private mutating func finishMessage() -> HTTPClientResponsePart {
         state = .idle
-        context.fireChannelRead(wrapInboundOut(.end(nil)))
+        if pending?.readableBytes == 0 { pending = nil }
+        return .end(nil)
     }
 
-    func channelInactive(context: ChannelHandlerContext) {
-        // A body delimited by the connection's end is complete now; any other message is cut
-        // short, which the connection handler reports.
-        if case .body(var framer) = state, (try? framer.inputClosed()) != nil, framer.isComplete {
-            finishMessage(context: context)
+    /// The connection closed: a body delimited by the connection's end is complete now (its
+    /// `.end`); any other message is cut short, which the connection handler reports.
+    mutating func inputClosed() -> HTTPClientResponsePart? {
+        defer {
+            state = .failed
+            pending = nil
         }
-        state = .failed
-        pending = nil
-        context.fireChannelInactive()
+        if case .body(var framer) = state, (try? framer.inputClosed()) != nil, framer.isComplete { return .end(nil) }
+        return nil
     }
 
     /// NIO's head for the connection handler and the exchange: status, version, fields in order.
