@@ -44,11 +44,23 @@ extension DownstreamHandler {
         }
     }
 
-    /// Ends the body (the last chunk, if chunked) and flushes; the future completes when every
-    /// byte of the response is written.
-    private func writeEnd(trailers: HTTPHeaders?, context: ChannelHandlerContext) -> EventLoopFuture<Void> {
-        let end = writer.end(trailers: trailers, allocator: context.channel.allocator)
-        return context.writeAndFlush(wrapOutboundOut(end ?? context.channel.allocator.buffer(capacity: 0)))
+    /// Ends the body (the last chunk, if chunked), flushes, and does what follows the response.
+    private func writeEnd(trailers: HTTPHeaders?, context: ChannelHandlerContext) {
+        finishWriting(writer.end(trailers: trailers, allocator: context.channel.allocator), context: context)
+    }
+
+    /// Writes the response's last bytes (if any) and flushes, then does what follows it. A promise
+    /// is made only when something waits for the bytes to be written (a close after them).
+    private func finishWriting(_ last: ByteBuffer?, context: ChannelHandlerContext) {
+        let next = connection.responseFinished(now: .now())
+        switch next {
+        case .closeAfterWrite, .lingerAfterWrite:
+            after(next, written: context.writeAndFlush(wrapOutboundOut(last ?? context.channel.allocator.buffer(capacity: 0))))
+        case .awaitRequestEnd, .refuse, .nextRequest:
+            if let last { context.write(wrapOutboundOut(last), promise: nil) }
+            context.flush()
+            after(next)
+        }
     }
 
     func flush() {
@@ -64,7 +76,7 @@ extension DownstreamHandler {
         }
         exchange = nil
         logAccess()
-        responseFinished(writeEnd(trailers: trailers, context: context))
+        writeEnd(trailers: trailers, context: context)
     }
 
     /// A whole response already in wire form (a cache hit): head and body as they are, in one
@@ -76,7 +88,7 @@ extension DownstreamHandler {
         exchange = nil
         logAccess()
         context.write(wrapOutboundOut(head), promise: nil)
-        responseFinished(context.writeAndFlush(wrapOutboundOut(body)))
+        finishWriting(body, context: context)
         return true
     }
 
@@ -124,15 +136,11 @@ extension DownstreamHandler {
         logAccess()
         writeResponseHead(head)
         if let body { writeResponseBody(body) }
-        responseFinished(writeEnd(trailers: nil, context: context))
+        writeEnd(trailers: nil, context: context)
     }
 
     /// The current response is written: close if the request asked for it, else serve what was
     /// queued or wait for the next request.
-    func responseFinished(_ written: EventLoopFuture<Void>) {
-        after(connection.responseFinished(now: .now()), written: written)
-    }
-
     /// Does what follows the end of a response (or of a request answered before its end).
     func after(_ next: ClientConnectionStateMachine.AfterResponse, written: EventLoopFuture<Void>? = nil) {
         guard let context else { return }
