@@ -35,6 +35,16 @@ public enum TargetPath {
     /// (`*`, `host:port`, `http://...`) are `unchanged`: they do not start with `/`, so routing
     /// never forwards them.
     public static func check(_ target: String) -> Verdict {
+        // Most targets: no `.` and no `%` before the query, so no segment can be a dot segment.
+        var target = target
+        let plain = target.withUTF8 { p in
+            for b in p {
+                if b == question { return true }
+                if b == dot || b == percent { return false }
+            }
+            return true
+        }
+        if plain { return .unchanged }
         let bytes = Array(target.utf8)
         guard bytes.first == slash else { return .unchanged }
         let end = bytes.firstIndex(of: question) ?? bytes.endIndex
